@@ -1,0 +1,469 @@
+//! The vocabulary of the service: channels, addresses, participants, timestamps and the
+//! messages the HTTP layer hands to the core. Validation of one value lives beside its type,
+//! so every caller (HTTP, tests, recovery) agrees on what is valid.
+
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// How many attachments one message may carry.
+pub const MAX_ATTACHMENTS: usize = 10;
+/// Upper bound on an attachment URL, so one field cannot take the whole body budget.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// Why a single value was refused; the HTTP layer adds the field name.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InvalidValue {
+    #[error("must be an E.164 phone number such as +12016661234")]
+    PhoneNumber,
+    #[error("must be an email address such as user@example.com")]
+    EmailAddress,
+    #[error("must be an RFC 3339 timestamp such as 2024-11-01T14:00:00Z")]
+    Timestamp,
+    #[error("must be an http or https URL")]
+    Url,
+    #[error("must hold at most {MAX_ATTACHMENTS} attachments")]
+    TooManyAttachments,
+    #[error("must not be empty")]
+    Empty,
+}
+
+/// The channels a message can travel on. Anything else met in storage is an invalid route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    Sms,
+    Mms,
+    Email,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 3] = [Channel::Sms, Channel::Mms, Channel::Email];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Sms => "sms",
+            Channel::Mms => "mms",
+            Channel::Email => "email",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Channel> {
+        match raw {
+            "sms" => Some(Channel::Sms),
+            "mms" => Some(Channel::Mms),
+            "email" => Some(Channel::Email),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageStatus {
+    Queued,
+    Sent,
+    Failed,
+    Received,
+}
+
+impl MessageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Queued => "queued",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Failed => "failed",
+            MessageStatus::Received => "received",
+        }
+    }
+}
+
+/// An E.164 number: `+`, a non-zero digit, then up to 14 more digits.
+pub fn parse_phone_number(raw: &str) -> Result<String, InvalidValue> {
+    let digits = raw.strip_prefix('+').ok_or(InvalidValue::PhoneNumber)?;
+    let valid = (2..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0');
+    if valid {
+        Ok(raw.to_owned())
+    } else {
+        Err(InvalidValue::PhoneNumber)
+    }
+}
+
+/// A pragmatic address check (RFC 5321 lengths, one `@`, a dotted domain of LDH labels).
+/// Stricter than a mail server needs to be, looser than the full grammar: it refuses what
+/// cannot be delivered anywhere and keeps the address as the client wrote it.
+pub fn parse_email_address(raw: &str) -> Result<String, InvalidValue> {
+    let (local, domain) = raw.rsplit_once('@').ok_or(InvalidValue::EmailAddress)?;
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b));
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = domain.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if local_ok && domain_ok && raw.len() <= 254 {
+        Ok(raw.to_owned())
+    } else {
+        Err(InvalidValue::EmailAddress)
+    }
+}
+
+/// An absolute http(s) URL with a host; kept as sent.
+pub fn parse_attachment_url(raw: &str) -> Result<String, InvalidValue> {
+    if raw.len() > MAX_URL_LEN || raw.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20) {
+        return Err(InvalidValue::Url);
+    }
+    let lower = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
+    let rest = if lower.starts_with("https://") {
+        &raw[8..]
+    } else if lower.starts_with("http://") {
+        &raw[7..]
+    } else {
+        return Err(InvalidValue::Url);
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').ok_or(InvalidValue::Url)?,
+        None => host_port
+            .split_once(':')
+            .map_or((host_port, ""), |(h, p)| (h, p)),
+    };
+    let port = port.strip_prefix(':').unwrap_or(port);
+    if host.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(InvalidValue::Url);
+    }
+    Ok(raw.to_owned())
+}
+
+/// A message timestamp, always held in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(DateTime<Utc>);
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        Timestamp(Utc::now())
+    }
+
+    pub fn parse_rfc3339(raw: &str) -> Result<Timestamp, InvalidValue> {
+        DateTime::parse_from_rfc3339(raw)
+            .map(|t| Timestamp(t.with_timezone(&Utc)))
+            .map_err(|_| InvalidValue::Timestamp)
+    }
+
+    /// Fixed-width UTC form used in the database, so text order is time order.
+    pub fn to_storage(self) -> String {
+        self.0.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    }
+
+    pub fn from_storage(raw: &str) -> Option<Timestamp> {
+        Timestamp::parse_rfc3339(raw).ok()
+    }
+
+    /// The shortest RFC 3339 form, as clients usually write it.
+    pub fn to_rfc3339(self) -> String {
+        self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    }
+}
+
+/// The unordered pair of addresses a conversation is keyed on. Emails compare
+/// case-insensitively, so they are lower-cased here; the smaller address comes first.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Participants {
+    pub first: String,
+    pub second: String,
+}
+
+impl Participants {
+    pub fn new(a: &str, b: &str) -> Participants {
+        let (a, b) = (normalise_address(a), normalise_address(b));
+        if a <= b {
+            Participants {
+                first: a,
+                second: b,
+            }
+        } else {
+            Participants {
+                first: b,
+                second: a,
+            }
+        }
+    }
+}
+
+fn normalise_address(address: &str) -> String {
+    if address.contains('@') {
+        address.to_lowercase()
+    } else {
+        address.to_owned()
+    }
+}
+
+/// Whatever both directions carry: who, what, when, on which channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageContent {
+    pub channel: Channel,
+    pub from: String,
+    pub to: String,
+    pub body: String,
+    /// `None` when the client sent `null` or left it out; kept apart from `[]`.
+    pub attachments: Option<Vec<String>>,
+    pub timestamp: Timestamp,
+}
+
+impl MessageContent {
+    pub fn participants(&self) -> Participants {
+        Participants::new(&self.from, &self.to)
+    }
+
+    /// A digest of what the client asked for, for idempotent replays: two requests with
+    /// the same fields (whatever their JSON key order or spacing) share it. Each field is
+    /// length-prefixed so that no two different messages can concatenate alike.
+    pub fn fingerprint(&self, direction: Direction) -> String {
+        let mut hasher = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(bytes);
+        };
+        field(direction.as_str().as_bytes());
+        field(self.channel.as_str().as_bytes());
+        field(self.from.as_bytes());
+        field(self.to.as_bytes());
+        field(self.body.as_bytes());
+        match &self.attachments {
+            None => field(b"null"),
+            Some(list) => {
+                field(&(list.len() as u64).to_le_bytes());
+                for url in list {
+                    field(url.as_bytes());
+                }
+            }
+        }
+        field(self.timestamp.to_storage().as_bytes());
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// A replay guard: the client's key plus a digest of what it sent with that key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// Idempotency keys are 1..=255 visible ASCII characters.
+pub fn valid_idempotency_key(raw: &str) -> bool {
+    (1..=255).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e164_numbers_are_accepted() {
+        for ok in ["+12016661234", "+18045551234", "+44", "+123456789012345"] {
+            assert_eq!(parse_phone_number(ok), Ok(ok.to_owned()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn non_e164_numbers_are_refused() {
+        for bad in [
+            "",
+            "+",
+            "12016661234",
+            "+0123",
+            "+1",
+            "+1234567890123456",
+            "+1 201 666 1234",
+            "+1201666123a",
+            "++12016661234",
+        ] {
+            assert_eq!(
+                parse_phone_number(bad),
+                Err(InvalidValue::PhoneNumber),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn ordinary_email_addresses_are_accepted() {
+        for ok in [
+            "user@usehatchapp.com",
+            "Contact@Gmail.com",
+            "first.last+tag@mail.example.co.uk",
+            "a@b.io",
+        ] {
+            assert!(parse_email_address(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn malformed_email_addresses_are_refused() {
+        for bad in [
+            "",
+            "user",
+            "@example.com",
+            "user@",
+            "user@localhost",
+            "user@@example.com",
+            "us er@example.com",
+            ".user@example.com",
+            "user..x@example.com",
+            "user@-example.com",
+            "user@example..com",
+            "user@exa_mple.com",
+        ] {
+            assert_eq!(
+                parse_email_address(bad),
+                Err(InvalidValue::EmailAddress),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn attachment_urls_must_be_http_with_a_host() {
+        for ok in [
+            "https://example.com/image.jpg",
+            "http://example.com",
+            "HTTPS://EXAMPLE.COM/x?y=1#z",
+            "https://user:pw@example.com:8443/a",
+            "http://[::1]:8080/x",
+            "http://[::1]/x",
+        ] {
+            assert!(parse_attachment_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "example.com/image.jpg",
+            "ftp://example.com/x",
+            "https://",
+            "https:///path",
+            "https://exa mple.com/",
+            "https://example.com:port/",
+            "javascript:alert(1)",
+        ] {
+            assert_eq!(parse_attachment_url(bad), Err(InvalidValue::Url), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timestamps_normalise_to_utc_and_sort_as_text() {
+        let a = Timestamp::parse_rfc3339("2024-11-01T14:00:00Z").expect("valid");
+        let b = Timestamp::parse_rfc3339("2024-11-01T10:00:01-04:00").expect("valid");
+        assert!(a < b);
+        assert!(a.to_storage() < b.to_storage());
+        assert_eq!(a.to_rfc3339(), "2024-11-01T14:00:00Z");
+        assert_eq!(b.to_rfc3339(), "2024-11-01T14:00:01Z");
+        assert_eq!(Timestamp::from_storage(&a.to_storage()), Some(a));
+        for bad in [
+            "",
+            "2024-11-01",
+            "2024-11-01 14:00:00",
+            "yesterday",
+            "2024-13-01T00:00:00Z",
+        ] {
+            assert_eq!(
+                Timestamp::parse_rfc3339(bad),
+                Err(InvalidValue::Timestamp),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn participants_are_unordered_and_emails_case_insensitive() {
+        assert_eq!(
+            Participants::new("+18045551234", "+12016661234"),
+            Participants::new("+12016661234", "+18045551234")
+        );
+        let pair = Participants::new("User@UseHatchApp.com", "contact@gmail.com");
+        assert_eq!(
+            pair,
+            Participants::new("contact@GMAIL.com", "user@usehatchapp.com")
+        );
+        assert_eq!(pair.first, "contact@gmail.com");
+    }
+
+    fn sms(body: &str, attachments: Option<Vec<String>>) -> MessageContent {
+        MessageContent {
+            channel: Channel::Sms,
+            from: "+12016661234".into(),
+            to: "+18045551234".into(),
+            body: body.into(),
+            attachments,
+            timestamp: Timestamp::parse_rfc3339("2024-11-01T14:00:00Z").expect("valid"),
+        }
+    }
+
+    #[test]
+    fn fingerprints_tell_different_requests_apart() {
+        let base = sms("hi", None).fingerprint(Direction::Outbound);
+        assert_eq!(base, sms("hi", None).fingerprint(Direction::Outbound));
+        assert_eq!(base.len(), 64);
+        for other in [
+            sms("hi!", None),
+            sms("hi", Some(vec![])),
+            sms("hi", Some(vec!["https://a.io/x".into()])),
+        ] {
+            assert_ne!(base, other.fingerprint(Direction::Outbound), "{other:?}");
+        }
+        let mut email = sms("hi", None);
+        email.channel = Channel::Email;
+        assert_ne!(base, email.fingerprint(Direction::Outbound));
+        assert_ne!(base, sms("hi", None).fingerprint(Direction::Inbound));
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii() {
+        assert!(valid_idempotency_key("abc-123_XYZ"));
+        assert!(valid_idempotency_key(&"k".repeat(255)));
+        assert!(!valid_idempotency_key(""));
+        assert!(!valid_idempotency_key(&"k".repeat(256)));
+        assert!(!valid_idempotency_key("has space"));
+        assert!(!valid_idempotency_key("ключ"));
+    }
+}

@@ -1,0 +1,380 @@
+//! Messages and conversations: the writes that create them (run inside a batch) and the
+//! reads the API serves. Views returned here carry the contract's field names.
+
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use serde::Serialize;
+
+use super::rows::{AttemptRow, ConversationRow, MessageRow, NewConversationRow, NewMessageRow};
+use super::schema::{conversations, dispatch_attempts, messages};
+use super::StoreError;
+use crate::domain::{
+    Channel, Direction, IdempotencyKey, MessageContent, MessageStatus, Participants, Timestamp,
+};
+
+/// An outbound message ready to store. `provider` is `None` when the registry has no
+/// provider for the channel: the message is then stored `failed`.
+#[derive(Debug, Clone)]
+pub struct NewOutbound {
+    pub content: MessageContent,
+    pub provider: Option<String>,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboundStored {
+    Created {
+        id: i64,
+        conversation_id: i64,
+    },
+    /// An earlier request with the same key and body created this message.
+    Replayed {
+        id: i64,
+        conversation_id: i64,
+        channel: String,
+        provider: Option<String>,
+    },
+    /// The key was used before with a different request.
+    Conflict,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewInbound {
+    pub content: MessageContent,
+    pub provider_message_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundStored {
+    Created { id: i64, conversation_id: i64 },
+    Duplicate { id: i64, conversation_id: i64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    /// 1-based.
+    pub page: u32,
+    pub page_size: u32,
+}
+
+impl PageRequest {
+    fn offset(self) -> i64 {
+        i64::from(self.page.saturating_sub(1)) * i64::from(self.page_size)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MessageView {
+    pub id: i64,
+    pub conversation_id: i64,
+    pub direction: String,
+    pub channel: String,
+    pub from: String,
+    pub to: String,
+    pub body: String,
+    pub attachments: Option<Vec<String>>,
+    pub timestamp: String,
+    pub status: String,
+    pub provider: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AttemptView {
+    pub attempt: i32,
+    pub provider: String,
+    pub outcome: String,
+    pub latency_ms: i64,
+    pub error_code: Option<String>,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConversationView {
+    pub id: i64,
+    pub participants: [String; 2],
+    pub message_count: i64,
+    pub last_message_at: String,
+}
+
+/// Stored text timestamps are shown in the short RFC 3339 form clients send.
+fn display_time(stored: &str) -> String {
+    Timestamp::from_storage(stored).map_or_else(|| stored.to_owned(), Timestamp::to_rfc3339)
+}
+
+fn attachments_json(attachments: &Option<Vec<String>>) -> Option<String> {
+    attachments
+        .as_ref()
+        .map(|list| serde_json::Value::from(list.clone()).to_string())
+}
+
+impl From<MessageRow> for MessageView {
+    fn from(row: MessageRow) -> Self {
+        MessageView {
+            id: row.id,
+            conversation_id: row.conversation_id,
+            direction: row.direction,
+            channel: row.channel,
+            from: row.from_addr,
+            to: row.to_addr,
+            body: row.body,
+            // Only this code writes the column, always from a Vec<String>.
+            attachments: row
+                .attachments
+                .and_then(|text| serde_json::from_str(&text).ok()),
+            timestamp: display_time(&row.timestamp),
+            status: row.status,
+            provider: row.provider_name,
+            created_at: display_time(&row.created_at),
+            updated_at: display_time(&row.updated_at),
+        }
+    }
+}
+
+/// Finds or creates the conversation of `participants`, counting one more message in it.
+fn upsert_conversation(
+    conn: &mut SqliteConnection,
+    participants: &Participants,
+    message_time: &str,
+    now: &str,
+) -> Result<i64, StoreError> {
+    let existing = conversations::table
+        .filter(conversations::participant_a.eq(&participants.first))
+        .filter(conversations::participant_b.eq(&participants.second))
+        .select((conversations::id, conversations::last_message_at))
+        .first::<(i64, String)>(conn)
+        .optional()?;
+    match existing {
+        Some((id, last)) => {
+            let latest = if message_time > last.as_str() {
+                message_time
+            } else {
+                last.as_str()
+            };
+            diesel::update(conversations::table.find(id))
+                .set((
+                    conversations::message_count.eq(conversations::message_count + 1),
+                    conversations::last_message_at.eq(latest),
+                ))
+                .execute(conn)?;
+            Ok(id)
+        }
+        None => Ok(diesel::insert_into(conversations::table)
+            .values(NewConversationRow {
+                participant_a: &participants.first,
+                participant_b: &participants.second,
+                message_count: 1,
+                created_at: now,
+                last_message_at: message_time,
+            })
+            .returning(conversations::id)
+            .get_result(conn)?),
+    }
+}
+
+fn insert_message<'a>(
+    conn: &mut SqliteConnection,
+    content: &'a MessageContent,
+    fill: impl FnOnce(&mut NewMessageRow<'a>),
+) -> Result<(i64, i64), StoreError> {
+    let now = Timestamp::now().to_storage();
+    let timestamp = content.timestamp.to_storage();
+    let conversation_id = upsert_conversation(conn, &content.participants(), &timestamp, &now)?;
+    let mut row = NewMessageRow {
+        conversation_id,
+        direction: Direction::Outbound.as_str(),
+        channel: content.channel.as_str(),
+        from_addr: &content.from,
+        to_addr: &content.to,
+        body: &content.body,
+        attachments: attachments_json(&content.attachments),
+        timestamp,
+        provider_name: None,
+        status: MessageStatus::Queued.as_str(),
+        idempotency_key: None,
+        request_fingerprint: None,
+        provider_message_id: None,
+        next_attempt_at: None,
+        created_at: now.clone(),
+        updated_at: now,
+    };
+    fill(&mut row);
+    let id = diesel::insert_into(messages::table)
+        .values(&row)
+        .returning(messages::id)
+        .get_result(conn)?;
+    Ok((id, conversation_id))
+}
+
+pub(super) fn insert_outbound(
+    conn: &mut SqliteConnection,
+    new: &NewOutbound,
+) -> Result<OutboundStored, StoreError> {
+    if let Some(idempotency) = &new.idempotency {
+        let earlier = messages::table
+            .filter(messages::idempotency_key.eq(&idempotency.key))
+            .select((
+                messages::id,
+                messages::conversation_id,
+                messages::channel,
+                messages::provider_name,
+                messages::request_fingerprint,
+            ))
+            .first::<(i64, i64, String, Option<String>, Option<String>)>(conn)
+            .optional()?;
+        if let Some((id, conversation_id, channel, provider, fingerprint)) = earlier {
+            return Ok(
+                if fingerprint.as_deref() == Some(&idempotency.fingerprint) {
+                    OutboundStored::Replayed {
+                        id,
+                        conversation_id,
+                        channel,
+                        provider,
+                    }
+                } else {
+                    OutboundStored::Conflict
+                },
+            );
+        }
+    }
+    let (id, conversation_id) = insert_message(conn, &new.content, |row| {
+        row.provider_name = new.provider.as_deref();
+        row.status = match new.provider {
+            Some(_) => MessageStatus::Queued.as_str(),
+            None => MessageStatus::Failed.as_str(),
+        };
+        if let Some(idempotency) = &new.idempotency {
+            row.idempotency_key = Some(&idempotency.key);
+            row.request_fingerprint = Some(&idempotency.fingerprint);
+        }
+    })?;
+    Ok(OutboundStored::Created {
+        id,
+        conversation_id,
+    })
+}
+
+/// Channels that share one provider-id namespace: the SMS webhook delivers both SMS and
+/// MMS with `messaging_provider_id`; the email webhook has `xillio_id`.
+fn webhook_family(channel: Channel) -> &'static [&'static str] {
+    match channel {
+        Channel::Sms | Channel::Mms => &["sms", "mms"],
+        Channel::Email => &["email"],
+    }
+}
+
+pub(super) fn insert_inbound(
+    conn: &mut SqliteConnection,
+    new: &NewInbound,
+) -> Result<InboundStored, StoreError> {
+    let earlier = messages::table
+        .filter(messages::direction.eq(Direction::Inbound.as_str()))
+        .filter(messages::channel.eq_any(webhook_family(new.content.channel)))
+        .filter(messages::provider_message_id.eq(&new.provider_message_id))
+        .select((messages::id, messages::conversation_id))
+        .first::<(i64, i64)>(conn)
+        .optional()?;
+    if let Some((id, conversation_id)) = earlier {
+        return Ok(InboundStored::Duplicate {
+            id,
+            conversation_id,
+        });
+    }
+    let (id, conversation_id) = insert_message(conn, &new.content, |row| {
+        row.direction = Direction::Inbound.as_str();
+        row.status = MessageStatus::Received.as_str();
+        row.provider_message_id = Some(&new.provider_message_id);
+    })?;
+    Ok(InboundStored::Created {
+        id,
+        conversation_id,
+    })
+}
+
+pub(super) fn get_message(
+    conn: &mut SqliteConnection,
+    id: i64,
+) -> Result<Option<(MessageView, Vec<AttemptView>)>, StoreError> {
+    let Some(row) = messages::table
+        .find(id)
+        .select(MessageRow::as_select())
+        .first(conn)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let attempts = dispatch_attempts::table
+        .filter(dispatch_attempts::message_id.eq(id))
+        .order(dispatch_attempts::attempt.asc())
+        .select(AttemptRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(|a| AttemptView {
+            attempt: a.attempt,
+            provider: a.provider_name,
+            outcome: a.outcome,
+            latency_ms: a.latency_ms,
+            error_code: a.error_code,
+            at: display_time(&a.created_at),
+        })
+        .collect();
+    Ok(Some((row.into(), attempts)))
+}
+
+pub(super) fn list_conversations(
+    conn: &mut SqliteConnection,
+    page: PageRequest,
+) -> Result<Page<ConversationView>, StoreError> {
+    let total = conversations::table.count().get_result(conn)?;
+    let items = conversations::table
+        .order((
+            conversations::last_message_at.desc(),
+            conversations::id.desc(),
+        ))
+        .limit(i64::from(page.page_size))
+        .offset(page.offset())
+        .select(ConversationRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(|c| ConversationView {
+            id: c.id,
+            participants: [c.participant_a, c.participant_b],
+            message_count: c.message_count,
+            last_message_at: display_time(&c.last_message_at),
+        })
+        .collect();
+    Ok(Page { items, total })
+}
+
+pub(super) fn list_conversation_messages(
+    conn: &mut SqliteConnection,
+    conversation_id: i64,
+    page: PageRequest,
+) -> Result<Option<Page<MessageView>>, StoreError> {
+    let Some(total) = conversations::table
+        .find(conversation_id)
+        .select(conversations::message_count)
+        .first::<i64>(conn)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let items = messages::table
+        .filter(messages::conversation_id.eq(conversation_id))
+        .order((messages::timestamp.asc(), messages::id.asc()))
+        .limit(i64::from(page.page_size))
+        .offset(page.offset())
+        .select(MessageRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(MessageView::from)
+        .collect();
+    Ok(Some(Page { items, total }))
+}

@@ -1,0 +1,78 @@
+//! Diesel row types. They stay inside `store/`; callers get the views of `messages.rs`.
+
+use diesel::prelude::*;
+
+use super::schema::{conversations, dispatch_attempts, messages};
+
+#[derive(Insertable)]
+#[diesel(table_name = messages)]
+pub(super) struct NewMessageRow<'a> {
+    pub conversation_id: i64,
+    pub direction: &'a str,
+    pub channel: &'a str,
+    pub from_addr: &'a str,
+    pub to_addr: &'a str,
+    pub body: &'a str,
+    pub attachments: Option<String>,
+    pub timestamp: String,
+    pub provider_name: Option<&'a str>,
+    pub status: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub request_fingerprint: Option<&'a str>,
+    pub provider_message_id: Option<&'a str>,
+    pub next_attempt_at: Option<&'a str>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = conversations)]
+pub(super) struct NewConversationRow<'a> {
+    pub participant_a: &'a str,
+    pub participant_b: &'a str,
+    pub message_count: i64,
+    pub created_at: &'a str,
+    pub last_message_at: &'a str,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = messages)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+pub(super) struct MessageRow {
+    pub id: i64,
+    pub conversation_id: i64,
+    pub direction: String,
+    pub channel: String,
+    pub from_addr: String,
+    pub to_addr: String,
+    pub body: String,
+    pub attachments: Option<String>,
+    pub timestamp: String,
+    pub provider_name: Option<String>,
+    pub status: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = conversations)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+pub(super) struct ConversationRow {
+    pub id: i64,
+    pub participant_a: String,
+    pub participant_b: String,
+    pub message_count: i64,
+    pub last_message_at: String,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = dispatch_attempts)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+pub(super) struct AttemptRow {
+    pub attempt: i32,
+    pub provider_name: String,
+    pub outcome: String,
+    pub latency_ms: i64,
+    pub error_code: Option<String>,
+    pub created_at: String,
+}

@@ -1,0 +1,52 @@
+//! Diesel's view of the tables in `migrations/sqlite/`; kept by hand, in step with them.
+
+diesel::table! {
+    conversations (id) {
+        id -> BigInt,
+        participant_a -> Text,
+        participant_b -> Text,
+        message_count -> BigInt,
+        created_at -> Text,
+        last_message_at -> Text,
+    }
+}
+
+diesel::table! {
+    messages (id) {
+        id -> BigInt,
+        conversation_id -> BigInt,
+        direction -> Text,
+        channel -> Text,
+        from_addr -> Text,
+        to_addr -> Text,
+        body -> Text,
+        attachments -> Nullable<Text>,
+        timestamp -> Text,
+        provider_name -> Nullable<Text>,
+        status -> Text,
+        idempotency_key -> Nullable<Text>,
+        request_fingerprint -> Nullable<Text>,
+        provider_message_id -> Nullable<Text>,
+        attempt_count -> Integer,
+        next_attempt_at -> Nullable<Text>,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+diesel::table! {
+    dispatch_attempts (id) {
+        id -> BigInt,
+        message_id -> BigInt,
+        provider_name -> Text,
+        attempt -> Integer,
+        outcome -> Text,
+        latency_ms -> BigInt,
+        error_code -> Nullable<Text>,
+        created_at -> Text,
+    }
+}
+
+diesel::joinable!(messages -> conversations (conversation_id));
+diesel::joinable!(dispatch_attempts -> messages (message_id));
+diesel::allow_tables_to_appear_in_same_query!(conversations, messages, dispatch_attempts);

@@ -1,0 +1,3 @@
+DROP TABLE dispatch_attempts;
+DROP TABLE messages;
+DROP TABLE conversations;

@@ -1,0 +1,90 @@
+//! `ApiError`: every error the API answers with (CONTRACT 3.4), written as
+//! `{"error": {"code", "message", "field"?}}` with the contract's status. Causes are
+//! logged where they happen; only the contract's sentence reaches the client.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("{field} {message}")]
+    Validation { field: String, message: String },
+    #[error("{0} was not found")]
+    NotFound(String),
+    #[error("{method} is not allowed here; use {allow}")]
+    MethodNotAllowed { method: String, allow: &'static str },
+    #[error("this API only answers with application/json")]
+    NotAcceptable,
+    #[error("the body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("send the body as application/json")]
+    UnsupportedMediaType,
+    #[error("the Idempotency-Key was already used with a different request")]
+    IdempotencyConflict,
+    #[error("no provider is configured for channel {channel}")]
+    NoProvider { channel: String },
+    #[error("the database is not available; retry later")]
+    NotReady,
+}
+
+impl ApiError {
+    pub fn validation(field: &str, message: impl Into<String>) -> Self {
+        ApiError::Validation {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::Validation { .. } => "validation_failed",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::NotAcceptable => "not_acceptable",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::IdempotencyConflict => "idempotency_conflict",
+            ApiError::NoProvider { .. } => "no_provider",
+            ApiError::NotReady => "not_ready",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidJson(_) | ApiError::Validation { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NoProvider { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = json!({"code": self.code(), "message": self.to_string()});
+        if let ApiError::Validation { field, message } = self {
+            body["field"] = json!(field);
+            body["message"] = json!(format!("{field} {message}"));
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::MethodNotAllowed { allow, .. } => {
+                response.insert_header((header::ALLOW, *allow));
+            }
+            ApiError::NotReady => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            _ => {}
+        }
+        response.json(json!({ "error": body }))
+    }
+}

@@ -1,0 +1,38 @@
+//! Liveness (`/healthz`), readiness (`/readyz`: the database answers and the actors run)
+//! and the Prometheus scrape endpoint (`/metrics`).
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::AppState;
+
+/// A readiness probe that waits longer than this is itself a "not ready".
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.store.ping();
+    let router = state.router.send(messaging_actors::router::Ping);
+    match tokio::time::timeout(READY_TIMEOUT, async { (store.await, router.await) }).await {
+        Ok((Ok(()), Ok(()))) => Ok(HttpResponse::Ok().json(json!({"status": "ready"}))),
+        _ => Err(ApiError::NotReady),
+    }
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    match state.metrics.encode() {
+        Ok(text) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(text),
+        Err(e) => {
+            slog::error!(state.log, "metrics encoding failed"; "error" => e.to_string());
+            HttpResponse::InternalServerError().finish()
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Inbound messages from providers: `POST /api/webhooks/sms` and `/api/webhooks/email`.
+//! A repeated provider id answers with the first message and stores nothing new.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use messaging_actors::domain::MessageContent;
+use messaging_actors::store::{InboundStored, NewInbound};
+use serde_json::json;
+
+use super::body::{read_object, Fields};
+use super::error::ApiError;
+use super::messages::{email_content, sms_content};
+use super::{store_unavailable, AppState};
+
+/// Provider ids are opaque; bound them like idempotency keys.
+const MAX_PROVIDER_ID_LEN: usize = 255;
+
+async fn receive(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    id_field: &str,
+    parse: fn(&Fields<'_>) -> Result<MessageContent, ApiError>,
+) -> Result<HttpResponse, ApiError> {
+    let object = read_object(req, payload, state.max_body_bytes).await?;
+    let fields = Fields(&object);
+    let content = parse(&fields)?;
+    let provider_message_id = fields.non_empty(id_field)?;
+    if provider_message_id.len() > MAX_PROVIDER_ID_LEN {
+        return Err(ApiError::validation(id_field, "must be at most 255 bytes"));
+    }
+    let channel = content.channel;
+    let stored = state
+        .store
+        .insert_inbound(NewInbound {
+            content,
+            provider_message_id: provider_message_id.to_owned(),
+        })
+        .await
+        .map_err(|e| store_unavailable(&state.log, e))?;
+    let (id, conversation_id) = match stored {
+        InboundStored::Created {
+            id,
+            conversation_id,
+        } => {
+            state
+                .metrics
+                .webhooks_received
+                .with_label_values(&[channel.as_str()])
+                .inc();
+            (id, conversation_id)
+        }
+        InboundStored::Duplicate {
+            id,
+            conversation_id,
+        } => (id, conversation_id),
+    };
+    Ok(HttpResponse::Accepted().json(json!({
+        "id": id,
+        "status": "received",
+        "conversation_id": conversation_id,
+    })))
+}
+
+pub async fn receive_sms_webhook(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    receive(&state, &req, payload, "messaging_provider_id", sms_content).await
+}
+
+pub async fn receive_email_webhook(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    receive(&state, &req, payload, "xillio_id", email_content).await
+}

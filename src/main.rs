@@ -1,0 +1,51 @@
+//! `messaging-service`: reads settings, starts logging, runs the service until SIGTERM or
+//! SIGINT. Exit codes: 0 after a graceful stop, 2 for a bad configuration, 1 when the
+//! service cannot start (database unusable, address taken).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use slog::{error, info};
+
+mod http;
+mod settings;
+mod startup;
+mod telemetry;
+
+#[derive(Debug, Parser)]
+#[command(name = "messaging-service", version, about)]
+struct Cli {
+    /// Settings file; else $MESSAGING_CONFIG, else ./settings.toml if present, else defaults.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env_path = std::env::var_os("MESSAGING_CONFIG").map(PathBuf::from);
+    let file = settings::config_path(cli.config, env_path);
+    let settings = match settings::load(file.as_deref(), std::env::vars()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("messaging-service: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (log, guard) = telemetry::init(settings.log.level);
+    let outcome = actix_web::rt::System::new().block_on(startup::run(settings, log.clone()));
+    let code = match outcome {
+        Ok(()) => {
+            info!(log, "stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(log, "service failed"; "error" => format!("{e:#}"));
+            ExitCode::FAILURE
+        }
+    };
+    drop(log);
+    // Flushes every line still queued for stdout before the process ends.
+    drop(guard);
+    code
+}

@@ -1,0 +1,97 @@
+//! Start-up: opens the database (migrations included), starts the actors, binds the HTTP
+//! server, logs the real bound address, and stops gracefully on SIGTERM or SIGINT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+use messaging_actors::domain::Channel;
+use messaging_actors::metrics::Metrics;
+use messaging_actors::router::{Registry, RouterActor};
+use messaging_actors::store::{self, Store};
+use slog::{info, warn, Logger};
+
+use crate::http::{self, AppState, HttpMetrics};
+use crate::settings::Settings;
+
+/// How long in-flight requests get to finish after a stop signal.
+const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+
+fn registry(settings: &Settings) -> Registry {
+    let routing = &settings.routing;
+    Registry::new(
+        [
+            (Channel::Sms, routing.sms.clone()),
+            (Channel::Mms, routing.mms.clone()),
+            (Channel::Email, routing.email.clone()),
+        ],
+        settings.providers.keys().cloned().collect(),
+    )
+}
+
+/// Runs the service until a stop signal; must be called inside an actix `System`.
+pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
+    let pool = store::open(&settings.database.url, settings.database.pool_size)
+        .with_context(|| format!("opening database {}", settings.database.url))?;
+    let registry = registry(&settings);
+    for (channel, provider) in registry.unserved() {
+        warn!(log, "channel has no provider";
+            "channel" => channel.as_str(), "provider" => provider);
+    }
+    let metrics = Arc::new(Metrics::new(&registry.providers()).context("building metrics")?);
+    let http_metrics = HttpMetrics::new(metrics.registry()).context("building HTTP metrics")?;
+    let store = Store::start(pool, settings.database.pool_size as usize);
+    let router = RouterActor::new(registry, store.clone(), metrics.clone(), log.clone()).start();
+
+    let state = web::Data::new(AppState {
+        router,
+        store,
+        metrics,
+        http_metrics,
+        max_body_bytes: settings.server.max_body_bytes,
+        log: log.clone(),
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(http::routes)
+            .wrap(actix_web::middleware::from_fn(http::require_json_accept))
+            .wrap(actix_web::middleware::from_fn(http::observe))
+    })
+    .disable_signals()
+    .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+    .client_request_timeout(Duration::from_secs(5))
+    .bind(&settings.server.bind)
+    .with_context(|| format!("binding {}", settings.server.bind))?;
+    for addr in server.addrs() {
+        info!(log, "listening"; "addr" => addr.to_string());
+    }
+    let server = server.run();
+    let handle = server.handle();
+    let signal_log = log.clone();
+    actix_web::rt::spawn(async move {
+        let signal = stop_signal().await;
+        info!(signal_log, "stopping"; "signal" => signal);
+        // Graceful: stop accepting, let in-flight requests finish (their writes commit).
+        handle.stop(true).await;
+    });
+    server.await.context("running the HTTP server")
+}
+
+/// Waits for SIGTERM or SIGINT, whichever comes first.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process still stops on the default action.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
