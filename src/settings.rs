@@ -543,13 +543,16 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_refused_with_their_section() {
+    fn unknown_keys_are_refused_by_name() {
         let err = parse("[server]\nbindd = \"x\"").expect_err("unknown key");
-        assert_eq!(err.key, "server");
-        assert!(err.problem.contains("bindd"), "{err}");
-        assert_eq!(error_key("[nope]\na = 1"), "test.toml");
-        assert_eq!(error_key("[providers.email]\nseeed = 1"), "providers.email");
-        assert_eq!(error_key("[routing]\nvoice = \"x\""), "routing");
+        assert_eq!(err.key, "server.bindd");
+        assert!(err.problem.contains("unknown field"), "{err}");
+        assert_eq!(error_key("[nope]\na = 1"), "nope");
+        assert_eq!(
+            error_key("[providers.email]\nseeed = 1"),
+            "providers.email.seeed"
+        );
+        assert_eq!(error_key("[routing]\nvoice = \"x\""), "routing.voice");
     }
 
     #[test]
@@ -655,7 +658,7 @@ mod tests {
             parse_env("", &[("MESSAGING__DISPATCH__MAX_ATTEMPTS", "lots")]).expect_err("refused");
         assert_eq!(err.key, "dispatch.max_attempts");
         let err = parse_env("", &[("MESSAGING__SERVER__PORT", "1")]).expect_err("refused");
-        assert_eq!(err.key, "server");
+        assert_eq!(err.key, "server.port");
     }
 
     #[test]

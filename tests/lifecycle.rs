@@ -1,0 +1,158 @@
+//! End-to-end tests of the process itself (CONTRACT section 1): start-up on a bad
+//! configuration, the `listening` line, graceful stop, and restarts on the same database.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn a_bad_configuration_exits_2_with_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (settings, key) in [
+        (
+            "[dispatch]\nmax_attempts = \"five\"\n",
+            "dispatch.max_attempts",
+        ),
+        ("[server]\nport = 8080\n", "server.port"),
+        (
+            "[outcomes]\nerror_pct = 70.0\ntimeout_pct = 40.0\n",
+            "outcomes",
+        ),
+        (
+            "[providers.email]\nerror_pct = 101.0\n",
+            "providers.email.error_pct",
+        ),
+        ("[server\n", "settings.toml"),
+    ] {
+        let path = dir.path().join("settings.toml");
+        std::fs::write(&path, settings).expect("write settings");
+        let output = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .env_remove("MESSAGING_CONFIG")
+            .output()
+            .expect("run");
+        assert_eq!(output.status.code(), Some(2), "{settings}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(key), "{key} not named in {stderr}");
+    }
+
+    let output = Command::new(BIN)
+        .env("MESSAGING_CONFIG", dir.path().join("missing.toml"))
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+
+    let output = Command::new(BIN)
+        .env_remove("MESSAGING_CONFIG")
+        .env("MESSAGING__LOG__LEVEL", "loud")
+        .current_dir(dir.path())
+        .arg("--config")
+        .arg(dir.path().join("empty.toml"))
+        .output()
+        .expect("run");
+    // The missing file is the first problem met.
+    assert_eq!(output.status.code(), Some(2));
+    std::fs::write(dir.path().join("empty.toml"), "").expect("write");
+    let output = Command::new(BIN)
+        .env_remove("MESSAGING_CONFIG")
+        .env("MESSAGING__LOG__LEVEL", "loud")
+        .arg("--config")
+        .arg(dir.path().join("empty.toml"))
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("log.level"));
+}
+
+#[test]
+fn the_listening_line_holds_the_real_bound_address() {
+    let app = TestApp::spawn("");
+    let line = &app.logs_with("listening")[0];
+    assert_eq!(line["level"], "info");
+    assert!(line["ts"].as_str().is_some_and(|t| t.ends_with('Z')));
+    let addr = line["addr"].as_str().expect("addr");
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
+    assert_eq!(app.get("/healthz").status, 200);
+}
+
+#[test]
+fn every_log_line_is_json_with_ts_level_and_msg() {
+    let app = TestApp::spawn("");
+    app.post("/api/messages/sms", &sample_sms());
+    app.post("/api/messages/sms", &json!({"broken": true}));
+    app.get("/api/messages/1");
+    signal(app.pid(), "TERM");
+    let (status, logs) = app.wait_for_exit();
+    assert!(status.success());
+    assert!(logs.len() >= 3, "{logs:?}");
+    for line in &logs {
+        for key in ["ts", "level", "msg"] {
+            assert!(line[key].is_string(), "{key} missing in {line}");
+        }
+        assert!(
+            !line.to_string().contains("Hello! This is a test SMS"),
+            "bodies are never logged: {line}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_and_sigint_stop_gracefully_with_exit_0() {
+    for signal_name in ["TERM", "INT"] {
+        let app = TestApp::spawn("");
+        assert_eq!(app.post("/api/messages/sms", &sample_sms()).status, 202);
+        signal(app.pid(), signal_name);
+        let (status, logs) = app.wait_for_exit();
+        assert_eq!(status.code(), Some(0), "SIG{signal_name}");
+        let last = logs.last().expect("a last line");
+        assert_eq!(last["msg"], "stopped", "the log was flushed to the end");
+        let stopping = logs
+            .iter()
+            .find(|l| l["msg"] == "stopping")
+            .expect("stopping");
+        assert_eq!(stopping["signal"], format!("SIG{signal_name}"));
+    }
+}
+
+#[test]
+fn a_restart_on_the_same_database_keeps_every_accepted_message() {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let app = TestApp::spawn_in(dir.clone(), "");
+    let mut accepted = Vec::new();
+    for n in 0..20 {
+        let body = json!({"from": "+12016661234", "to": format!("+1804555{n:04}"),
+            "type": "sms", "body": format!("message {n}"), "attachments": null,
+            "timestamp": "2024-11-01T14:00:00Z"});
+        let response = app.post("/api/messages/sms", &body);
+        assert_eq!(response.status, 202);
+        accepted.push(response.json());
+    }
+    let hook = app.post("/api/webhooks/sms", &sample_sms_webhook()).json();
+    assert!(app.stop().success());
+
+    let app = TestApp::spawn_in(dir, "");
+    for message in &accepted {
+        let stored = app.get(&format!("/api/messages/{}", message["id"]));
+        assert_eq!(stored.status, 200);
+        let stored = stored.json();
+        assert_eq!(stored["provider"], "sms-mms");
+        assert_eq!(stored["conversation_id"], message["conversation_id"]);
+    }
+    // The webhook's dedupe survives the restart too.
+    assert_eq!(
+        app.post("/api/webhooks/sms", &sample_sms_webhook()).json(),
+        hook
+    );
+    let next = app.post("/api/messages/sms", &sample_sms()).json();
+    assert_eq!(next["id"], 22, "ids continue after the 21 stored ones");
+    assert_eq!(app.get("/api/conversations").json()["meta"]["total"], 21);
+}
