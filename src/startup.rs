@@ -9,7 +9,9 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use messaging_actors::domain::Channel;
 use messaging_actors::metrics::Metrics;
-use messaging_actors::router::{Registry, RouterActor};
+use messaging_actors::outcome::{OutcomeOdds, RetryPolicy};
+use messaging_actors::provider::ProviderConfig;
+use messaging_actors::router::{Backlog, Registry, ResumeQueued, RouterActor};
 use messaging_actors::store::{self, Store};
 use slog::{info, warn, Logger};
 
@@ -31,6 +33,37 @@ fn registry(settings: &Settings) -> Registry {
     )
 }
 
+/// Each `[providers.NAME]` with its settings resolved over the global defaults.
+fn provider_configs(settings: &Settings, registry: &Registry) -> Vec<ProviderConfig> {
+    let d = &settings.dispatch;
+    let retry = RetryPolicy {
+        max_attempts: d.max_attempts,
+        backoff_initial: Duration::from_millis(d.backoff_initial_ms),
+        backoff_max: Duration::from_millis(d.backoff_max_ms),
+        retry_after: Duration::from_millis(d.retry_after_ms),
+    };
+    registry
+        .providers()
+        .into_iter()
+        .map(|(name, channels)| {
+            let outcomes = settings.outcomes_for(&name);
+            ProviderConfig {
+                seed: settings.providers.get(&name).and_then(|p| p.seed),
+                odds: OutcomeOdds {
+                    timeout_pct: outcomes.timeout_pct,
+                    error_pct: outcomes.error_pct,
+                    ratelimit_pct: outcomes.ratelimit_pct,
+                },
+                latency: Duration::from_millis(outcomes.latency_ms),
+                timeout: Duration::from_millis(outcomes.timeout_ms),
+                retry,
+                name,
+                channels,
+            }
+        })
+        .collect()
+}
+
 /// Runs the service until a stop signal; must be called inside an actix `System`.
 pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
     let pool = store::open(&settings.database.url, settings.database.pool_size)
@@ -43,7 +76,25 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(&registry.providers()).context("building metrics")?);
     let http_metrics = HttpMetrics::new(metrics.registry()).context("building HTTP metrics")?;
     let store = Store::start(pool, settings.database.pool_size as usize);
-    let router = RouterActor::new(registry, store.clone(), metrics.clone(), log.clone()).start();
+    let providers = provider_configs(&settings, &registry);
+    let backlog = Arc::new(Backlog::new(settings.dispatch.backlog_limit));
+    let router = RouterActor::new(
+        registry,
+        providers,
+        store.clone(),
+        metrics.clone(),
+        backlog,
+        log.clone(),
+    )
+    .start();
+    // Queued work from an earlier run goes to the providers before any new message, so
+    // each provider meets it first.
+    let resumed = router
+        .send(ResumeQueued)
+        .await
+        .context("resuming queued messages")?
+        .context("loading queued messages")?;
+    info!(log, "resumed queued messages"; "count" => resumed);
 
     let state = web::Data::new(AppState {
         router,

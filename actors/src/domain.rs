@@ -196,6 +196,21 @@ impl Timestamp {
         Timestamp::parse_rfc3339(raw).ok()
     }
 
+    /// This moment plus `delay` (saturating far in the future).
+    pub fn after(delay: std::time::Duration) -> Timestamp {
+        let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        Timestamp(
+            Utc::now()
+                .checked_add_signed(delay)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        )
+    }
+
+    /// How long from now until this moment; zero if it has passed.
+    pub fn until(self) -> std::time::Duration {
+        (self.0 - Utc::now()).to_std().unwrap_or_default()
+    }
+
     /// The shortest RFC 3339 form, as clients usually write it.
     pub fn to_rfc3339(self) -> String {
         self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true)

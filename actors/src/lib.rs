@@ -4,8 +4,11 @@
 //! # Layout
 //! - `domain`: channels, addresses, participants, timestamps, message content; the
 //!   validation of single values.
-//! - `router`: the provider registry (channel -> provider) and `RouterActor`, which tags,
-//!   stores and answers every outbound message.
+//! - `router`: the provider registry (channel -> provider), the backlog bound and
+//!   `RouterActor`, which tags, stores and hands every outbound message to its provider.
+//! - `provider`: `ProviderActor`, one per provider on its own arbiter: outcome draws,
+//!   simulated latency, retries, attempt records, per-provider counters.
+//! - `outcome`: the seeded outcome stream (`Pcg64`) and the retry policy.
 //! - `store`: SQLite through Diesel and r2d2; `PersistenceActor` on a `SyncArbiter`,
 //!   `WriteBatcher` for group commit, `Store` as the handle.
 //! - `metrics`: every Prometheus series of the contract, on a registry of its own.
@@ -13,6 +16,9 @@
 //! # Actor map
 //! ```text
 //! HTTP handlers --AcceptOutbound--> RouterActor --insert_outbound--> Store
+//!                                       |  --Dispatch--> ProviderActor (one per provider)
+//!                                       |                   --record_attempt--> Store
+//! start-up --ResumeQueued--> RouterActor (queued rows, in id order, to their providers)
 //! HTTP handlers --insert_inbound / reads------------------------->  Store
 //! Store: WriteBatcher --CommitBatch--> PersistenceActor (SyncArbiter, pool_size threads)
 //!        reads -----------Read-------> PersistenceActor
@@ -20,5 +26,7 @@
 
 pub mod domain;
 pub mod metrics;
+pub mod outcome;
+pub mod provider;
 pub mod router;
 pub mod store;

@@ -1,18 +1,22 @@
-//! Routing: the registry (channel -> provider name, from `[routing]`) and the
-//! `RouterActor`, which accepts outbound messages: it tags each with its provider, has it
-//! stored, and answers. A channel whose provider is missing is answered at once with
-//! `RouteError::NoProvider`, the message stored `failed` so nothing retries it.
+//! Routing: the registry (channel -> provider name, from `[routing]`), the backlog bound,
+//! and the `RouterActor`. The router accepts outbound messages (tags each with its
+//! provider, has it stored, hands it to that provider's actor, answers) and routes the
+//! queued messages recovery finds. A channel whose provider is missing is answered at once
+//! with `RouteError::NoProvider`, the message stored `failed` so nothing retries it; a
+//! stored message with an unknown channel is an invalid route, failed the same way.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use actix::{Actor, Context, Handler, Message, ResponseFuture};
-use slog::{error, Logger};
+use actix::{Actor, Addr, Arbiter, Context, Handler, Message, ResponseFuture};
+use slog::{error, warn, Logger};
 use thiserror::Error;
 
 use crate::domain::{Channel, IdempotencyKey, MessageContent};
 use crate::metrics::Metrics;
-use crate::store::{NewOutbound, OutboundStored, Store, StoreError};
+use crate::provider::{Dispatch, GetProviderStatus, ProviderActor, ProviderConfig, ProviderStatus};
+use crate::store::{NewOutbound, OutboundStored, QueuedMessage, Store, StoreError};
 
 /// Channel -> provider, built once at start-up. A route may name a provider that does not
 /// exist (or be empty): that is served as `NoProvider`, not refused at start.
@@ -68,12 +72,56 @@ impl Registry {
     }
 }
 
+/// The count of accepted messages not yet finished, across providers, against
+/// `dispatch.backlog_limit`. Admission reserves a slot before storing; the provider that
+/// finishes a message gives its slot back.
+#[derive(Debug)]
+pub struct Backlog {
+    limit: u64,
+    pending: AtomicU64,
+}
+
+impl Backlog {
+    pub fn new(limit: u64) -> Self {
+        Backlog {
+            limit,
+            pending: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes a slot if one is free.
+    pub fn try_reserve(&self) -> bool {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                (p < self.limit).then_some(p + 1)
+            })
+            .is_ok()
+    }
+
+    /// Counts recovered work, even beyond the limit: it was accepted before.
+    pub fn add(&self, n: u64) {
+        self.pending.fetch_add(n, Ordering::AcqRel);
+    }
+
+    pub fn release(&self) {
+        let _ = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1));
+    }
+
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Acquire)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum RouteError {
     #[error("no provider is configured for channel {channel}")]
     NoProvider { channel: String, message_id: i64 },
     #[error("the idempotency key was already used with a different request")]
     IdempotencyConflict,
+    #[error("{pending} messages are waiting, the backlog limit")]
+    Overloaded { pending: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -97,25 +145,117 @@ pub struct AcceptOutbound {
     pub idempotency: Option<IdempotencyKey>,
 }
 
+/// A dispatch event for a stored, queued message (recovery hands every one over this
+/// way). Its channel is raw: an unknown one is an invalid route.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RouteQueued(pub QueuedMessage);
+
+/// Hands every queued outbound message in the database to its provider, in id order.
+/// Answers how many were handed over.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<usize, StoreError>")]
+pub struct ResumeQueued;
+
+/// Every provider's status, by name.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<ProviderStatus>")]
+pub struct ListProviders;
+
 /// Answers when the router runs; readiness asks it.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Ping;
 
-pub struct RouterActor {
-    registry: Registry,
+/// What the router's futures need, cheap to clone into them.
+#[derive(Clone)]
+struct Routes {
+    providers: Arc<BTreeMap<String, Addr<ProviderActor>>>,
     store: Store,
     metrics: Arc<Metrics>,
+    backlog: Arc<Backlog>,
     log: Logger,
 }
 
+impl Routes {
+    /// Hands a queued message to its provider, or fails it for good when it cannot be
+    /// routed, so that it is never picked up again.
+    async fn route_queued(&self, queued: QueuedMessage) {
+        let id = queued.id;
+        let Some(channel) = Channel::parse(&queued.channel) else {
+            error!(self.log, "invalid routing"; "channel" => &queued.channel, "message_id" => id);
+            self.metrics.invalid_routing.inc();
+            self.fail(id).await;
+            return;
+        };
+        let provider = queued.provider.as_ref().and_then(|p| self.providers.get(p));
+        let Some(provider) = provider else {
+            error!(self.log, "no provider for channel";
+                "channel" => channel.as_str(), "message_id" => id);
+            self.metrics
+                .routing_missing_provider
+                .with_label_values(&[channel.as_str()])
+                .inc();
+            self.fail(id).await;
+            return;
+        };
+        self.backlog.add(1);
+        // Bounded by the backlog: every message in a provider's mailbox holds a slot.
+        provider.do_send(Dispatch {
+            message_id: id,
+            channel,
+            attempts_made: queued.attempts_made,
+            due: queued.next_attempt_at,
+        });
+    }
+
+    async fn fail(&self, id: i64) {
+        if let Err(e) = self.store.mark_failed(id).await {
+            // Left queued; the next start meets it again and fails it then.
+            warn!(self.log, "could not mark message failed"; "message_id" => id,
+                "error" => e.to_string());
+        }
+    }
+}
+
+pub struct RouterActor {
+    registry: Registry,
+    routes: Routes,
+}
+
 impl RouterActor {
-    pub fn new(registry: Registry, store: Store, metrics: Arc<Metrics>, log: Logger) -> Self {
+    /// Starts one `ProviderActor` per configured provider, each on an arbiter (thread) of
+    /// its own, so that no provider's work can delay another's. Must run inside an actix
+    /// system.
+    pub fn new(
+        registry: Registry,
+        providers: Vec<ProviderConfig>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        backlog: Arc<Backlog>,
+        log: Logger,
+    ) -> Self {
+        let addrs = providers
+            .into_iter()
+            .map(|config| {
+                let name = config.name.clone();
+                let (store, metrics, backlog, log) =
+                    (store.clone(), metrics.clone(), backlog.clone(), log.clone());
+                let addr = ProviderActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                    ProviderActor::new(config, store, metrics, backlog, &log)
+                });
+                (name, addr)
+            })
+            .collect();
         RouterActor {
             registry,
-            store,
-            metrics,
-            log: log.new(slog::o!("actor" => "router")),
+            routes: Routes {
+                providers: Arc::new(addrs),
+                store,
+                metrics,
+                backlog,
+                log: log.new(slog::o!("actor" => "router")),
+            },
         }
     }
 }
@@ -136,23 +276,43 @@ impl Handler<AcceptOutbound> for RouterActor {
     fn handle(&mut self, msg: AcceptOutbound, _: &mut Self::Context) -> Self::Result {
         let channel = msg.content.channel;
         let provider = self.registry.provider_for(channel).map(str::to_owned);
-        let (store, metrics, log) = (self.store.clone(), self.metrics.clone(), self.log.clone());
+        let routes = self.routes.clone();
+        // A message with a provider takes a backlog slot before it is stored, so that a
+        // flood is refused before it costs a write.
+        if provider.is_some() && !routes.backlog.try_reserve() {
+            let pending = routes.backlog.pending();
+            return Box::pin(async move { Err(RouteError::Overloaded { pending }) });
+        }
         Box::pin(async move {
             let new = NewOutbound {
                 content: msg.content,
                 provider: provider.clone(),
                 idempotency: msg.idempotency,
             };
-            match store.insert_outbound(new).await? {
+            let stored = routes.store.insert_outbound(new).await;
+            let handed_over = matches!(stored, Ok(OutboundStored::Created { .. }));
+            if provider.is_some() && !handed_over {
+                routes.backlog.release();
+            }
+            match stored? {
                 OutboundStored::Created {
                     id,
                     conversation_id,
                 } => match provider {
                     Some(provider) => {
-                        metrics
+                        routes
+                            .metrics
                             .messages_accepted
                             .with_label_values(&[channel.as_str()])
                             .inc();
+                        if let Some(addr) = routes.providers.get(&provider) {
+                            addr.do_send(Dispatch {
+                                message_id: id,
+                                channel,
+                                attempts_made: 0,
+                                due: None,
+                            });
+                        }
                         Ok(Accepted {
                             id,
                             conversation_id,
@@ -162,9 +322,10 @@ impl Handler<AcceptOutbound> for RouterActor {
                         })
                     }
                     None => {
-                        error!(log, "no provider for channel";
+                        error!(routes.log, "no provider for channel";
                             "channel" => channel.as_str(), "message_id" => id);
-                        metrics
+                        routes
+                            .metrics
                             .routing_missing_provider
                             .with_label_values(&[channel.as_str()])
                             .inc();
@@ -195,6 +356,48 @@ impl Handler<AcceptOutbound> for RouterActor {
                 },
                 OutboundStored::Conflict => Err(RouteError::IdempotencyConflict),
             }
+        })
+    }
+}
+
+impl Handler<RouteQueued> for RouterActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, RouteQueued(queued): RouteQueued, _: &mut Self::Context) -> Self::Result {
+        let routes = self.routes.clone();
+        Box::pin(async move { routes.route_queued(queued).await })
+    }
+}
+
+impl Handler<ResumeQueued> for RouterActor {
+    type Result = ResponseFuture<Result<usize, StoreError>>;
+
+    fn handle(&mut self, _: ResumeQueued, _: &mut Self::Context) -> Self::Result {
+        let routes = self.routes.clone();
+        Box::pin(async move {
+            let queued = routes.store.load_queued().await?;
+            let count = queued.len();
+            for message in queued {
+                routes.route_queued(message).await;
+            }
+            Ok(count)
+        })
+    }
+}
+
+impl Handler<ListProviders> for RouterActor {
+    type Result = ResponseFuture<Vec<ProviderStatus>>;
+
+    fn handle(&mut self, _: ListProviders, _: &mut Self::Context) -> Self::Result {
+        let providers = self.routes.providers.clone();
+        Box::pin(async move {
+            let mut statuses = Vec::with_capacity(providers.len());
+            for addr in providers.values() {
+                if let Ok(status) = addr.send(GetProviderStatus).await {
+                    statuses.push(status);
+                }
+            }
+            statuses
         })
     }
 }

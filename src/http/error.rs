@@ -26,6 +26,8 @@ pub enum ApiError {
     IdempotencyConflict,
     #[error("no provider is configured for channel {channel}")]
     NoProvider { channel: String },
+    #[error("too many messages are waiting to be dispatched; retry later")]
+    Overloaded { retry_after_secs: u64 },
     #[error("the database is not available; retry later")]
     NotReady,
 }
@@ -49,6 +51,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::IdempotencyConflict => "idempotency_conflict",
             ApiError::NoProvider { .. } => "no_provider",
+            ApiError::Overloaded { .. } => "overloaded",
             ApiError::NotReady => "not_ready",
         }
     }
@@ -65,7 +68,7 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NoProvider { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -79,6 +82,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::MethodNotAllowed { allow, .. } => {
                 response.insert_header((header::ALLOW, *allow));
+            }
+            ApiError::Overloaded { retry_after_secs } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             ApiError::NotReady => {
                 response.insert_header((header::RETRY_AFTER, "1"));

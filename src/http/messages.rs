@@ -14,6 +14,10 @@ use super::body::{read_object, Fields};
 use super::error::ApiError;
 use super::{parse_id, store_unavailable, AppState};
 
+/// What a client refused for a full backlog is told to wait: providers finish thousands
+/// of messages a second, so a second frees room unless they are failing or slow.
+const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
+
 /// SMS and MMS share a shape: E.164 numbers, `type`, and a body (SMS) or attachments (MMS).
 pub fn sms_content(fields: &Fields<'_>) -> Result<MessageContent, ApiError> {
     let from = fields.phone("from")?;
@@ -95,6 +99,9 @@ async fn accept(
         .map_err(|e| match e {
             RouteError::NoProvider { channel, .. } => ApiError::NoProvider { channel },
             RouteError::IdempotencyConflict => ApiError::IdempotencyConflict,
+            RouteError::Overloaded { .. } => ApiError::Overloaded {
+                retry_after_secs: OVERLOADED_RETRY_AFTER_SECS,
+            },
             RouteError::Store(e) => store_unavailable(&state.log, e),
         })?;
     Ok(HttpResponse::Accepted()

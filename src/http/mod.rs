@@ -7,6 +7,7 @@ mod conversations;
 mod error;
 mod health;
 mod messages;
+mod providers;
 mod webhooks;
 
 use std::fmt::Display;
@@ -100,6 +101,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/api/conversations/{id}/messages",
         Method::GET,
         web::get().to(conversations::list_conversation_messages),
+    ))
+    .service(only(
+        "/api/providers",
+        Method::GET,
+        web::get().to(providers::list_providers),
     ))
     .service(only(
         "/healthz",

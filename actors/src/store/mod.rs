@@ -8,6 +8,7 @@
 //! requests pays for one fsync, not one each.
 
 mod batcher;
+mod dispatch;
 mod messages;
 mod persistence;
 mod rows;
@@ -23,6 +24,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
+pub use dispatch::{AttemptRecord, QueuedMessage};
 pub use messages::{
     AttemptView, ConversationView, InboundStored, MessageView, NewInbound, NewOutbound,
     OutboundStored, Page, PageRequest,
@@ -130,6 +132,21 @@ impl Store {
     /// Stores an inbound message unless its provider id was seen before.
     pub async fn insert_inbound(&self, new: NewInbound) -> Result<InboundStored, StoreError> {
         self.write(new, messages::insert_inbound).await
+    }
+
+    /// Records a finished attempt and the message status it leads to, in one savepoint.
+    pub async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
+        self.write(record, dispatch::record_attempt).await
+    }
+
+    /// Marks a message `failed` without an attempt (it cannot be routed).
+    pub async fn mark_failed(&self, message_id: i64) -> Result<(), StoreError> {
+        self.write(message_id, dispatch::mark_failed).await
+    }
+
+    /// Every queued outbound message, oldest first, for recovery at start.
+    pub async fn load_queued(&self) -> Result<Vec<QueuedMessage>, StoreError> {
+        self.read(dispatch::load_queued).await
     }
 
     pub async fn get_message(

@@ -1,0 +1,284 @@
+//! `ProviderActor`: one per configured provider, each on its own arbiter. It owns its
+//! outcome stream (`Pcg64`), its queue of messages and its counters; nothing it holds is
+//! shared with another provider.
+//!
+//! A message arrives as `Dispatch`. Each attempt draws the next outcome when it starts, so
+//! the k-th attempt gets the k-th draw whatever the timing; it then takes the simulated
+//! latency on a timer (many attempts are in flight at once, none blocks a thread), is
+//! recorded through the store's group commit, and is retried per `RetryPolicy` until it
+//! succeeds or runs out of attempts.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
+use slog::{info, o, warn, Logger};
+
+use crate::domain::{Channel, MessageStatus, Timestamp};
+use crate::metrics::Metrics;
+use crate::outcome::{Outcome, OutcomeOdds, OutcomeStream, RetryPolicy};
+use crate::router::Backlog;
+use crate::store::{AttemptRecord, Store};
+
+/// Attempts one provider keeps in flight at most; the rest wait in its queue. High enough
+/// that 100 ms of latency does not cap throughput, low enough to bound timers in memory.
+const MAX_IN_FLIGHT: usize = 8192;
+/// Wait before writing an attempt record again after the database refused it.
+const RECORD_RETRY: Duration = Duration::from_secs(1);
+
+/// Everything that defines one provider, resolved from the settings.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub channels: Vec<Channel>,
+    pub seed: Option<u64>,
+    pub odds: OutcomeOdds,
+    /// Simulated time of a non-timeout attempt.
+    pub latency: Duration,
+    /// Simulated time of a timeout attempt.
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+/// Hand a stored, queued message to its provider.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Dispatch {
+    pub message_id: i64,
+    pub channel: Channel,
+    /// Attempts already recorded for it (a recovered message continues its count).
+    pub attempts_made: u32,
+    /// When its next attempt is due; `None` means now.
+    pub due: Option<Timestamp>,
+}
+
+/// A provider as `/api/providers` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderStatus {
+    pub name: String,
+    pub channels: Vec<Channel>,
+    pub seeded: bool,
+    pub odds: OutcomeOdds,
+    /// Messages this provider holds that are not finished.
+    pub pending: u64,
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "ProviderStatus")]
+pub struct GetProviderStatus;
+
+#[derive(Debug, Clone, Copy)]
+struct Job {
+    message_id: i64,
+    channel: Channel,
+    attempts_made: u32,
+}
+
+pub struct ProviderActor {
+    config: ProviderConfig,
+    outcomes: OutcomeStream,
+    ready: VecDeque<Job>,
+    in_flight: usize,
+    /// Messages held (waiting, ready or in flight): this provider's share of the backlog.
+    held: u64,
+    store: Store,
+    metrics: Arc<Metrics>,
+    backlog: Arc<Backlog>,
+    log: Logger,
+}
+
+impl ProviderActor {
+    pub fn new(
+        config: ProviderConfig,
+        store: Store,
+        metrics: Arc<Metrics>,
+        backlog: Arc<Backlog>,
+        log: &Logger,
+    ) -> Self {
+        ProviderActor {
+            outcomes: OutcomeStream::new(config.seed, config.odds),
+            log: log.new(o!("provider" => config.name.clone())),
+            config,
+            ready: VecDeque::new(),
+            in_flight: 0,
+            held: 0,
+            store,
+            metrics,
+            backlog,
+        }
+    }
+
+    fn set_pending_gauge(&self) {
+        self.metrics
+            .pending_messages
+            .with_label_values(&[&self.config.name])
+            .set(i64::try_from(self.held).unwrap_or(i64::MAX));
+    }
+
+    /// Starts as many ready attempts as the in-flight bound allows.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        while self.in_flight < MAX_IN_FLIGHT {
+            let Some(job) = self.ready.pop_front() else {
+                break;
+            };
+            self.start_attempt(job, ctx);
+        }
+    }
+
+    fn start_attempt(&mut self, job: Job, ctx: &mut Context<Self>) {
+        let attempt = job.attempts_made + 1;
+        let outcome = self.outcomes.draw();
+        self.metrics
+            .dispatch_attempts
+            .with_label_values(&[&self.config.name, job.channel.as_str()])
+            .inc();
+        self.in_flight += 1;
+        let took = if outcome == Outcome::Timeout {
+            self.config.timeout
+        } else {
+            self.config.latency
+        };
+        if took.is_zero() {
+            self.finish_attempt(job, attempt, outcome, took, ctx);
+        } else {
+            ctx.run_later(took, move |provider, ctx| {
+                provider.finish_attempt(job, attempt, outcome, took, ctx);
+                provider.pump(ctx);
+            });
+        }
+    }
+
+    fn finish_attempt(
+        &mut self,
+        job: Job,
+        attempt: u32,
+        outcome: Outcome,
+        took: Duration,
+        ctx: &mut Context<Self>,
+    ) {
+        self.in_flight -= 1;
+        let (name, channel) = (self.config.name.as_str(), job.channel.as_str());
+        let latency_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        self.metrics
+            .dispatch_outcomes
+            .with_label_values(&[name, channel, outcome.as_str()])
+            .inc();
+        self.metrics
+            .dispatch_duration
+            .with_label_values(&[name])
+            .observe(took.as_secs_f64());
+        info!(self.log, "dispatch attempt";
+            "channel" => channel, "message_id" => job.message_id, "attempt" => attempt,
+            "outcome" => outcome.as_str(), "latency_ms" => latency_ms, "breaker" => "closed");
+
+        let retry = self.config.retry.next_delay(attempt, outcome);
+        let (status, next_attempt_at) = match (outcome, retry) {
+            (Outcome::Success, _) => (MessageStatus::Sent, None),
+            (_, Some(delay)) => (
+                MessageStatus::Queued,
+                Some((delay, Timestamp::after(delay))),
+            ),
+            (_, None) => (MessageStatus::Failed, None),
+        };
+        self.record(AttemptRecord {
+            message_id: job.message_id,
+            provider: self.config.name.clone(),
+            attempt,
+            outcome: outcome.as_str(),
+            latency_ms,
+            error_code: outcome.error_code(),
+            status,
+            next_attempt_at: next_attempt_at.map(|(_, at)| at),
+        });
+        match (status, next_attempt_at) {
+            (MessageStatus::Queued, Some((delay, _))) => {
+                let next = Job {
+                    attempts_made: attempt,
+                    ..job
+                };
+                ctx.run_later(delay, move |provider, ctx| {
+                    provider.ready.push_back(next);
+                    provider.pump(ctx);
+                });
+            }
+            _ => {
+                if status == MessageStatus::Failed {
+                    warn!(self.log, "message failed";
+                        "channel" => channel, "message_id" => job.message_id,
+                        "attempts" => attempt, "last_outcome" => outcome.as_str());
+                    self.metrics
+                        .messages_failed
+                        .with_label_values(&[name, channel])
+                        .inc();
+                }
+                self.held = self.held.saturating_sub(1);
+                self.backlog.release();
+                self.set_pending_gauge();
+            }
+        }
+    }
+
+    /// Writes the record through group commit, again and again while the database refuses
+    /// it: the message stays queued in the database until its record lands, so a restart
+    /// in the meantime dispatches it again rather than losing it.
+    fn record(&self, record: AttemptRecord) {
+        let (store, log) = (self.store.clone(), self.log.clone());
+        actix::spawn(async move {
+            while let Err(e) = store.record_attempt(record.clone()).await {
+                warn!(log, "attempt not recorded; will retry";
+                    "message_id" => record.message_id, "attempt" => record.attempt,
+                    "error" => e.to_string());
+                tokio::time::sleep(RECORD_RETRY).await;
+            }
+        });
+    }
+}
+
+impl Actor for ProviderActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        self.set_pending_gauge();
+    }
+}
+
+impl Handler<Dispatch> for ProviderActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Dispatch, ctx: &mut Self::Context) {
+        self.held += 1;
+        self.set_pending_gauge();
+        let job = Job {
+            message_id: msg.message_id,
+            channel: msg.channel,
+            attempts_made: msg.attempts_made,
+        };
+        match msg.due.map(Timestamp::until).filter(|wait| !wait.is_zero()) {
+            Some(wait) => {
+                ctx.run_later(wait, move |provider, ctx| {
+                    provider.ready.push_back(job);
+                    provider.pump(ctx);
+                });
+            }
+            None => {
+                self.ready.push_back(job);
+                self.pump(ctx);
+            }
+        }
+    }
+}
+
+impl Handler<GetProviderStatus> for ProviderActor {
+    type Result = MessageResult<GetProviderStatus>;
+
+    fn handle(&mut self, _: GetProviderStatus, _: &mut Self::Context) -> Self::Result {
+        MessageResult(ProviderStatus {
+            name: self.config.name.clone(),
+            channels: self.config.channels.clone(),
+            seeded: self.outcomes.seeded(),
+            odds: self.outcomes.odds(),
+            pending: self.held,
+        })
+    }
+}
