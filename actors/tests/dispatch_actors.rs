@@ -1,0 +1,354 @@
+//! Actor-level tests of routing and dispatch: a real `RouterActor` with real
+//! `ProviderActor`s over a temporary SQLite store, driven by messages. Waiting is polling
+//! the store or the metrics against a deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr};
+use messaging_actors::domain::{Channel, MessageContent, Timestamp};
+use messaging_actors::metrics::Metrics;
+use messaging_actors::outcome::{Outcome, OutcomeOdds, OutcomeStream, RetryPolicy};
+use messaging_actors::provider::ProviderConfig;
+use messaging_actors::router::{
+    AcceptOutbound, Backlog, ListProviders, Registry, RouteError, RouteQueued, RouterActor,
+};
+use messaging_actors::store::{self, AttemptView, MessageView, QueuedMessage, Store};
+use tempfile::TempDir;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+const NO_FAULTS: OutcomeOdds = OutcomeOdds {
+    timeout_pct: 0.0,
+    error_pct: 0.0,
+    ratelimit_pct: 0.0,
+};
+
+fn provider(
+    name: &str,
+    channels: &[Channel],
+    seed: Option<u64>,
+    odds: OutcomeOdds,
+) -> ProviderConfig {
+    ProviderConfig {
+        name: name.to_owned(),
+        channels: channels.to_vec(),
+        seed,
+        odds,
+        latency: Duration::ZERO,
+        timeout: Duration::ZERO,
+        retry: RetryPolicy {
+            max_attempts: 5,
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(4),
+            retry_after: Duration::from_millis(1),
+        },
+    }
+}
+
+struct Harness {
+    router: Addr<RouterActor>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    _dir: TempDir,
+}
+
+fn start(providers: Vec<ProviderConfig>, backlog_limit: u64) -> Harness {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    let pool = store::open(&url, 2).expect("open store");
+    let store = Store::start(pool, 2);
+    let registry = Registry::new(
+        [
+            (Channel::Sms, "sms-mms".to_owned()),
+            (Channel::Mms, "sms-mms".to_owned()),
+            (Channel::Email, "email".to_owned()),
+        ],
+        providers.iter().map(|p| p.name.clone()).collect(),
+    );
+    let metrics = Arc::new(Metrics::new(&registry.providers()).expect("metrics"));
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let router = RouterActor::new(
+        registry,
+        providers,
+        store.clone(),
+        metrics.clone(),
+        Arc::new(Backlog::new(backlog_limit)),
+        log,
+    )
+    .start();
+    Harness {
+        router,
+        store,
+        metrics,
+        _dir: dir,
+    }
+}
+
+fn content(channel: Channel, n: usize) -> MessageContent {
+    let (from, to) = match channel {
+        Channel::Email => ("a@example.com".to_owned(), format!("b{n}@example.com")),
+        _ => ("+12016661234".to_owned(), format!("+1804555{n:04}")),
+    };
+    MessageContent {
+        channel,
+        from,
+        to,
+        body: format!("message {n}"),
+        attachments: (channel == Channel::Mms).then(|| vec!["https://a.io/x.png".to_owned()]),
+        timestamp: Timestamp::parse_rfc3339("2024-11-01T14:00:00Z").expect("valid"),
+    }
+}
+
+impl Harness {
+    async fn accept(&self, channel: Channel, n: usize) -> Result<i64, RouteError> {
+        self.router
+            .send(AcceptOutbound {
+                content: content(channel, n),
+                idempotency: None,
+            })
+            .await
+            .expect("router answers")
+            .map(|accepted| accepted.id)
+    }
+
+    /// Waits until the message leaves `queued`.
+    async fn finished(&self, id: i64) -> (MessageView, Vec<AttemptView>) {
+        let started = Instant::now();
+        loop {
+            let found = self.store.get_message(id).await.expect("read");
+            if let Some((message, attempts)) = found {
+                if message.status != "queued" {
+                    return (message, attempts);
+                }
+            }
+            assert!(started.elapsed() < DEADLINE, "message {id} never finished");
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn counter(&self, provider: &str, channel: &str) -> u64 {
+        self.metrics
+            .dispatch_attempts
+            .with_label_values(&[provider, channel])
+            .get()
+    }
+}
+
+#[actix::test]
+async fn each_channel_is_dispatched_by_its_dedicated_provider() {
+    let h = start(
+        vec![
+            provider("sms-mms", &[Channel::Sms, Channel::Mms], Some(1), NO_FAULTS),
+            provider("email", &[Channel::Email], Some(2), NO_FAULTS),
+        ],
+        100,
+    );
+    for (n, (channel, expected)) in [
+        (Channel::Sms, "sms-mms"),
+        (Channel::Mms, "sms-mms"),
+        (Channel::Email, "email"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = h.accept(channel, n).await.expect("accepted");
+        let (message, attempts) = h.finished(id).await;
+        assert_eq!(message.status, "sent");
+        assert_eq!(message.provider.as_deref(), Some(expected));
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].provider, expected);
+    }
+    assert_eq!(h.counter("sms-mms", "sms"), 1);
+    assert_eq!(h.counter("sms-mms", "mms"), 1);
+    assert_eq!(h.counter("email", "email"), 1);
+}
+
+#[actix::test]
+async fn the_kth_attempt_gets_the_kth_draw_whatever_the_latencies() {
+    let odds = OutcomeOdds {
+        timeout_pct: 20.0,
+        error_pct: 20.0,
+        ratelimit_pct: 20.0,
+    };
+    let mut config = provider("sms-mms", &[Channel::Sms], Some(42), odds);
+    config.retry.max_attempts = 1;
+    // Timeouts take longer than the rest, so attempts finish out of order.
+    config.latency = Duration::from_millis(2);
+    config.timeout = Duration::from_millis(30);
+    let h = start(
+        vec![config, provider("email", &[Channel::Email], None, odds)],
+        100,
+    );
+
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        ids.push(h.accept(Channel::Sms, n).await.expect("accepted"));
+    }
+    let mut observed = Vec::new();
+    for id in ids {
+        let (_, attempts) = h.finished(id).await;
+        assert_eq!(attempts.len(), 1);
+        observed.push(Outcome::parse(&attempts[0].outcome).expect("known outcome"));
+    }
+    let mut stream = OutcomeStream::new(Some(42), odds);
+    let expected: Vec<Outcome> = (0..40).map(|_| stream.draw()).collect();
+    assert_eq!(observed, expected);
+}
+
+#[actix::test]
+async fn errors_are_retried_until_max_attempts_then_the_message_fails() {
+    let all_errors = OutcomeOdds {
+        error_pct: 100.0,
+        ..NO_FAULTS
+    };
+    let all_limited = OutcomeOdds {
+        ratelimit_pct: 100.0,
+        ..NO_FAULTS
+    };
+    let mut email = provider("email", &[Channel::Email], Some(2), all_limited);
+    email.retry.max_attempts = 2;
+    let h = start(
+        vec![
+            provider("sms-mms", &[Channel::Sms], Some(1), all_errors),
+            email,
+        ],
+        100,
+    );
+
+    let id = h.accept(Channel::Sms, 0).await.expect("accepted");
+    let (message, attempts) = h.finished(id).await;
+    assert_eq!(message.status, "failed");
+    let numbers: Vec<i32> = attempts.iter().map(|a| a.attempt).collect();
+    assert_eq!(numbers, [1, 2, 3, 4, 5]);
+    assert!(attempts
+        .iter()
+        .all(|a| a.outcome == "error" && a.error_code.as_deref() == Some("500")));
+    assert_eq!(
+        h.metrics
+            .messages_failed
+            .with_label_values(&["sms-mms", "sms"])
+            .get(),
+        1
+    );
+
+    let id = h.accept(Channel::Email, 0).await.expect("accepted");
+    let (message, attempts) = h.finished(id).await;
+    assert_eq!(message.status, "failed");
+    assert_eq!(attempts.len(), 2);
+    assert!(attempts
+        .iter()
+        .all(|a| a.error_code.as_deref() == Some("429")));
+}
+
+#[actix::test]
+async fn an_unknown_channel_is_skipped_counted_and_failed() {
+    let h = start(
+        vec![
+            provider("sms-mms", &[Channel::Sms], Some(1), NO_FAULTS),
+            provider("email", &[Channel::Email], Some(2), NO_FAULTS),
+        ],
+        100,
+    );
+    let id = h.accept(Channel::Sms, 0).await.expect("accepted");
+    h.finished(id).await;
+    let attempts_before = h.counter("sms-mms", "sms");
+
+    // The same stored message, met again as a dispatch event with a channel we do not know.
+    h.router
+        .send(RouteQueued(QueuedMessage {
+            id,
+            channel: "voice".to_owned(),
+            provider: Some("sms-mms".to_owned()),
+            attempts_made: 0,
+            next_attempt_at: None,
+        }))
+        .await
+        .expect("router answers");
+    assert_eq!(h.metrics.invalid_routing.get(), 1);
+    assert_eq!(
+        h.counter("sms-mms", "sms"),
+        attempts_before,
+        "no attempt made"
+    );
+    let (message, attempts) = h.store.get_message(id).await.expect("read").expect("found");
+    assert_eq!(message.status, "failed");
+    assert_eq!(attempts.len(), 1, "only the earlier real attempt");
+}
+
+#[actix::test]
+async fn a_provider_keeps_many_attempts_in_flight_at_once() {
+    let mut slow = provider("sms-mms", &[Channel::Sms], Some(1), NO_FAULTS);
+    slow.latency = Duration::from_secs(30);
+    let h = start(
+        vec![
+            slow,
+            provider("email", &[Channel::Email], Some(2), NO_FAULTS),
+        ],
+        100,
+    );
+    for n in 0..50 {
+        h.accept(Channel::Sms, n).await.expect("accepted");
+    }
+    let started = Instant::now();
+    while h.counter("sms-mms", "sms") < 50 {
+        assert!(started.elapsed() < DEADLINE, "attempts did not all start");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    let finished: u64 = ["success", "error", "timeout", "rate_limited"]
+        .iter()
+        .map(|o| {
+            h.metrics
+                .dispatch_outcomes
+                .with_label_values(&["sms-mms", "sms", o])
+                .get()
+        })
+        .sum();
+    assert_eq!(finished, 0, "all 50 started while none had finished");
+    let statuses = h.router.send(ListProviders).await.expect("router answers");
+    let sms = statuses
+        .iter()
+        .find(|s| s.name == "sms-mms")
+        .expect("listed");
+    assert_eq!(sms.pending, 50);
+    assert_eq!(
+        h.metrics
+            .pending_messages
+            .with_label_values(&["sms-mms"])
+            .get(),
+        50
+    );
+}
+
+#[actix::test]
+async fn the_backlog_limit_refuses_new_messages_and_frees_up_as_they_finish() {
+    let mut slow = provider("sms-mms", &[Channel::Sms], Some(1), NO_FAULTS);
+    slow.latency = Duration::from_millis(300);
+    let h = start(
+        vec![
+            slow,
+            provider("email", &[Channel::Email], Some(2), NO_FAULTS),
+        ],
+        3,
+    );
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(h.accept(Channel::Sms, n).await.expect("accepted"));
+    }
+    match h.accept(Channel::Sms, 3).await {
+        Err(RouteError::Overloaded { pending: 3 }) => {}
+        other => panic!("expected Overloaded, got {other:?}"),
+    }
+    for id in ids {
+        assert_eq!(h.finished(id).await.0.status, "sent");
+    }
+    let started = Instant::now();
+    loop {
+        match h.accept(Channel::Sms, 4).await {
+            Ok(_) => break,
+            Err(RouteError::Overloaded { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(started.elapsed() < DEADLINE, "the backlog never freed");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+}
