@@ -9,6 +9,7 @@
 //! - `provider`: `ProviderActor`, one per provider on its own arbiter: outcome draws,
 //!   simulated latency, retries, attempt records, per-provider counters.
 //! - `outcome`: the seeded outcome stream (`Pcg64`) and the retry policy.
+//! - `breaker`: the per-provider circuit breaker as a state machine with an injected clock.
 //! - `store`: SQLite through Diesel and r2d2; `PersistenceActor` on a `SyncArbiter`,
 //!   `WriteBatcher` for group commit, `Store` as the handle.
 //! - `metrics`: every Prometheus series of the contract, on a registry of its own.
@@ -24,6 +25,7 @@
 //!        reads -----------Read-------> PersistenceActor
 //! ```
 
+pub mod breaker;
 pub mod domain;
 pub mod metrics;
 pub mod outcome;
