@@ -7,6 +7,7 @@ use std::time::Duration;
 use actix::Actor;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
+use messaging_actors::breaker::BreakerConfig;
 use messaging_actors::domain::Channel;
 use messaging_actors::metrics::Metrics;
 use messaging_actors::outcome::{OutcomeOdds, RetryPolicy};
@@ -47,7 +48,15 @@ fn provider_configs(settings: &Settings, registry: &Registry) -> Vec<ProviderCon
         .into_iter()
         .map(|(name, channels)| {
             let outcomes = settings.outcomes_for(&name);
+            let breaker = settings.breaker_for(&name);
             ProviderConfig {
+                breaker: BreakerConfig {
+                    window_size: breaker.window_size,
+                    minimum_calls: breaker.minimum_calls,
+                    failure_rate_threshold: breaker.failure_rate_threshold,
+                    open: Duration::from_millis(breaker.open_ms),
+                    half_open_calls: breaker.half_open_calls,
+                },
                 seed: settings.providers.get(&name).and_then(|p| p.seed),
                 odds: OutcomeOdds {
                     timeout_pct: outcomes.timeout_pct,

@@ -45,7 +45,11 @@ fn the_sample_client_gets_its_codes_and_conversation_one_holds_the_sms_thread() 
         let thread = app.get("/api/conversations/1/messages");
         assert_eq!(thread.status, 200);
         let thread = thread.json();
-        let sent = thread["items"].as_array()?.iter().filter(|m| m["status"] == "sent").count();
+        let sent = thread["items"]
+            .as_array()?
+            .iter()
+            .filter(|m| m["status"] == "sent")
+            .count();
         (sent == 2).then_some(thread)
     });
     let items = thread["items"].as_array().expect("items");

@@ -275,8 +275,10 @@ fn a_stored_message_with_an_unknown_channel_is_failed_once_at_start() {
 }
 
 /// Settings of the golden run: fixed seeds, non-trivial percentages, retries.
+/// The breaker may open on the way (short `open_ms`): it delays attempts, never changes
+/// which draw each attempt gets.
 const GOLDEN_SETTINGS: &str = "[dispatch]\nmax_attempts = 3\nbackoff_initial_ms = 1\n\
-    backoff_max_ms = 1\nretry_after_ms = 1\n\
+    backoff_max_ms = 1\nretry_after_ms = 1\n[breaker]\nopen_ms = 20\n\
     [providers.sms-mms]\nseed = 42\ntimeout_pct = 10.0\nerror_pct = 25.0\nratelimit_pct = 15.0\ntimeout_ms = 1\n\
     [providers.email]\nseed = 7\ntimeout_pct = 5.0\nerror_pct = 20.0\nratelimit_pct = 10.0\ntimeout_ms = 1\n";
 

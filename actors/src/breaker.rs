@@ -36,7 +36,11 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
-    pub const ALL: [BreakerState; 3] = [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen];
+    pub const ALL: [BreakerState; 3] = [
+        BreakerState::Closed,
+        BreakerState::Open,
+        BreakerState::HalfOpen,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -170,7 +174,12 @@ impl Breaker {
     }
 
     /// Reports how an admitted call ended.
-    pub fn record(&mut self, permit: Permit, result: CallResult, now: Instant) -> Option<Transition> {
+    pub fn record(
+        &mut self,
+        permit: Permit,
+        result: CallResult,
+        now: Instant,
+    ) -> Option<Transition> {
         if permit.generation != self.generation {
             return None;
         }
@@ -282,7 +291,11 @@ mod tests {
     fn it_opens_at_the_threshold_not_below() {
         let t = Instant::now();
         let mut b = Breaker::new(config(), t);
-        for result in [CallResult::Success, CallResult::Success, CallResult::Failure] {
+        for result in [
+            CallResult::Success,
+            CallResult::Success,
+            CallResult::Failure,
+        ] {
             call(&mut b, result, t);
         }
         // 1 failure of 4 = 0.25: below the threshold.
@@ -304,7 +317,11 @@ mod tests {
         assert_eq!(b.recorded_calls(), 10);
         assert_eq!(b.failure_rate(), 0.1);
         call(&mut b, CallResult::Success, t);
-        assert_eq!(b.recorded_calls(), 10, "the window holds window_size outcomes");
+        assert_eq!(
+            b.recorded_calls(),
+            10,
+            "the window holds window_size outcomes"
+        );
         assert_eq!(b.failure_rate(), 0.0, "the failure fell out of the window");
     }
 
@@ -343,10 +360,16 @@ mod tests {
         let mut b = Breaker::new(config(), t);
         open_it(&mut b, t);
         let t1 = t + 100 * MS;
-        let permits: Vec<Permit> = (0..3).map(|_| b.try_acquire(t1).0.expect("trial")).collect();
+        let permits: Vec<Permit> = (0..3)
+            .map(|_| b.try_acquire(t1).0.expect("trial"))
+            .collect();
         assert_eq!(b.try_acquire(t1).0, None, "only three trials");
         assert_eq!(b.record(permits[0], CallResult::Success, t1), None);
-        assert_eq!(b.record(permits[1], CallResult::Success, t1), None, "one lucky call decides nothing");
+        assert_eq!(
+            b.record(permits[1], CallResult::Success, t1),
+            None,
+            "one lucky call decides nothing"
+        );
         let closed = b.record(permits[2], CallResult::Failure, t1);
         // 1 failure of 3 = 0.33, below 0.5.
         assert_eq!(closed.map(|t| t.to), Some(BreakerState::Closed));
@@ -359,7 +382,9 @@ mod tests {
         let mut b = Breaker::new(config(), t);
         open_it(&mut b, t);
         let t1 = t + 100 * MS;
-        let permits: Vec<Permit> = (0..3).map(|_| b.try_acquire(t1).0.expect("trial")).collect();
+        let permits: Vec<Permit> = (0..3)
+            .map(|_| b.try_acquire(t1).0.expect("trial"))
+            .collect();
         b.record(permits[0], CallResult::Failure, t1);
         b.record(permits[1], CallResult::Failure, t1);
         let reopened = b.record(permits[2], CallResult::Success, t1);
@@ -373,20 +398,31 @@ mod tests {
         let mut b = Breaker::new(config(), t);
         open_it(&mut b, t);
         let t1 = t + 100 * MS;
-        let permits: Vec<Permit> = (0..3).map(|_| b.try_acquire(t1).0.expect("trial")).collect();
+        let permits: Vec<Permit> = (0..3)
+            .map(|_| b.try_acquire(t1).0.expect("trial"))
+            .collect();
         assert_eq!(b.record(permits[0], CallResult::Neutral, t1), None);
         let extra = b.try_acquire(t1).0.expect("the slot came back");
         b.record(permits[1], CallResult::Success, t1);
         b.record(permits[2], CallResult::Success, t1);
-        assert_eq!(b.state(), BreakerState::HalfOpen, "two of three trials finished");
-        assert_eq!(b.record(extra, CallResult::Success, t1).map(|t| t.to), Some(BreakerState::Closed));
+        assert_eq!(
+            b.state(),
+            BreakerState::HalfOpen,
+            "two of three trials finished"
+        );
+        assert_eq!(
+            b.record(extra, CallResult::Success, t1).map(|t| t.to),
+            Some(BreakerState::Closed)
+        );
     }
 
     #[test]
     fn results_from_an_older_generation_are_ignored() {
         let t = Instant::now();
         let mut b = Breaker::new(config(), t);
-        let stale: Vec<Permit> = (0..5).map(|_| b.try_acquire(t).0.expect("closed")).collect();
+        let stale: Vec<Permit> = (0..5)
+            .map(|_| b.try_acquire(t).0.expect("closed"))
+            .collect();
         open_it(&mut b, t);
         for permit in &stale {
             assert_eq!(b.record(*permit, CallResult::Success, t), None);
@@ -411,7 +447,11 @@ mod tests {
         assert_eq!(b.tick(t1 + 99 * MS), None);
         let reopened = b.tick(t1 + 100 * MS);
         assert_eq!(reopened.map(|t| t.to), Some(BreakerState::Open));
-        assert_eq!(b.record(trial, CallResult::Success, t1 + 101 * MS), None, "too late");
+        assert_eq!(
+            b.record(trial, CallResult::Success, t1 + 101 * MS),
+            None,
+            "too late"
+        );
     }
 }
 

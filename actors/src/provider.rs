@@ -2,19 +2,22 @@
 //! outcome stream (`Pcg64`), its queue of messages and its counters; nothing it holds is
 //! shared with another provider.
 //!
-//! A message arrives as `Dispatch`. Each attempt draws the next outcome when it starts, so
-//! the k-th attempt gets the k-th draw whatever the timing; it then takes the simulated
-//! latency on a timer (many attempts are in flight at once, none blocks a thread), is
-//! recorded through the store's group commit, and is retried per `RetryPolicy` until it
-//! succeeds or runs out of attempts.
+//! A message arrives as `Dispatch`. Each attempt first asks the provider's breaker for a
+//! permit; while the breaker refuses, messages wait in the queue, no outcome is drawn and
+//! nothing is failed. An admitted attempt draws the next outcome when it starts, so the
+//! k-th attempt gets the k-th draw whatever the timing; it then takes the simulated latency
+//! on a timer (many attempts are in flight at once, none blocks a thread), reports its
+//! result to the breaker, is recorded through the store's group commit, and is retried per
+//! `RetryPolicy` until it succeeds or runs out of attempts.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
+use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, SpawnHandle};
 use slog::{info, o, warn, Logger};
 
+use crate::breaker::{Breaker, BreakerConfig, BreakerState, CallResult, Permit, Transition};
 use crate::domain::{Channel, MessageStatus, Timestamp};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, OutcomeOdds, OutcomeStream, RetryPolicy};
@@ -39,6 +42,7 @@ pub struct ProviderConfig {
     /// Simulated time of a timeout attempt.
     pub timeout: Duration,
     pub retry: RetryPolicy,
+    pub breaker: BreakerConfig,
 }
 
 /// Hand a stored, queued message to its provider.
@@ -62,11 +66,24 @@ pub struct ProviderStatus {
     pub odds: OutcomeOdds,
     /// Messages this provider holds that are not finished.
     pub pending: u64,
+    pub breaker_state: BreakerState,
+    pub failure_rate: f64,
+    pub recorded_calls: u32,
 }
 
 #[derive(Debug, Message)]
 #[rtype(result = "ProviderStatus")]
 pub struct GetProviderStatus;
+
+/// An attempt whose simulated latency has run out.
+#[derive(Debug, Clone, Copy)]
+struct Finished {
+    job: Job,
+    permit: Permit,
+    attempt: u32,
+    outcome: Outcome,
+    took: Duration,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Job {
@@ -78,6 +95,9 @@ struct Job {
 pub struct ProviderActor {
     config: ProviderConfig,
     outcomes: OutcomeStream,
+    breaker: Breaker,
+    /// The timer that applies the breaker's next time-driven transition.
+    breaker_timer: Option<SpawnHandle>,
     ready: VecDeque<Job>,
     in_flight: usize,
     /// Messages held (waiting, ready or in flight): this provider's share of the backlog.
@@ -98,6 +118,8 @@ impl ProviderActor {
     ) -> Self {
         ProviderActor {
             outcomes: OutcomeStream::new(config.seed, config.odds),
+            breaker: Breaker::new(config.breaker, Instant::now()),
+            breaker_timer: None,
             log: log.new(o!("provider" => config.name.clone())),
             config,
             ready: VecDeque::new(),
@@ -116,17 +138,62 @@ impl ProviderActor {
             .set(i64::try_from(self.held).unwrap_or(i64::MAX));
     }
 
-    /// Starts as many ready attempts as the in-flight bound allows.
+    /// Starts as many ready attempts as the in-flight bound and the breaker allow.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        while self.in_flight < MAX_IN_FLIGHT {
-            let Some(job) = self.ready.pop_front() else {
+        while self.in_flight < MAX_IN_FLIGHT && !self.ready.is_empty() {
+            let (permit, transition) = self.breaker.try_acquire(Instant::now());
+            if let Some(transition) = transition {
+                self.on_transition(transition, ctx);
+            }
+            let Some(permit) = permit else {
+                self.metrics
+                    .breaker_rejections
+                    .with_label_values(&[&self.config.name])
+                    .inc();
                 break;
             };
-            self.start_attempt(job, ctx);
+            if let Some(job) = self.ready.pop_front() {
+                self.start_attempt(job, permit, ctx);
+            }
         }
     }
 
-    fn start_attempt(&mut self, job: Job, ctx: &mut Context<Self>) {
+    /// Counts, shows and logs a breaker transition, and sets the timer for the next one.
+    fn on_transition(&mut self, transition: Transition, ctx: &mut Context<Self>) {
+        let name = self.config.name.as_str();
+        let (from, to) = (transition.from.as_str(), transition.to.as_str());
+        self.metrics
+            .breaker_transitions
+            .with_label_values(&[name, from, to])
+            .inc();
+        self.set_breaker_gauge();
+        warn!(self.log, "breaker transition"; "from" => from, "to" => to);
+        if let Some(timer) = self.breaker_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        if let Some(deadline) = self.breaker.deadline() {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            self.breaker_timer = Some(ctx.run_later(wait, |provider, ctx| {
+                provider.breaker_timer = None;
+                if let Some(transition) = provider.breaker.tick(Instant::now()) {
+                    provider.on_transition(transition, ctx);
+                }
+                provider.pump(ctx);
+            }));
+        }
+    }
+
+    fn set_breaker_gauge(&self) {
+        let current = self.breaker.state();
+        for state in BreakerState::ALL {
+            self.metrics
+                .breaker_state
+                .with_label_values(&[&self.config.name, state.as_str()])
+                .set(i64::from(state == current));
+        }
+    }
+
+    fn start_attempt(&mut self, job: Job, permit: Permit, ctx: &mut Context<Self>) {
         let attempt = job.attempts_made + 1;
         let outcome = self.outcomes.draw();
         self.metrics
@@ -139,25 +206,40 @@ impl ProviderActor {
         } else {
             self.config.latency
         };
+        let finished = Finished {
+            job,
+            permit,
+            attempt,
+            outcome,
+            took,
+        };
         if took.is_zero() {
-            self.finish_attempt(job, attempt, outcome, took, ctx);
+            self.finish_attempt(finished, ctx);
         } else {
             ctx.run_later(took, move |provider, ctx| {
-                provider.finish_attempt(job, attempt, outcome, took, ctx);
+                provider.finish_attempt(finished, ctx);
                 provider.pump(ctx);
             });
         }
     }
 
-    fn finish_attempt(
-        &mut self,
-        job: Job,
-        attempt: u32,
-        outcome: Outcome,
-        took: Duration,
-        ctx: &mut Context<Self>,
-    ) {
+    fn finish_attempt(&mut self, finished: Finished, ctx: &mut Context<Self>) {
+        let Finished {
+            job,
+            permit,
+            attempt,
+            outcome,
+            took,
+        } = finished;
         self.in_flight -= 1;
+        let result = match outcome {
+            Outcome::Success => CallResult::Success,
+            Outcome::RateLimited => CallResult::Neutral,
+            Outcome::Error | Outcome::Timeout => CallResult::Failure,
+        };
+        if let Some(transition) = self.breaker.record(permit, result, Instant::now()) {
+            self.on_transition(transition, ctx);
+        }
         let (name, channel) = (self.config.name.as_str(), job.channel.as_str());
         let latency_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
         self.metrics
@@ -170,7 +252,8 @@ impl ProviderActor {
             .observe(took.as_secs_f64());
         info!(self.log, "dispatch attempt";
             "channel" => channel, "message_id" => job.message_id, "attempt" => attempt,
-            "outcome" => outcome.as_str(), "latency_ms" => latency_ms, "breaker" => "closed");
+            "outcome" => outcome.as_str(), "latency_ms" => latency_ms,
+            "breaker" => self.breaker.state().as_str());
 
         let retry = self.config.retry.next_delay(attempt, outcome);
         let (status, next_attempt_at) = match (outcome, retry) {
@@ -240,6 +323,7 @@ impl Actor for ProviderActor {
 
     fn started(&mut self, _: &mut Self::Context) {
         self.set_pending_gauge();
+        self.set_breaker_gauge();
     }
 }
 
@@ -279,6 +363,9 @@ impl Handler<GetProviderStatus> for ProviderActor {
             seeded: self.outcomes.seeded(),
             odds: self.outcomes.odds(),
             pending: self.held,
+            breaker_state: self.breaker.state(),
+            failure_rate: self.breaker.failure_rate(),
+            recorded_calls: self.breaker.recorded_calls(),
         })
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr};
+use messaging_actors::breaker::{BreakerConfig, BreakerState};
 use messaging_actors::domain::{Channel, MessageContent, Timestamp};
 use messaging_actors::metrics::Metrics;
 use messaging_actors::outcome::{Outcome, OutcomeOdds, OutcomeStream, RetryPolicy};
@@ -41,6 +42,13 @@ fn provider(
             backoff_initial: Duration::from_millis(1),
             backoff_max: Duration::from_millis(4),
             retry_after: Duration::from_millis(1),
+        },
+        breaker: BreakerConfig {
+            window_size: 20,
+            minimum_calls: 10,
+            failure_rate_threshold: 0.5,
+            open: Duration::from_secs(30),
+            half_open_calls: 5,
         },
     }
 }
@@ -175,6 +183,9 @@ async fn the_kth_attempt_gets_the_kth_draw_whatever_the_latencies() {
     // Timeouts take longer than the rest, so attempts finish out of order.
     config.latency = Duration::from_millis(2);
     config.timeout = Duration::from_millis(30);
+    // 40% failures open the breaker now and then; it may delay attempts, never reorder
+    // the draws.
+    config.breaker.open = Duration::from_millis(5);
     let h = start(
         vec![config, provider("email", &[Channel::Email], None, odds)],
         100,
@@ -351,4 +362,147 @@ async fn the_backlog_limit_refuses_new_messages_and_frees_up_as_they_finish() {
         assert!(started.elapsed() < DEADLINE, "the backlog never freed");
         actix_rt::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+#[actix::test]
+async fn one_providers_failures_open_only_its_own_breaker() {
+    let all_errors = OutcomeOdds {
+        error_pct: 100.0,
+        ..NO_FAULTS
+    };
+    let mut failing = provider("sms-mms", &[Channel::Sms], Some(1), all_errors);
+    failing.retry.max_attempts = 100;
+    let h = start(
+        vec![
+            failing,
+            provider("email", &[Channel::Email], Some(2), NO_FAULTS),
+        ],
+        1000,
+    );
+    let mut sms = Vec::new();
+    for n in 0..12 {
+        sms.push(h.accept(Channel::Sms, n).await.expect("accepted"));
+        let email = h.accept(Channel::Email, n).await.expect("accepted");
+        assert_eq!(h.finished(email).await.0.status, "sent");
+    }
+    let started = Instant::now();
+    let statuses = loop {
+        let statuses = h.router.send(ListProviders).await.expect("router answers");
+        if statuses
+            .iter()
+            .any(|s| s.breaker_state == BreakerState::Open)
+        {
+            break statuses;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the sms-mms breaker never opened"
+        );
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    };
+    let by_name = |name: &str| statuses.iter().find(|s| s.name == name).expect("listed");
+    assert_eq!(by_name("sms-mms").breaker_state, BreakerState::Open);
+    assert_eq!(by_name("email").breaker_state, BreakerState::Closed);
+    assert_eq!(by_name("email").failure_rate, 0.0);
+    assert_eq!(
+        by_name("sms-mms").pending,
+        12,
+        "waiting, not dropped or failed"
+    );
+
+    // Exactly the minimum number of failures opened it, and then attempts stopped.
+    assert_eq!(h.counter("sms-mms", "sms"), 10);
+    let transitions = |provider: &str, from: &str, to: &str| {
+        h.metrics
+            .breaker_transitions
+            .with_label_values(&[provider, from, to])
+            .get()
+    };
+    assert_eq!(transitions("sms-mms", "closed", "open"), 1);
+    for (from, to) in [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ] {
+        assert_eq!(transitions("email", from, to), 0);
+    }
+    // Email keeps flowing while SMS waits.
+    let email = h.accept(Channel::Email, 99).await.expect("accepted");
+    assert_eq!(h.finished(email).await.0.status, "sent");
+    for id in sms {
+        let (message, _) = h.store.get_message(id).await.expect("read").expect("found");
+        assert_eq!(message.status, "queued");
+    }
+    assert!(
+        h.metrics
+            .breaker_rejections
+            .with_label_values(&["sms-mms"])
+            .get()
+            >= 1
+    );
+    assert_eq!(
+        h.metrics
+            .breaker_rejections
+            .with_label_values(&["email"])
+            .get(),
+        0
+    );
+    assert_eq!(
+        h.metrics
+            .breaker_state
+            .with_label_values(&["sms-mms", "open"])
+            .get(),
+        1
+    );
+    assert_eq!(
+        h.metrics
+            .breaker_state
+            .with_label_values(&["email", "closed"])
+            .get(),
+        1
+    );
+}
+
+#[actix::test]
+async fn after_open_time_only_the_trial_calls_run_and_their_verdict_decides() {
+    let all_errors = OutcomeOdds {
+        error_pct: 100.0,
+        ..NO_FAULTS
+    };
+    let mut failing = provider("sms-mms", &[Channel::Sms], Some(1), all_errors);
+    failing.retry.max_attempts = 100;
+    failing.retry.backoff_initial = Duration::from_millis(1);
+    failing.breaker = BreakerConfig {
+        window_size: 4,
+        minimum_calls: 4,
+        failure_rate_threshold: 0.5,
+        open: Duration::from_millis(200),
+        half_open_calls: 2,
+    };
+    let h = start(
+        vec![
+            failing,
+            provider("email", &[Channel::Email], Some(2), NO_FAULTS),
+        ],
+        100,
+    );
+    for n in 0..6 {
+        h.accept(Channel::Sms, n).await.expect("accepted");
+    }
+    let transitions = |from: &str, to: &str| {
+        h.metrics
+            .breaker_transitions
+            .with_label_values(&["sms-mms", from, to])
+            .get()
+    };
+    let started = Instant::now();
+    while transitions("half_open", "open") < 1 {
+        assert!(started.elapsed() < DEADLINE, "no half-open verdict");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    // 4 calls opened it; 2 trials (all failing) reopened it; nothing else was attempted.
+    assert_eq!(transitions("closed", "open"), 1);
+    assert_eq!(transitions("open", "half_open"), 1);
+    assert_eq!(transitions("half_open", "closed"), 0);
+    assert_eq!(h.counter("sms-mms", "sms"), 6);
 }

@@ -1,5 +1,5 @@
-//! `GET /api/providers`: each provider's name, channels, seeding, outcome percentages and
-//! pending messages, as its own actor reports them.
+//! `GET /api/providers`: each provider's name, channels, seeding, breaker, outcome
+//! percentages and pending messages, as its own actor reports them.
 
 use actix_web::{web, HttpResponse};
 use messaging_actors::router::ListProviders;
@@ -21,6 +21,11 @@ pub async fn list_providers(state: web::Data<AppState>) -> Result<HttpResponse, 
                 "name": p.name,
                 "channels": p.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
                 "seeded": p.seeded,
+                "breaker": {
+                    "state": p.breaker_state.as_str(),
+                    "failure_rate": p.failure_rate,
+                    "recorded_calls": p.recorded_calls,
+                },
                 "outcomes": {
                     "timeout_pct": p.odds.timeout_pct,
                     "error_pct": p.odds.error_pct,
