@@ -9,13 +9,24 @@
 //! on a timer (many attempts are in flight at once, none blocks a thread), reports its
 //! result to the breaker, is recorded through the store's group commit, and is retried per
 //! `RetryPolicy` until it succeeds or runs out of attempts.
+//!
+//! Supervision: a panic inside the actor is caught and stops it; its `Supervisor` restarts
+//! it at once. A restart drops the context's timers, so every message the actor holds
+//! outside its ready queue (in flight, or waiting for a retry or its due time) is kept in
+//! `parked`, which survives the restart and goes back to the front of the queue. After a
+//! restart the provider is as after a process start: breaker `closed`, outcome stream
+//! seeded afresh; an attempt the panic interrupted is made again (at-least-once).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, SpawnHandle};
-use slog::{info, o, warn, Logger};
+use actix::{
+    Actor, ActorContext, AsyncContext, Context, Handler, Message, MessageResult, SpawnHandle,
+    Supervised,
+};
+use slog::{error, info, o, warn, Logger};
 
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, CallResult, Permit, Transition};
 use crate::domain::{Channel, MessageStatus, Timestamp};
@@ -99,6 +110,9 @@ pub struct ProviderActor {
     /// The timer that applies the breaker's next time-driven transition.
     breaker_timer: Option<SpawnHandle>,
     ready: VecDeque<Job>,
+    /// Messages held on a timer (in flight, or waiting to be retried or due), by token.
+    parked: BTreeMap<u64, Job>,
+    next_token: u64,
     in_flight: usize,
     /// Messages held (waiting, ready or in flight): this provider's share of the backlog.
     held: u64,
@@ -123,6 +137,8 @@ impl ProviderActor {
             log: log.new(o!("provider" => config.name.clone())),
             config,
             ready: VecDeque::new(),
+            parked: BTreeMap::new(),
+            next_token: 0,
             in_flight: 0,
             held: 0,
             store,
@@ -174,11 +190,13 @@ impl ProviderActor {
         if let Some(deadline) = self.breaker.deadline() {
             let wait = deadline.saturating_duration_since(Instant::now());
             self.breaker_timer = Some(ctx.run_later(wait, |provider, ctx| {
-                provider.breaker_timer = None;
-                if let Some(transition) = provider.breaker.tick(Instant::now()) {
-                    provider.on_transition(transition, ctx);
-                }
-                provider.pump(ctx);
+                provider.guarded(ctx, |provider, ctx| {
+                    provider.breaker_timer = None;
+                    if let Some(transition) = provider.breaker.tick(Instant::now()) {
+                        provider.on_transition(transition, ctx);
+                    }
+                    provider.pump(ctx);
+                });
             }));
         }
     }
@@ -214,12 +232,48 @@ impl ProviderActor {
             took,
         };
         if took.is_zero() {
+            // Parked while it runs, so that a panic half-way leaves it to be requeued.
+            let token = self.park(job);
             self.finish_attempt(finished, ctx);
+            self.parked.remove(&token);
         } else {
-            ctx.run_later(took, move |provider, ctx| {
+            self.hold(ctx, took, job, move |provider, _, ctx| {
                 provider.finish_attempt(finished, ctx);
+            });
+        }
+    }
+
+    fn park(&mut self, job: Job) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.parked.insert(token, job);
+        token
+    }
+
+    /// Keeps `job` in `parked` for `delay` (where a restart finds it), then runs `then`.
+    fn hold(
+        &mut self,
+        ctx: &mut Context<Self>,
+        delay: Duration,
+        job: Job,
+        then: impl FnOnce(&mut Self, Job, &mut Context<Self>) + 'static,
+    ) {
+        let token = self.park(job);
+        ctx.run_later(delay, move |provider, ctx| {
+            provider.guarded(ctx, move |provider, ctx| {
+                if let Some(job) = provider.parked.remove(&token) {
+                    then(provider, job, ctx);
+                }
                 provider.pump(ctx);
             });
+        });
+    }
+
+    /// Runs `f`; a panic in it stops the actor so that its supervisor restarts it.
+    fn guarded(&mut self, ctx: &mut Context<Self>, f: impl FnOnce(&mut Self, &mut Context<Self>)) {
+        if std::panic::catch_unwind(AssertUnwindSafe(|| f(self, ctx))).is_err() {
+            error!(self.log, "provider actor panicked; restarting");
+            ctx.stop();
         }
     }
 
@@ -280,9 +334,8 @@ impl ProviderActor {
                     attempts_made: attempt,
                     ..job
                 };
-                ctx.run_later(delay, move |provider, ctx| {
-                    provider.ready.push_back(next);
-                    provider.pump(ctx);
+                self.hold(ctx, delay, next, |provider, job, _| {
+                    provider.ready.push_back(job)
                 });
             }
             _ => {
@@ -321,9 +374,25 @@ impl ProviderActor {
 impl Actor for ProviderActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Self::Context) {
+    /// Runs at the first start and after every restart.
+    fn started(&mut self, ctx: &mut Self::Context) {
         self.set_pending_gauge();
         self.set_breaker_gauge();
+        self.pump(ctx);
+    }
+}
+
+impl Supervised for ProviderActor {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        warn!(self.log, "provider restarted"; "requeued" => self.parked.len());
+        self.breaker = Breaker::new(self.config.breaker, Instant::now());
+        self.breaker_timer = None;
+        self.outcomes = OutcomeStream::new(self.config.seed, self.config.odds);
+        self.in_flight = 0;
+        // Oldest first, ahead of what was already ready.
+        for job in std::mem::take(&mut self.parked).into_values().rev() {
+            self.ready.push_front(job);
+        }
     }
 }
 
@@ -331,25 +400,26 @@ impl Handler<Dispatch> for ProviderActor {
     type Result = ();
 
     fn handle(&mut self, msg: Dispatch, ctx: &mut Self::Context) {
-        self.held += 1;
-        self.set_pending_gauge();
-        let job = Job {
-            message_id: msg.message_id,
-            channel: msg.channel,
-            attempts_made: msg.attempts_made,
-        };
-        match msg.due.map(Timestamp::until).filter(|wait| !wait.is_zero()) {
-            Some(wait) => {
-                ctx.run_later(wait, move |provider, ctx| {
+        self.guarded(ctx, |provider, ctx| {
+            provider.held += 1;
+            provider.set_pending_gauge();
+            let job = Job {
+                message_id: msg.message_id,
+                channel: msg.channel,
+                attempts_made: msg.attempts_made,
+            };
+            match msg.due.map(Timestamp::until).filter(|wait| !wait.is_zero()) {
+                Some(wait) => {
+                    provider.hold(ctx, wait, job, |provider, job, _| {
+                        provider.ready.push_back(job)
+                    });
+                }
+                None => {
                     provider.ready.push_back(job);
                     provider.pump(ctx);
-                });
+                }
             }
-            None => {
-                self.ready.push_back(job);
-                self.pump(ctx);
-            }
-        }
+        });
     }
 }
 
@@ -367,5 +437,144 @@ impl Handler<GetProviderStatus> for ProviderActor {
             failure_rate: self.breaker.failure_rate(),
             recorded_calls: self.breaker.recorded_calls(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::BreakerConfig;
+    use crate::domain::MessageContent;
+    use crate::outcome::OutcomeOdds;
+    use crate::store::{self, NewOutbound, OutboundStored};
+
+    /// Stands for a bug: a panic inside a guarded handler.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Explode;
+
+    impl Handler<Explode> for ProviderActor {
+        type Result = ();
+
+        fn handle(&mut self, _: Explode, ctx: &mut Self::Context) {
+            self.guarded(ctx, |_, _| panic!("injected fault"));
+        }
+    }
+
+    fn config() -> ProviderConfig {
+        ProviderConfig {
+            name: "sms-mms".into(),
+            channels: vec![Channel::Sms],
+            seed: Some(1),
+            odds: OutcomeOdds {
+                timeout_pct: 0.0,
+                error_pct: 0.0,
+                ratelimit_pct: 0.0,
+            },
+            latency: Duration::from_millis(300),
+            timeout: Duration::ZERO,
+            retry: RetryPolicy {
+                max_attempts: 3,
+                backoff_initial: Duration::from_millis(1),
+                backoff_max: Duration::from_millis(1),
+                retry_after: Duration::from_millis(1),
+            },
+            breaker: BreakerConfig {
+                window_size: 20,
+                minimum_calls: 10,
+                failure_rate_threshold: 0.5,
+                open: Duration::from_secs(30),
+                half_open_calls: 5,
+            },
+        }
+    }
+
+    async fn poll_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+        let started = Instant::now();
+        while !check().await {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "timed out: {what}"
+            );
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[actix::test]
+    async fn a_panicking_provider_is_restarted_and_retries_what_it_held() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let store = Store::start(store::open(&url, 2).expect("open"), 2);
+        let metrics =
+            Arc::new(Metrics::new(&[("sms-mms".to_owned(), vec![Channel::Sms])]).expect("metrics"));
+        let backlog = Arc::new(Backlog::new(100));
+        let log = Logger::root(slog::Discard, o!());
+        let addr = {
+            let (store, metrics, backlog) = (store.clone(), metrics.clone(), backlog.clone());
+            actix::Supervisor::start(move |_| {
+                ProviderActor::new(config(), store, metrics, backlog, &log)
+            })
+        };
+
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            let stored = store
+                .insert_outbound(NewOutbound {
+                    content: MessageContent {
+                        channel: Channel::Sms,
+                        from: "+12016661234".into(),
+                        to: format!("+1804555{n:04}"),
+                        body: "hi".into(),
+                        attachments: None,
+                        timestamp: Timestamp::now(),
+                    },
+                    provider: Some("sms-mms".into()),
+                    idempotency: None,
+                })
+                .await
+                .expect("stored");
+            let OutboundStored::Created { id, .. } = stored else {
+                panic!("not created: {stored:?}");
+            };
+            backlog.add(1);
+            addr.do_send(Dispatch {
+                message_id: id,
+                channel: Channel::Sms,
+                attempts_made: 0,
+                due: None,
+            });
+            ids.push(id);
+        }
+        let attempts = || {
+            metrics
+                .dispatch_attempts
+                .with_label_values(&["sms-mms", "sms"])
+                .get()
+        };
+        poll_until("five attempts in flight", async || attempts() == 5).await;
+
+        addr.send(Explode).await.expect("the actor answers");
+
+        for id in ids {
+            poll_until("the message to be sent", async || {
+                let found = store.get_message(id).await.expect("read");
+                found.is_some_and(|(m, _)| m.status == "sent")
+            })
+            .await;
+            let (_, recorded) = store.get_message(id).await.expect("read").expect("found");
+            assert_eq!(
+                recorded.len(),
+                1,
+                "the interrupted attempt was never recorded"
+            );
+            assert_eq!(recorded[0].attempt, 1);
+        }
+        assert_eq!(attempts(), 10, "five interrupted, five made again");
+        let status = addr
+            .send(GetProviderStatus)
+            .await
+            .expect("the actor answers");
+        assert_eq!(status.pending, 0);
+        assert_eq!(backlog.pending(), 0);
     }
 }

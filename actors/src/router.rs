@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use actix::{Actor, Addr, Arbiter, Context, Handler, Message, ResponseFuture};
+use actix::{Actor, Addr, Arbiter, Context, Handler, Message, ResponseFuture, Supervisor};
 use slog::{error, warn, Logger};
 use thiserror::Error;
 
@@ -224,9 +224,9 @@ pub struct RouterActor {
 }
 
 impl RouterActor {
-    /// Starts one `ProviderActor` per configured provider, each on an arbiter (thread) of
-    /// its own, so that no provider's work can delay another's. Must run inside an actix
-    /// system.
+    /// Starts one `ProviderActor` per configured provider, each under a `Supervisor` on an
+    /// arbiter (thread) of its own, so that no provider's work can delay another's and a
+    /// provider that fails is restarted. Must run inside an actix system.
     pub fn new(
         registry: Registry,
         providers: Vec<ProviderConfig>,
@@ -241,7 +241,7 @@ impl RouterActor {
                 let name = config.name.clone();
                 let (store, metrics, backlog, log) =
                     (store.clone(), metrics.clone(), backlog.clone(), log.clone());
-                let addr = ProviderActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                let addr = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
                     ProviderActor::new(config, store, metrics, backlog, &log)
                 });
                 (name, addr)

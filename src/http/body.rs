@@ -9,6 +9,9 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 
+/// How long a client may take to send its whole body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn is_json_content_type(req: &HttpRequest) -> bool {
     matches!(req.mime_type(), Ok(Some(mime))
         if mime.type_() == "application" && mime.subtype() == "json" && mime.suffix().is_none())
@@ -32,14 +35,27 @@ pub async fn read_object(
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|_| ApiError::InvalidJson("the body could not be read".into()))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
+    let read = async {
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|_| ApiError::InvalidJson("the body could not be read".into()))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Ok(())
+    };
+    // actix-web bounds the wait for a request head, not for its body: a client that
+    // stalls mid-body would otherwise hold its handler forever.
+    tokio::time::timeout(BODY_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            ApiError::InvalidJson(format!(
+                "the body did not arrive within {} seconds",
+                BODY_TIMEOUT.as_secs()
+            ))
+        })??;
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::InvalidJson(

@@ -1,4 +1,4 @@
-//! Liveness (`/healthz`), readiness (`/readyz`: the database answers and the actors run)
+//! Liveness (`/healthz`), readiness (`/readyz`: the database takes a write and the actors run)
 //! and the Prometheus scrape endpoint (`/metrics`).
 
 use std::time::Duration;
@@ -9,15 +9,16 @@ use serde_json::json;
 use super::error::ApiError;
 use super::AppState;
 
-/// A readiness probe that waits longer than this is itself a "not ready".
-const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// A readiness probe that waits longer than this is itself a "not ready" (a little longer
+/// than the database's own lock wait, so a lock shows as the database's answer).
+const READY_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let store = state.store.ping();
+    let store = state.store.probe();
     let router = state.router.send(messaging_actors::router::Ping);
     match tokio::time::timeout(READY_TIMEOUT, async { (store.await, router.await) }).await {
         Ok((Ok(()), Ok(()))) => Ok(HttpResponse::Ok().json(json!({"status": "ready"}))),

@@ -47,6 +47,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    readiness_probe (id) {
+        id -> BigInt,
+        checked_at -> Text,
+    }
+}
+
 diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(dispatch_attempts -> messages (message_id));
-diesel::allow_tables_to_appear_in_same_query!(conversations, messages, dispatch_attempts);
+diesel::allow_tables_to_appear_in_same_query!(
+    conversations,
+    messages,
+    dispatch_attempts,
+    readiness_probe
+);
