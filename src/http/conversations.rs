@@ -3,11 +3,10 @@
 //! `{"items": [...], "meta": {"page", "page_size", "total"}}`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use messaging_actors::store::{Page, PageRequest};
-use serde::Serialize;
-use serde_json::json;
+use messaging_actors::store::PageRequest;
 
 use super::error::ApiError;
+use super::openapi::{ConversationPage, MessagePage, PageMeta, ReadErrors};
 use super::{parse_id, store_unavailable, AppState};
 
 const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -37,13 +36,28 @@ fn page_request(req: &HttpRequest) -> Result<PageRequest, ApiError> {
     })
 }
 
-fn paged<T: Serialize>(page: Page<T>, request: PageRequest) -> HttpResponse {
-    HttpResponse::Ok().json(json!({
-        "items": page.items,
-        "meta": {"page": request.page, "page_size": request.page_size, "total": page.total},
-    }))
+fn meta(request: PageRequest, total: i64) -> PageMeta {
+    PageMeta {
+        page: request.page,
+        page_size: request.page_size,
+        total,
+    }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/conversations",
+    tag = "conversations",
+    params(
+        ("page" = Option<u32>, Query, description = "From 1; default 1", minimum = 1),
+        ("page_size" = Option<u32>, Query, description = "1 to 100; default 50",
+            minimum = 1, maximum = 100),
+    ),
+    responses(
+        (status = 200, description = "Conversations, most recent first", body = ConversationPage),
+        ReadErrors,
+    )
+)]
 pub async fn list_conversations(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -54,9 +68,28 @@ pub async fn list_conversations(
         .list_conversations(request)
         .await
         .map_err(|e| store_unavailable(&state.log, e))?;
-    Ok(paged(page, request))
+    Ok(HttpResponse::Ok().json(ConversationPage {
+        meta: meta(request, page.total),
+        items: page.items.into_iter().map(Into::into).collect(),
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/conversations/{id}/messages",
+    tag = "conversations",
+    params(
+        ("id" = i64, Path, description = "The conversation id"),
+        ("page" = Option<u32>, Query, description = "From 1; default 1", minimum = 1),
+        ("page_size" = Option<u32>, Query, description = "1 to 100; default 50",
+            minimum = 1, maximum = 100),
+    ),
+    responses(
+        (status = 200, description = "The conversation's messages, oldest first",
+            body = MessagePage),
+        ReadErrors,
+    )
+)]
 pub async fn list_conversation_messages(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -70,5 +103,8 @@ pub async fn list_conversation_messages(
         .await
         .map_err(|e| store_unavailable(&state.log, e))?
         .ok_or_else(|| ApiError::NotFound(format!("conversation {id}")))?;
-    Ok(paged(page, request))
+    Ok(HttpResponse::Ok().json(MessagePage {
+        meta: meta(request, page.total),
+        items: page.items.into_iter().map(Into::into).collect(),
+    }))
 }

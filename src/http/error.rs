@@ -4,7 +4,8 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+
+use super::openapi::{ErrorBody, ErrorDetail};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
@@ -73,11 +74,17 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut body = json!({"code": self.code(), "message": self.to_string()});
-        if let ApiError::Validation { field, message } = self {
-            body["field"] = json!(field);
-            body["message"] = json!(format!("{field} {message}"));
-        }
+        let field = match self {
+            ApiError::Validation { field, .. } => Some(field.clone()),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.to_string(),
+                field,
+            },
+        };
         let mut response = HttpResponse::build(self.status_code());
         match self {
             ApiError::MethodNotAllowed { allow, .. } => {
@@ -91,6 +98,6 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(json!({ "error": body }))
+        response.json(body)
     }
 }

@@ -2,17 +2,18 @@
 //! `GET /api/messages/{id}`. Parsing and validation happen here; acceptance (provider tag,
 //! storage) is the `RouterActor`'s.
 
+use super::body::{read_object, Fields};
+use super::error::ApiError;
+use super::openapi::{
+    AcceptedBody, EmailRequest, MessageDetail, OutboundErrors, ReadErrors, SmsRequest,
+};
+use super::{parse_id, store_unavailable, AppState};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use messaging_actors::domain::{
     valid_idempotency_key, Channel, Direction, IdempotencyKey, MessageContent,
 };
 use messaging_actors::router::{AcceptOutbound, RouteError};
-use serde_json::json;
-
-use super::body::{read_object, Fields};
-use super::error::ApiError;
-use super::{parse_id, store_unavailable, AppState};
 
 /// What a client refused for a full backlog is told to wait: providers finish thousands
 /// of messages a second, so a second frees room unless they are failing or slow.
@@ -106,15 +107,29 @@ async fn accept(
         })?;
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/api/messages/{}", accepted.id)))
-        .json(json!({
-            "id": accepted.id,
-            "status": "queued",
-            "channel": accepted.channel,
-            "provider": accepted.provider,
-            "conversation_id": accepted.conversation_id,
-        })))
+        .json(AcceptedBody {
+            id: accepted.id,
+            status: "queued",
+            channel: accepted.channel,
+            provider: accepted.provider,
+            conversation_id: accepted.conversation_id,
+        }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/messages/sms",
+    tag = "messages",
+    request_body(content = SmsRequest, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1 to 255 visible ASCII characters; a repeat returns the first answer")),
+    responses(
+        (status = 202, description = "Committed and tagged with its provider; dispatch follows",
+            body = AcceptedBody,
+            headers(("Location" = String, description = "/api/messages/{id}"))),
+        OutboundErrors,
+    )
+)]
 pub async fn send_sms(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -123,6 +138,20 @@ pub async fn send_sms(
     accept(&state, &req, payload, sms_content).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/messages/email",
+    tag = "messages",
+    request_body(content = EmailRequest, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1 to 255 visible ASCII characters; a repeat returns the first answer")),
+    responses(
+        (status = 202, description = "Committed and tagged with its provider; dispatch follows",
+            body = AcceptedBody,
+            headers(("Location" = String, description = "/api/messages/{id}"))),
+        OutboundErrors,
+    )
+)]
 pub async fn send_email(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -131,6 +160,16 @@ pub async fn send_email(
     accept(&state, &req, payload, email_content).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/messages/{id}",
+    tag = "messages",
+    params(("id" = i64, Path, description = "The message id")),
+    responses(
+        (status = 200, description = "The message and its dispatch attempts", body = MessageDetail),
+        ReadErrors,
+    )
+)]
 pub async fn get_message(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -142,7 +181,8 @@ pub async fn get_message(
         .await
         .map_err(|e| store_unavailable(&state.log, e))?
         .ok_or_else(|| ApiError::NotFound(format!("message {id}")))?;
-    let mut body = serde_json::to_value(message).unwrap_or_default();
-    body["attempts"] = json!(attempts);
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok().json(MessageDetail {
+        message: message.into(),
+        attempts: attempts.into_iter().map(Into::into).collect(),
+    }))
 }

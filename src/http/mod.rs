@@ -7,6 +7,7 @@ mod conversations;
 mod error;
 mod health;
 mod messages;
+mod openapi;
 mod providers;
 mod webhooks;
 
@@ -117,6 +118,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/metrics",
         Method::GET,
         web::get().to(health::metrics),
+    ))
+    .service(only(
+        "/api/openapi.json",
+        Method::GET,
+        web::get().to(openapi::openapi_json),
     ))
     .default_service(web::to(|req: HttpRequest| async move {
         ApiError::NotFound(format!("route {}", req.path())).error_response()

@@ -1,15 +1,14 @@
 //! Inbound messages from providers: `POST /api/webhooks/sms` and `/api/webhooks/email`.
 //! A repeated provider id answers with the first message and stores nothing new.
 
-use actix_web::{web, HttpRequest, HttpResponse};
-use messaging_actors::domain::MessageContent;
-use messaging_actors::store::{InboundStored, NewInbound};
-use serde_json::json;
-
 use super::body::{read_object, Fields};
 use super::error::ApiError;
 use super::messages::{email_content, sms_content};
+use super::openapi::{EmailWebhookRequest, ReceivedBody, SmsWebhookRequest, WebhookErrors};
 use super::{store_unavailable, AppState};
+use actix_web::{web, HttpRequest, HttpResponse};
+use messaging_actors::domain::MessageContent;
+use messaging_actors::store::{InboundStored, NewInbound};
 
 /// Provider ids are opaque; bound them like idempotency keys.
 const MAX_PROVIDER_ID_LEN: usize = 255;
@@ -54,13 +53,24 @@ async fn receive(
             conversation_id,
         } => (id, conversation_id),
     };
-    Ok(HttpResponse::Accepted().json(json!({
-        "id": id,
-        "status": "received",
-        "conversation_id": conversation_id,
-    })))
+    Ok(HttpResponse::Accepted().json(ReceivedBody {
+        id,
+        status: "received",
+        conversation_id,
+    }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/sms",
+    tag = "webhooks",
+    request_body(content = SmsWebhookRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored, or the first message with this provider id",
+            body = ReceivedBody),
+        WebhookErrors,
+    )
+)]
 pub async fn receive_sms_webhook(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -69,6 +79,17 @@ pub async fn receive_sms_webhook(
     receive(&state, &req, payload, "messaging_provider_id", sms_content).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/email",
+    tag = "webhooks",
+    request_body(content = EmailWebhookRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored, or the first message with this provider id",
+            body = ReceivedBody),
+        WebhookErrors,
+    )
+)]
 pub async fn receive_email_webhook(
     state: web::Data<AppState>,
     req: HttpRequest,
