@@ -62,6 +62,12 @@ impl TestApp {
 
     /// A server on the database in `dir` (for restarts on the same data).
     pub fn spawn_in(dir: Arc<TempDir>, settings: &str) -> TestApp {
+        let database = database_path(dir.path());
+        TestApp::spawn_at(dir, &database, settings)
+    }
+
+    /// A server on the database file `database`, its settings file in `dir`.
+    pub fn spawn_at(dir: Arc<TempDir>, database: &Path, settings: &str) -> TestApp {
         let config = dir.path().join("settings.toml");
         std::fs::write(&config, settings).expect("write settings");
         let mut child = Command::new(BIN)
@@ -69,7 +75,10 @@ impl TestApp {
             .arg(&config)
             .env_remove("MESSAGING_CONFIG")
             .env("MESSAGING__SERVER__BIND", "127.0.0.1:0")
-            .env("MESSAGING__DATABASE__URL", database_url(dir.path()))
+            .env(
+                "MESSAGING__DATABASE__URL",
+                format!("sqlite://{}", database.display()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -115,6 +124,25 @@ impl TestApp {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// A handle other threads can send requests with.
+    pub fn client(&self) -> Client {
+        Client {
+            base: self.base.clone(),
+            agent: self.agent.clone(),
+        }
+    }
+
+    /// The process's resident set size in bytes, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
     }
 
     /// Every captured log line whose `msg` is `msg`.
@@ -235,6 +263,30 @@ impl Drop for TestApp {
     }
 }
 
+/// Sends requests from any thread; transport failures (a killed server) are `None`.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn try_post(&self, path: &str, body: &Value) -> Option<(u16, Value)> {
+        let result = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .set("Content-Type", "application/json")
+            .send_string(&body.to_string());
+        let response = match result {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(_) => return None,
+        };
+        let status = response.status();
+        let body = response.into_json().ok()?;
+        Some((status, body))
+    }
+}
+
 pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
@@ -242,10 +294,6 @@ pub fn signal(pid: u32, name: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -{name} {pid} failed");
-}
-
-pub fn database_url(dir: &Path) -> String {
-    format!("sqlite://{}", database_path(dir).display())
 }
 
 pub fn database_path(dir: &Path) -> PathBuf {

@@ -1,0 +1,389 @@
+//! A 202 is a promise. These tests cause the faults a real service meets (SIGKILL mid-
+//! stream, SIGTERM under load, a flood past the backlog, a database locked by another
+//! process or on a full disk, clients that stall) and check that every accepted message
+//! survives and is finished, and that the service recovers by itself.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use diesel::{Connection, RunQueryDsl, SqliteConnection};
+use serde_json::{json, Value};
+
+fn sms(n: usize) -> Value {
+    json!({"from": "+12016661234", "to": format!("+1804{:07}", n % 10_000_000), "type": "sms",
+        "body": format!("message {n}"), "attachments": null,
+        "timestamp": "2024-11-01T14:00:00Z"})
+}
+
+/// Clients that post SMS until told to stop or until the server goes away; they keep the
+/// id of every message that got a 202.
+struct Load {
+    stop: Arc<AtomicBool>,
+    accepted: Arc<Mutex<Vec<i64>>>,
+    refused: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(app: &TestApp, clients: usize, per_client: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(AtomicU64::new(0));
+        let threads = (0..clients)
+            .map(|c| {
+                let (client, stop, accepted, refused) = (
+                    app.client(),
+                    stop.clone(),
+                    accepted.clone(),
+                    refused.clone(),
+                );
+                std::thread::spawn(move || {
+                    for n in 0..per_client {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        match client.try_post("/api/messages/sms", &sms(c * per_client + n)) {
+                            Some((202, body)) => {
+                                let id = body["id"].as_i64().expect("id");
+                                accepted.lock().expect("lock").push(id);
+                            }
+                            Some((503, body)) => {
+                                assert_eq!(body["error"]["code"], "overloaded", "{body}");
+                                refused.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Some((status, body)) => panic!("unexpected {status}: {body}"),
+                            None => break, // the server is gone
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            accepted,
+            refused,
+            threads,
+        }
+    }
+
+    fn accepted_count(&self) -> usize {
+        self.accepted.lock().expect("lock").len()
+    }
+
+    /// Stops the clients and collects what they saw.
+    fn finish(self) -> (Vec<i64>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.join()
+    }
+
+    /// Lets every client send all it was asked to, then collects what they saw.
+    fn join(self) -> (Vec<i64>, u64) {
+        for thread in self.threads {
+            thread.join().expect("client thread");
+        }
+        let accepted = self.accepted.lock().expect("lock").clone();
+        (accepted, self.refused.load(Ordering::Relaxed))
+    }
+}
+
+/// Every accepted id exists and ends `sent` or `failed`; nothing stays `queued`.
+fn all_finished(app: &TestApp, accepted: &[i64]) {
+    let unique: BTreeSet<i64> = accepted.iter().copied().collect();
+    assert_eq!(unique.len(), accepted.len(), "an id was given twice");
+    for id in accepted {
+        let status = app.eventually(&format!("message {id} to finish"), || {
+            let response = app.get(&format!("/api/messages/{id}"));
+            assert_eq!(response.status, 200, "accepted message {id} is missing");
+            let status = response.json()["status"].as_str()?.to_owned();
+            (status != "queued").then_some(status)
+        });
+        assert!(status == "sent" || status == "failed", "{id}: {status}");
+    }
+}
+
+fn integrity_ok(database: &Path) {
+    let mut conn =
+        SqliteConnection::establish(&database.display().to_string()).expect("open database");
+    #[derive(diesel::QueryableByName)]
+    struct Check {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        integrity_check: String,
+    }
+    let rows: Vec<Check> = diesel::sql_query("PRAGMA integrity_check")
+        .load(&mut conn)
+        .expect("integrity check");
+    assert_eq!(rows.first().map(|r| r.integrity_check.as_str()), Some("ok"));
+}
+
+const HEALTHY: &str = "[providers.sms-mms]\nseed = 42\n[providers.email]\nseed = 7\n";
+
+/// Kills the server with SIGKILL once `kill_after` messages were accepted by four
+/// concurrent clients, restarts it on the same database, and checks every 202.
+fn killed_mid_stream(kill_after: usize, settings: &str) {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let app = TestApp::spawn_in(dir.clone(), settings);
+    let load = Load::start(&app, 4, 10_000);
+    app.eventually("enough accepted messages", || {
+        (load.accepted_count() >= kill_after).then_some(())
+    });
+    signal(app.pid(), "KILL");
+    let (status, _) = app.wait_for_exit();
+    assert_eq!(status.code(), None, "killed by a signal");
+    let (accepted, _) = load.finish();
+    assert!(accepted.len() >= kill_after);
+
+    integrity_ok(&database_path(dir.path()));
+    let app = TestApp::spawn_in(dir, HEALTHY);
+    all_finished(&app, &accepted);
+}
+
+#[test]
+fn sigkill_early_in_a_stream_of_writes_loses_no_accepted_message() {
+    killed_mid_stream(20, "");
+}
+
+#[test]
+fn sigkill_while_group_commits_are_busy_loses_no_accepted_message() {
+    killed_mid_stream(300, "");
+}
+
+#[test]
+fn sigkill_while_dispatch_is_in_flight_loses_no_accepted_message() {
+    // Attempts take 30 ms and a third fail and retry: at the kill, attempts are in flight
+    // and attempt records are being committed.
+    killed_mid_stream(
+        150,
+        "[outcomes]\nlatency_ms = 30\nerror_pct = 33.0\n[dispatch]\nbackoff_initial_ms = 10\n",
+    );
+}
+
+#[test]
+fn sigterm_under_load_exits_0_and_the_next_start_finishes_the_work() {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    // Attempts that take a minute: everything is still queued when the stop comes.
+    let app = TestApp::spawn_in(dir.clone(), "[outcomes]\nlatency_ms = 60000\n");
+    let load = Load::start(&app, 4, 10_000);
+    app.eventually("load under way", || {
+        (load.accepted_count() >= 200).then_some(())
+    });
+    signal(app.pid(), "TERM");
+    let (status, logs) = app.wait_for_exit();
+    let (accepted, _) = load.finish();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        logs.last().map(|l| l["msg"].clone()),
+        Some(json!("stopped"))
+    );
+    let app = TestApp::spawn_in(dir, HEALTHY);
+    let resumed = app.logs_with("resumed queued messages")[0]["count"]
+        .as_u64()
+        .expect("count");
+    assert!(resumed > 0, "work was handed back to the next start");
+    all_finished(&app, &accepted);
+}
+
+#[test]
+fn a_flood_past_the_backlog_gets_503s_in_bounded_memory_and_recovers_by_itself() {
+    let app = TestApp::spawn("[dispatch]\nbacklog_limit = 1000\n[outcomes]\nlatency_ms = 3000\n");
+    let peak = Arc::new(AtomicU64::new(0));
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (peak, watching, pid) = (peak.clone(), watching.clone(), app.pid());
+        std::thread::spawn(move || {
+            while watching.load(Ordering::Relaxed) {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let rss = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+                    * 1024;
+                peak.fetch_max(rss, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let (accepted, refused) = Load::start(&app, 8, 600).join();
+    watching.store(false, Ordering::Relaxed);
+    watcher.join().expect("watcher");
+
+    assert!(
+        accepted.len() >= 1000,
+        "the backlog fills: {}",
+        accepted.len()
+    );
+    assert!(refused > 0, "past it, 503s");
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(peak < 150 * 1024 * 1024, "peak RSS {peak} bytes");
+    // Load drops; the providers drain the backlog and new messages are taken again.
+    all_finished(&app, &accepted);
+    let later = app.eventually("the service to take messages again", || {
+        let response = app.post("/api/messages/sms", &sms(999_999));
+        (response.status == 202).then_some(response)
+    });
+    assert_eq!(later.json()["status"], "queued");
+}
+
+#[test]
+fn a_database_locked_by_another_process_gets_503_and_recovers_without_restart() {
+    let app = TestApp::spawn("");
+    assert_eq!(app.post("/api/messages/sms", &sms(0)).status, 202);
+    let database = database_path(app.dir.path());
+    let mut other =
+        SqliteConnection::establish(&database.display().to_string()).expect("open database");
+    diesel::sql_query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .expect("take the write lock");
+
+    let refused = app.post("/api/messages/sms", &sms(1));
+    assert_eq!(refused.error_code(503), "not_ready");
+    assert_eq!(refused.header("Retry-After"), Some("1"));
+    assert_eq!(app.get("/readyz").error_code(503), "not_ready");
+    let hook = app.post("/api/webhooks/sms", &sample_sms_webhook());
+    assert_eq!(hook.error_code(503), "not_ready");
+    assert_eq!(app.get("/healthz").status, 200, "alive all the same");
+    assert_eq!(app.get("/api/messages/1").status, 200, "reads still work");
+
+    diesel::sql_query("COMMIT")
+        .execute(&mut other)
+        .expect("release the lock");
+    drop(other);
+    assert_eq!(app.get("/readyz").status, 200);
+    let accepted = app.post("/api/messages/sms", &sms(2));
+    assert_eq!(accepted.status, 202);
+    // Nothing refused was stored: ids 1 (before) and 2 (after) only.
+    assert_eq!(accepted.json()["id"], 2);
+    all_finished(&app, &[1, 2]);
+}
+
+/// A small tmpfs the test mounts (root only) and unmounts when dropped.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &Path) -> Option<SmallDisk> {
+        let path = dir.join("disk");
+        std::fs::create_dir_all(&path).ok()?;
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(&path)
+            .output()
+            .ok()?;
+        mounted.status.success().then_some(SmallDisk { path })
+    }
+
+    /// Fills the disk to the last byte.
+    fn fill(&self) -> PathBuf {
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).expect("create filler");
+        let block = vec![0u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+        while file.write_all(&block[..512]).is_ok() {}
+        let _ = file.flush();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[test]
+fn a_full_disk_gets_503_and_recovers_without_restart() {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let Some(disk) = SmallDisk::mount(dir.path()) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must be able to mount a tmpfs"
+        );
+        eprintln!("SKIPPED a_full_disk_gets_503...: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    let app = TestApp::spawn_at(dir.clone(), &disk.path.join("messaging.db"), "");
+    assert_eq!(app.post("/api/messages/sms", &sms(0)).status, 202);
+
+    let filler = disk.fill();
+    let mut refused = 0;
+    for n in 1..=3 {
+        let response = app.post("/api/messages/sms", &sms(n));
+        assert_ne!(response.status, 202, "a 202 that could not be stored");
+        assert_eq!(response.error_code(503), "not_ready");
+        refused += 1;
+    }
+    assert_eq!(refused, 3);
+    assert_eq!(app.get("/readyz").error_code(503), "not_ready");
+
+    std::fs::remove_file(filler).expect("free the disk");
+    app.eventually("readiness to come back", || {
+        (app.get("/readyz").status == 200).then_some(())
+    });
+    let accepted = app.post("/api/messages/sms", &sms(4));
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
+    let id = accepted.json()["id"].as_i64().expect("id");
+    all_finished(&app, &[1, id]);
+    drop(app);
+    drop(disk);
+}
+
+/// Reads whatever the server sends until it closes the connection.
+fn read_to_close(stream: &mut TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn stalled_and_idle_clients_do_not_stop_others_from_being_served() {
+    let app = TestApp::spawn("");
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    // Many idle connections, one that stalls in its head, one that stalls in its body.
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    let mut stalled_head = TcpStream::connect(&addr).expect("connect");
+    stalled_head
+        .write_all(b"POST /api/messages/sms HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        .expect("partial head");
+    let mut stalled_body = TcpStream::connect(&addr).expect("connect");
+    stalled_body
+        .write_all(
+            b"POST /api/messages/sms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 200\r\n\r\n{\"from\": \"+1201",
+        )
+        .expect("partial body");
+
+    // Everyone else is served meanwhile.
+    for n in 0..20 {
+        assert_eq!(app.post("/api/messages/sms", &sms(n)).status, 202);
+    }
+    assert_eq!(app.get("/healthz").status, 200);
+
+    // The stalled ones are answered and closed by the server's deadlines.
+    let head_answer = read_to_close(&mut stalled_head);
+    assert!(
+        head_answer.is_empty() || head_answer.starts_with("HTTP/1.1 408"),
+        "{head_answer}"
+    );
+    let body_answer = read_to_close(&mut stalled_body);
+    assert!(body_answer.starts_with("HTTP/1.1 400"), "{body_answer}");
+    assert!(body_answer.contains("invalid_json"), "{body_answer}");
+    assert!(body_answer.contains("did not arrive"), "{body_answer}");
+    drop(idle);
+    assert_eq!(app.get("/api/conversations").json()["meta"]["total"], 20);
+}
