@@ -186,3 +186,142 @@ pub async fn get_message(
         attempts: attempts.into_iter().map(Into::into).collect(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{json, Map, Value};
+
+    use super::*;
+
+    const SMS_FIELDS: [&str; 6] = ["from", "to", "type", "body", "attachments", "timestamp"];
+    const EMAIL_FIELDS: [&str; 5] = ["from", "to", "body", "attachments", "timestamp"];
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+            "\\+[0-9]{0,16}".prop_map(Value::from),
+            "[a-z]{0,5}@[a-z]{0,5}(\\.[a-z]{0,3})?".prop_map(Value::from),
+            "(https?|ftp)://[a-z. ]{0,8}/?".prop_map(Value::from),
+            prop::sample::select(vec!["sms", "mms", "email", "", "SMS"]).prop_map(Value::from),
+        ];
+        leaf.prop_recursive(2, 24, 12, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..12).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn timestamp() -> impl Strategy<Value = String> {
+        (1970u32..2100, 1u32..=12, 1u32..=28, 0u32..24, 0u32..60, 0u32..60).prop_map(
+            |(y, mo, d, h, mi, s)| format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
+        )
+    }
+
+    fn url() -> impl Strategy<Value = String> {
+        "https?://[a-z]{1,10}\\.[a-z]{2,5}/[a-z0-9]{0,10}"
+    }
+
+    fn valid_sms() -> impl Strategy<Value = Map<String, Value>> {
+        (
+            "\\+[1-9][0-9]{1,14}",
+            "\\+[1-9][0-9]{1,14}",
+            "[a-zA-Z0-9 ]{0,20}[a-zA-Z0-9]",
+            prop::option::of(prop::collection::vec(url(), 0..=10)),
+            timestamp(),
+        )
+            .prop_map(|(from, to, body, attachments, timestamp)| {
+                let object = json!({"from": from, "to": to, "type": "sms", "body": body,
+                    "attachments": attachments, "timestamp": timestamp});
+                object.as_object().cloned().unwrap_or_default()
+            })
+    }
+
+    fn valid_email() -> impl Strategy<Value = Map<String, Value>> {
+        (
+            "[a-z]([a-z0-9+]{0,5}\\.)?[a-z0-9]{1,5}@[a-z]{1,8}\\.[a-z]{2,4}",
+            "[a-z]{1,8}@[a-z]{1,8}\\.[a-z]{2,4}",
+            "<p>[a-zA-Z0-9 ]{0,20}[a-z]</p>",
+            prop::option::of(prop::collection::vec(url(), 0..=10)),
+            timestamp(),
+        )
+            .prop_map(|(from, to, body, attachments, timestamp)| {
+                let object = json!({"from": from, "to": to, "body": body,
+                    "attachments": attachments, "timestamp": timestamp});
+                object.as_object().cloned().unwrap_or_default()
+            })
+    }
+
+    /// The field a validation error names, with any `[index]` suffix removed.
+    fn field_of(result: Result<MessageContent, ApiError>) -> Option<String> {
+        match result {
+            Ok(_) => None,
+            Err(ApiError::Validation { field, .. }) => {
+                Some(field.split('[').next().unwrap_or_default().to_owned())
+            }
+            Err(other) => Some(format!("<not a validation error: {other:?}>")),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn any_object_is_parsed_or_refused_naming_a_known_field(
+            object in prop::collection::btree_map(
+                prop::sample::select(SMS_FIELDS.to_vec()).prop_map(str::to_owned),
+                any_json(),
+                0..7,
+            )
+        ) {
+            let object: Map<String, Value> = object.into_iter().collect();
+            if let Some(field) = field_of(sms_content(&Fields(&object))) {
+                prop_assert!(SMS_FIELDS.contains(&field.as_str()), "{field}");
+            }
+            if let Some(field) = field_of(email_content(&Fields(&object))) {
+                prop_assert!(EMAIL_FIELDS.contains(&field.as_str()), "{field}");
+            }
+        }
+
+        #[test]
+        fn valid_requests_are_parsed_exactly(sms in valid_sms(), email in valid_email()) {
+            let parsed = sms_content(&Fields(&sms));
+            prop_assert!(parsed.is_ok(), "{parsed:?} for {sms:?}");
+            let content = parsed.expect("checked");
+            prop_assert_eq!(&json!(content.from), &sms["from"]);
+            prop_assert_eq!(&json!(content.body), &sms["body"]);
+            prop_assert_eq!(&json!(content.attachments), &sms["attachments"]);
+            let parsed = email_content(&Fields(&email));
+            prop_assert!(parsed.is_ok(), "{parsed:?} for {email:?}");
+        }
+
+        /// One field replaced by anything: parsed, or refused naming that very field (or
+        /// `attachments`, which an `mms` needs).
+        #[test]
+        fn a_bad_field_is_the_field_named(
+            sms in valid_sms(),
+            email in valid_email(),
+            sms_field in prop::sample::select(SMS_FIELDS.to_vec()),
+            email_field in prop::sample::select(EMAIL_FIELDS.to_vec()),
+            value in any_json(),
+        ) {
+            let mut sms = sms;
+            sms.insert(sms_field.to_owned(), value.clone());
+            if let Some(named) = field_of(sms_content(&Fields(&sms))) {
+                let allowed = named == sms_field || (sms_field == "type" && named == "attachments");
+                prop_assert!(allowed, "{sms_field} = {value} was refused as {named}");
+            }
+            let mut email = email;
+            email.insert(email_field.to_owned(), value.clone());
+            if let Some(named) = field_of(email_content(&Fields(&email))) {
+                prop_assert_eq!(named, email_field, "{} = {}", email_field, value);
+            }
+        }
+    }
+}
