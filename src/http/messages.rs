@@ -219,9 +219,17 @@ mod tests {
     }
 
     fn timestamp() -> impl Strategy<Value = String> {
-        (1970u32..2100, 1u32..=12, 1u32..=28, 0u32..24, 0u32..60, 0u32..60).prop_map(
-            |(y, mo, d, h, mi, s)| format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
+        (
+            1970u32..2100,
+            1u32..=12,
+            1u32..=28,
+            0u32..24,
+            0u32..60,
+            0u32..60,
         )
+            .prop_map(|(y, mo, d, h, mi, s)| {
+                format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+            })
     }
 
     fn url() -> impl Strategy<Value = String> {
