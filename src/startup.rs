@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use messaging_actors::breaker::BreakerConfig;
@@ -87,15 +86,14 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
     let store = Store::start(pool, settings.database.pool_size as usize);
     let providers = provider_configs(&settings, &registry);
     let backlog = Arc::new(Backlog::new(settings.dispatch.backlog_limit));
-    let router = RouterActor::new(
+    let router = RouterActor::start(
         registry,
         providers,
         store.clone(),
         metrics.clone(),
         backlog,
         log.clone(),
-    )
-    .start();
+    );
     // Queued work from an earlier run goes to the providers before any new message, so
     // each provider meets it first.
     let resumed = router

@@ -238,9 +238,14 @@ fn a_flood_past_the_backlog_gets_503s_in_bounded_memory_and_recovers_by_itself()
 fn a_database_locked_by_another_process_gets_503_and_recovers_without_restart() {
     let app = TestApp::spawn("");
     assert_eq!(app.post("/api/messages/sms", &sms(0)).status, 202);
+    all_finished(&app, &[1]);
     let database = database_path(app.dir.path());
     let mut other =
         SqliteConnection::establish(&database.display().to_string()).expect("open database");
+    // Like any polite SQLite client, wait for the service's own short writes to pass.
+    diesel::sql_query("PRAGMA busy_timeout = 5000")
+        .execute(&mut other)
+        .expect("set busy timeout");
     diesel::sql_query("BEGIN EXCLUSIVE")
         .execute(&mut other)
         .expect("take the write lock");

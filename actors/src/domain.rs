@@ -187,9 +187,22 @@ impl Timestamp {
             .map_err(|_| InvalidValue::Timestamp)
     }
 
-    /// Fixed-width UTC form used in the database, so text order is time order.
+    /// Fixed-width UTC form used in the database, so text order is time order. Written
+    /// out by hand: it runs several times per message, and chrono's `format` parses its
+    /// pattern on every call.
     pub fn to_storage(self) -> String {
-        self.0.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+        use chrono::{Datelike, Timelike};
+        let t = self.0;
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.timestamp_subsec_micros().min(999_999)
+        )
     }
 
     pub fn from_storage(raw: &str) -> Option<Timestamp> {

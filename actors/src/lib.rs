@@ -10,8 +10,8 @@
 //!   simulated latency, retries, attempt records, per-provider counters.
 //! - `outcome`: the seeded outcome stream (`Pcg64`) and the retry policy.
 //! - `breaker`: the per-provider circuit breaker as a state machine with an injected clock.
-//! - `store`: SQLite through Diesel and r2d2; `PersistenceActor` on a `SyncArbiter`,
-//!   `WriteBatcher` for group commit, `Store` as the handle.
+//! - `store`: SQLite through Diesel and r2d2; `PersistenceActor` on a `SyncArbiter`
+//!   committing the `WriteQueue` batch by batch (group commit), `Store` as the handle.
 //! - `metrics`: every Prometheus series of the contract, on a registry of its own.
 //!
 //! # Actor map
@@ -21,7 +21,7 @@
 //!                                       |                   --record_attempt--> Store
 //! start-up --ResumeQueued--> RouterActor (queued rows, in id order, to their providers)
 //! HTTP handlers --insert_inbound / reads------------------------->  Store
-//! Store: WriteBatcher --CommitBatch--> PersistenceActor (SyncArbiter, pool_size threads)
+//! Store: WriteQueue --CommitQueued--> PersistenceActor (SyncArbiter, pool_size threads)
 //!        reads -----------Read-------> PersistenceActor
 //! ```
 

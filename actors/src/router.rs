@@ -224,6 +224,20 @@ pub struct RouterActor {
 }
 
 impl RouterActor {
+    /// Starts the router on an arbiter of its own (every request passes through it, so it
+    /// must not share a thread with anything busy) with its providers.
+    pub fn start(
+        registry: Registry,
+        providers: Vec<ProviderConfig>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        backlog: Arc<Backlog>,
+        log: Logger,
+    ) -> Addr<RouterActor> {
+        let router = RouterActor::new(registry, providers, store, metrics, backlog, log);
+        RouterActor::start_in_arbiter(&Arbiter::new().handle(), move |_| router)
+    }
+
     /// Starts one `ProviderActor` per configured provider, each under a `Supervisor` on an
     /// arbiter (thread) of its own, so that no provider's work can delay another's and a
     /// provider that fails is restarted. Must run inside an actix system.

@@ -138,45 +138,40 @@ impl From<MessageRow> for MessageView {
     }
 }
 
-/// Finds or creates the conversation of `participants`, counting one more message in it.
+diesel::define_sql_function! {
+    /// SQLite's two-argument scalar `max`: the later of two fixed-width timestamps.
+    #[sql_name = "max"]
+    fn later_of(a: diesel::sql_types::Text, b: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
+
+/// Finds or creates the conversation of `participants`, counting one more message in it:
+/// one upsert statement (it runs for every message, on the single writer).
 fn upsert_conversation(
     conn: &mut SqliteConnection,
     participants: &Participants,
     message_time: &str,
     now: &str,
 ) -> Result<i64, StoreError> {
-    let existing = conversations::table
-        .filter(conversations::participant_a.eq(&participants.first))
-        .filter(conversations::participant_b.eq(&participants.second))
-        .select((conversations::id, conversations::last_message_at))
-        .first::<(i64, String)>(conn)
-        .optional()?;
-    match existing {
-        Some((id, last)) => {
-            let latest = if message_time > last.as_str() {
-                message_time
-            } else {
-                last.as_str()
-            };
-            diesel::update(conversations::table.find(id))
-                .set((
-                    conversations::message_count.eq(conversations::message_count + 1),
-                    conversations::last_message_at.eq(latest),
-                ))
-                .execute(conn)?;
-            Ok(id)
-        }
-        None => Ok(diesel::insert_into(conversations::table)
-            .values(NewConversationRow {
-                participant_a: &participants.first,
-                participant_b: &participants.second,
-                message_count: 1,
-                created_at: now,
-                last_message_at: message_time,
-            })
-            .returning(conversations::id)
-            .get_result(conn)?),
-    }
+    use diesel::upsert::excluded;
+    Ok(diesel::insert_into(conversations::table)
+        .values(NewConversationRow {
+            participant_a: &participants.first,
+            participant_b: &participants.second,
+            message_count: 1,
+            created_at: now,
+            last_message_at: message_time,
+        })
+        .on_conflict((conversations::participant_a, conversations::participant_b))
+        .do_update()
+        .set((
+            conversations::message_count.eq(conversations::message_count + 1),
+            conversations::last_message_at.eq(later_of(
+                conversations::last_message_at,
+                excluded(conversations::last_message_at),
+            )),
+        ))
+        .returning(conversations::id)
+        .get_result(conn)?)
 }
 
 fn insert_message<'a>(

@@ -1,13 +1,12 @@
 //! Durable storage: the SQLite pool and its migrations, the `PersistenceActor` that runs
-//! Diesel on a `SyncArbiter`, the `WriteBatcher` that turns many writes into one
-//! transaction (group commit), and `Store`, the handle everyone else calls.
+//! Diesel on a `SyncArbiter` and commits queued writes in batches (group commit), and
+//! `Store`, the handle everyone else calls.
 //!
-//! Write path: caller -> `Store::write` -> `WriteBatcher` (collects) -> `PersistenceActor`
-//! (one transaction per batch, one savepoint per write) -> the caller's reply is sent only
-//! after the batch committed. While one batch commits, the next one fills, so a burst of
-//! requests pays for one fsync, not one each.
+//! Write path: caller -> `Store::write` -> `WriteQueue` -> `PersistenceActor` (one
+//! transaction per batch) -> the caller's reply is sent only after its batch committed.
+//! While one batch commits, the next one fills, so a burst of requests pays for one
+//! fsync, not one each.
 
-mod batcher;
 mod dispatch;
 mod messages;
 mod persistence;
@@ -16,7 +15,9 @@ pub mod schema;
 
 use std::time::Duration;
 
-use actix::{Actor, Addr, SyncArbiter};
+use std::sync::Arc;
+
+use actix::{Addr, SyncArbiter};
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel::sqlite::SqliteConnection;
 use diesel::{ExpressionMethods, RunQueryDsl};
@@ -32,8 +33,7 @@ pub use messages::{
     OutboundStored, Page, PageRequest,
 };
 
-use batcher::{Enqueue, WriteBatcher};
-use persistence::{PersistenceActor, Read, WriteJob};
+use persistence::{PersistenceActor, Read, WriteJob, WriteQueue};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
 
@@ -109,20 +109,29 @@ pub fn open(url: &str, pool_size: u32) -> Result<SqlitePool, StoreError> {
 /// The handle to storage: cheap to clone, safe to share between threads.
 #[derive(Clone)]
 pub struct Store {
-    persistence: Addr<PersistenceActor>,
-    batcher: Addr<WriteBatcher>,
+    /// One thread, one connection: the only writer, its prepared statements kept warm.
+    writer: Addr<PersistenceActor>,
+    readers: Addr<PersistenceActor>,
+    queue: Arc<WriteQueue>,
 }
 
 impl Store {
-    /// Starts `threads` persistence workers on a `SyncArbiter` and the batcher in the
-    /// current arbiter. Must run inside an actix system.
+    /// Starts the writer (a `SyncArbiter` of one thread) and `threads` readers. Must run
+    /// inside an actix system.
     pub fn start(pool: SqlitePool, threads: usize) -> Store {
-        let persistence =
-            SyncArbiter::start(threads.max(1), move || PersistenceActor::new(pool.clone()));
-        let batcher = WriteBatcher::new(persistence.clone()).start();
+        let queue = Arc::new(WriteQueue::default());
+        let (write_pool, shared) = (pool.clone(), queue.clone());
+        let writer = SyncArbiter::start(1, move || {
+            PersistenceActor::new(write_pool.clone(), shared.clone())
+        });
+        let shared = queue.clone();
+        let readers = SyncArbiter::start(threads.max(1), move || {
+            PersistenceActor::new(pool.clone(), shared.clone())
+        });
         Store {
-            persistence,
-            batcher,
+            writer,
+            readers,
+            queue,
         }
     }
 
@@ -201,11 +210,8 @@ impl Store {
         O: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job = WriteJob::boxed(input, run, reply);
-        self.batcher
-            .send(Enqueue(job))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        self.queue
+            .push(WriteJob::boxed(input, run, reply), &self.writer)?;
         // A dropped sender means the batch never ran (actor stopped): not stored.
         answer.await.map_err(|_| StoreError::Closed)?
     }
@@ -215,7 +221,7 @@ impl Store {
         F: FnOnce(&mut SqliteConnection) -> Result<O, StoreError> + Send + 'static,
         O: Send + 'static,
     {
-        self.persistence
+        self.readers
             .send(Read::new(query))
             .await
             .map_err(|_| StoreError::Closed)?

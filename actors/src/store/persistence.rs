@@ -1,31 +1,97 @@
 //! `PersistenceActor`: the only code that touches a database connection. It runs on a
 //! `SyncArbiter` (blocking Diesel calls never stall an async thread) and handles two kinds
-//! of message: a batch of writes committed as one transaction, and a read.
+//! of message: `CommitQueued`, which commits the `WriteQueue` batch after batch, and a read.
+//!
+//! Group commit: writers push onto the `WriteQueue` and only the writer that finds no
+//! commit scheduled sends `CommitQueued`. The actor that gets it takes everything queued,
+//! commits it as one transaction, and takes again until the queue is empty; whatever
+//! arrives while one transaction commits goes into the next. So there is one writer at a
+//! time (SQLite allows no more), a burst pays for one fsync, and a lone write waits for
+//! nothing but its own commit.
 
-use actix::{Actor, Handler, Message, SyncContext};
+use std::sync::{Arc, Mutex};
+
+use actix::{Actor, Addr, Handler, Message, SyncContext};
+use diesel::r2d2::{ConnectionManager, PooledConnection};
 use diesel::sqlite::SqliteConnection;
 use tokio::sync::oneshot;
 
 use super::{in_write_transaction, SqlitePool, StoreError};
 
+/// Bound on one transaction, so a flood never makes one commit slow for everyone in it.
+const MAX_BATCH: usize = 2048;
+
+/// Writes waiting for their transaction, and whether a commit is already on its way.
+#[derive(Default)]
+pub(crate) struct WriteQueue {
+    state: Mutex<QueueState>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    waiting: Vec<Box<dyn Job>>,
+    commit_scheduled: bool,
+}
+
+impl WriteQueue {
+    /// Queues a write; asks for a commit unless one is already scheduled.
+    pub(crate) fn push(
+        &self,
+        job: Box<dyn Job>,
+        persistence: &Addr<PersistenceActor>,
+    ) -> Result<(), StoreError> {
+        let kick = {
+            let mut state = self.state.lock().map_err(|_| StoreError::Closed)?;
+            state.waiting.push(job);
+            !std::mem::replace(&mut state.commit_scheduled, true)
+        };
+        if kick {
+            // One message at a time at most, so the unbounded send is bounded here.
+            persistence.do_send(CommitQueued);
+        }
+        Ok(())
+    }
+
+    /// The next batch, or `None` (and no commit scheduled any more) when nothing waits.
+    fn take(&self) -> Option<Vec<Box<dyn Job>>> {
+        let mut state = self.state.lock().ok()?;
+        if state.waiting.is_empty() {
+            state.commit_scheduled = false;
+            return None;
+        }
+        let take = state.waiting.len().min(MAX_BATCH);
+        Some(state.waiting.drain(..take).collect())
+    }
+}
+
 pub(crate) struct PersistenceActor {
     pool: SqlitePool,
+    conn: Option<PooledConnection<ConnectionManager<SqliteConnection>>>,
+    queue: Arc<WriteQueue>,
 }
 
 impl PersistenceActor {
-    pub(crate) fn new(pool: SqlitePool) -> Self {
-        PersistenceActor { pool }
+    pub(crate) fn new(pool: SqlitePool, queue: Arc<WriteQueue>) -> Self {
+        PersistenceActor {
+            pool,
+            conn: None,
+            queue,
+        }
     }
 
-    fn connection(
-        &self,
-    ) -> Result<
-        diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<SqliteConnection>>,
-        StoreError,
-    > {
-        self.pool
-            .get()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    /// This actor's own connection, taken from the pool once and kept: a writer that
+    /// keeps one connection keeps its prepared statements.
+    fn connection(&mut self) -> Result<&mut SqliteConnection, StoreError> {
+        if self.conn.is_none() {
+            let conn = self
+                .pool
+                .get()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            self.conn = Some(conn);
+        }
+        self.conn
+            .as_deref_mut()
+            .ok_or_else(|| StoreError::Unavailable("no connection".into()))
     }
 }
 
@@ -33,11 +99,11 @@ impl Actor for PersistenceActor {
     type Context = SyncContext<Self>;
 }
 
-/// One write waiting for its batch: it runs inside the batch's transaction under its own
-/// savepoint (so one failed write does not undo its neighbours) and answers only once the
-/// whole batch has committed, or failed.
+/// One write waiting for its batch: it runs inside the batch's transaction and answers
+/// only once that transaction has committed, or failed.
 pub(crate) trait Job: Send {
-    fn apply(&mut self, conn: &mut SqliteConnection);
+    /// Runs the write; an error aborts the transaction it runs in.
+    fn apply(&mut self, conn: &mut SqliteConnection) -> Result<(), StoreError>;
     fn finish(self: Box<Self>, commit: Result<(), StoreError>);
 }
 
@@ -64,11 +130,11 @@ impl<I: Send + 'static, O: Send + 'static> WriteJob<I, O> {
 }
 
 impl<I: Send, O: Send> Job for WriteJob<I, O> {
-    fn apply(&mut self, conn: &mut SqliteConnection) {
-        let (input, run) = (&self.input, self.run);
-        self.result = Some(diesel::Connection::transaction(conn, |conn| {
-            run(conn, input)
-        }));
+    fn apply(&mut self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+        let result = (self.run)(conn, &self.input);
+        let status = result.as_ref().map(|_| ()).map_err(Clone::clone);
+        self.result = Some(result);
+        status
     }
 
     fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
@@ -82,25 +148,49 @@ impl<I: Send, O: Send> Job for WriteJob<I, O> {
     }
 }
 
-/// A batch of writes for one transaction.
-pub(crate) struct CommitBatch(pub(crate) Vec<Box<dyn Job>>);
+/// Commit what the `WriteQueue` holds, batch after batch, until it is empty.
+pub(crate) struct CommitQueued;
 
-impl Message for CommitBatch {
+impl Message for CommitQueued {
     type Result = ();
 }
 
-impl Handler<CommitBatch> for PersistenceActor {
+impl Handler<CommitQueued> for PersistenceActor {
     type Result = ();
 
-    fn handle(&mut self, CommitBatch(mut jobs): CommitBatch, _: &mut Self::Context) {
-        let commit = self.connection().and_then(|mut conn| {
-            in_write_transaction(&mut conn, |conn| {
-                for job in jobs.iter_mut() {
-                    job.apply(conn);
+    fn handle(&mut self, _: CommitQueued, _: &mut Self::Context) {
+        while let Some(batch) = self.queue.take() {
+            self.commit(batch);
+        }
+    }
+}
+
+impl PersistenceActor {
+    /// One transaction for the whole batch. Should any write in it fail, the batch is
+    /// rolled back and each write is run again in a transaction of its own, so that one
+    /// bad write cannot sink its neighbours; that costs a commit per write, but only on
+    /// the rare batch with a failure in it (a savepoint per write, which would buy the
+    /// same isolation up front, costs two more statements on every write).
+    fn commit(&mut self, mut jobs: Vec<Box<dyn Job>>) {
+        let conn = match self.connection() {
+            Ok(conn) => conn,
+            Err(e) => {
+                for job in jobs {
+                    job.finish(Err(e.clone()));
                 }
-                Ok(())
-            })
+                return;
+            }
+        };
+        let commit = in_write_transaction(conn, |conn| {
+            jobs.iter_mut().try_for_each(|job| job.apply(conn))
         });
+        if commit.is_err() && jobs.len() > 1 {
+            for mut job in jobs {
+                let alone = in_write_transaction(conn, |conn| job.apply(conn));
+                job.finish(alone);
+            }
+            return;
+        }
         for job in jobs {
             job.finish(commit.clone());
         }
@@ -137,7 +227,7 @@ where
     type Result = Result<O, StoreError>;
 
     fn handle(&mut self, read: Read<F, O>, _: &mut Self::Context) -> Self::Result {
-        let mut conn = self.connection()?;
-        (read.query)(&mut conn)
+        let conn = self.connection()?;
+        (read.query)(conn)
     }
 }

@@ -4,8 +4,10 @@ use diesel::prelude::*;
 
 use super::schema::{conversations, dispatch_attempts, messages};
 
+/// `None` inserts NULL (not "leave the column out"), so the statement text is always the
+/// same and Diesel can keep it prepared.
 #[derive(Insertable)]
-#[diesel(table_name = messages)]
+#[diesel(table_name = messages, treat_none_as_default_value = false)]
 pub(super) struct NewMessageRow<'a> {
     pub conversation_id: i64,
     pub direction: &'a str,
