@@ -430,17 +430,10 @@ impl Settings {
             "server.max_body_bytes",
             "must be from 1 to 67108864",
         )?;
-        let url = self.database.url.as_str();
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(SettingsError::new(
-                "database.url",
-                "PostgreSQL is not supported by this build yet; use sqlite://PATH",
-            ));
-        }
         check(
-            messaging_actors::store::sqlite_path(url).is_ok(),
+            messaging_actors::store::Backend::of(&self.database.url).is_ok(),
             "database.url",
-            "must be sqlite://PATH (relative) or sqlite:///ABSOLUTE/PATH",
+            "must be sqlite://PATH (relative), sqlite:///ABSOLUTE/PATH or postgres://…",
         )?;
         check(
             (1..=64).contains(&self.database.pool_size),

@@ -83,7 +83,11 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
     }
     let metrics = Arc::new(Metrics::new(&registry.providers()).context("building metrics")?);
     let http_metrics = HttpMetrics::new(metrics.registry()).context("building HTTP metrics")?;
-    let store = Store::start(pool, settings.database.pool_size as usize);
+    let store = Store::start(
+        pool,
+        settings.database.pool_size as usize,
+        Duration::from_millis(settings.dispatch.lease_ms),
+    );
     let providers = provider_configs(&settings, &registry);
     let backlog = Arc::new(Backlog::new(settings.dispatch.backlog_limit));
     let router = RouterActor::start(
@@ -96,6 +100,9 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
     );
     // Queued work from an earlier run goes to the providers before any new message, so
     // each provider meets it first.
+    if store.shares_work() {
+        info!(log, "sharing work"; "instance" => store.instance());
+    }
     let resumed = router
         .send(ResumeQueued)
         .await
@@ -105,7 +112,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
 
     let state = web::Data::new(AppState {
         router,
-        store,
+        store: store.clone(),
         metrics,
         http_metrics,
         max_body_bytes: settings.server.max_body_bytes,
@@ -135,7 +142,15 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         // Graceful: stop accepting, let in-flight requests finish (their writes commit).
         handle.stop(true).await;
     });
-    server.await.context("running the HTTP server")
+    server.await.context("running the HTTP server")?;
+    if store.shares_work() {
+        // Queued work this instance leased goes back at once, not after its lease lapses.
+        match store.release_leases().await {
+            Ok(count) => info!(log, "released leases"; "count" => count),
+            Err(e) => warn!(log, "could not release leases"; "error" => e.to_string()),
+        }
+    }
+    Ok(())
 }
 
 /// Waits for SIGTERM or SIGINT, whichever comes first.

@@ -33,7 +33,7 @@ use crate::domain::{Channel, MessageStatus, Timestamp};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, OutcomeOdds, OutcomeStream, RetryPolicy};
 use crate::router::Backlog;
-use crate::store::{AttemptRecord, Store};
+use crate::store::{AttemptRecord, Store, StoreError};
 
 /// Attempts one provider keeps in flight at most; the rest wait in its queue. High enough
 /// that 100 ms of latency does not cap throughput, low enough to bound timers in memory.
@@ -361,11 +361,23 @@ impl ProviderActor {
     fn record(&self, record: AttemptRecord) {
         let (store, log) = (self.store.clone(), self.log.clone());
         actix::spawn(async move {
-            while let Err(e) = store.record_attempt(record.clone()).await {
-                warn!(log, "attempt not recorded; will retry";
-                    "message_id" => record.message_id, "attempt" => record.attempt,
-                    "error" => e.to_string());
-                tokio::time::sleep(RECORD_RETRY).await;
+            loop {
+                match store.record_attempt(record.clone()).await {
+                    Ok(()) => break,
+                    // Another instance took the message over (this one's lease lapsed)
+                    // and recorded this attempt number first: its record stands.
+                    Err(StoreError::Conflict(_)) => {
+                        warn!(log, "attempt superseded by another instance";
+                            "message_id" => record.message_id, "attempt" => record.attempt);
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(log, "attempt not recorded; will retry";
+                            "message_id" => record.message_id, "attempt" => record.attempt,
+                            "error" => e.to_string());
+                        tokio::time::sleep(RECORD_RETRY).await;
+                    }
+                }
             }
         });
     }
@@ -504,7 +516,11 @@ mod tests {
     async fn a_panicking_provider_is_restarted_and_retries_what_it_held() {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("m.db").display());
-        let store = Store::start(store::open(&url, 2).expect("open"), 2);
+        let store = Store::start(
+            store::open(&url, 2).expect("open"),
+            2,
+            Duration::from_secs(30),
+        );
         let metrics =
             Arc::new(Metrics::new(&[("sms-mms".to_owned(), vec![Channel::Sms])]).expect("metrics"));
         let backlog = Arc::new(Backlog::new(100));
@@ -530,6 +546,7 @@ mod tests {
                     },
                     provider: Some("sms-mms".into()),
                     idempotency: None,
+                    lease: None,
                 })
                 .await
                 .expect("stored");

@@ -9,8 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use actix::{Actor, Addr, Arbiter, Context, Handler, Message, ResponseFuture, Supervisor};
-use slog::{error, warn, Logger};
+use actix::{
+    Actor, Addr, Arbiter, AsyncContext, Context, Handler, Message, ResponseFuture, Supervisor,
+};
+use slog::{error, info, warn, Logger};
 use thiserror::Error;
 
 use crate::domain::{Channel, IdempotencyKey, MessageContent};
@@ -274,8 +276,49 @@ impl RouterActor {
     }
 }
 
+/// How many queued messages a start claims at most (beyond the backlog limit on purpose:
+/// all of them were accepted before, and none may be left behind).
+const RECOVERY_CLAIM: i64 = i64::MAX;
+/// How many lapsed messages one sweep claims at most, so that one instance taking over
+/// from a dead one does not swallow everything in one transaction.
+const SWEEP_CLAIM: i64 = 1_000;
+
 impl Actor for RouterActor {
     type Context = Context<Self>;
+
+    /// With a shared database, renews this instance's leases three times per lease and
+    /// sweeps for lapsed ones (work of an instance that died) twice per lease.
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if !self.routes.store.shares_work() {
+            return;
+        }
+        let lease = self.routes.store.lease_duration();
+        ctx.run_interval(lease / 3, |router, _| {
+            let (store, log) = (router.routes.store.clone(), router.routes.log.clone());
+            actix::spawn(async move {
+                if let Err(e) = store.renew_leases().await {
+                    warn!(log, "could not renew leases"; "error" => e.to_string());
+                }
+            });
+        });
+        ctx.run_interval(lease / 2, |router, _| {
+            let routes = router.routes.clone();
+            actix::spawn(async move {
+                match routes.store.claim_queued(SWEEP_CLAIM).await {
+                    Ok(claimed) => {
+                        if !claimed.is_empty() {
+                            info!(routes.log, "claimed lapsed messages"; "count" => claimed.len());
+                        }
+                        for message in claimed {
+                            routes.route_queued(message).await;
+                        }
+                    }
+                    Err(e) => warn!(routes.log, "could not claim lapsed messages";
+                        "error" => e.to_string()),
+                }
+            });
+        });
+    }
 }
 
 impl Handler<Ping> for RouterActor {
@@ -302,6 +345,7 @@ impl Handler<AcceptOutbound> for RouterActor {
                 content: msg.content,
                 provider: provider.clone(),
                 idempotency: msg.idempotency,
+                lease: None,
             };
             let stored = routes.store.insert_outbound(new).await;
             let handed_over = matches!(stored, Ok(OutboundStored::Created { .. }));
@@ -389,7 +433,7 @@ impl Handler<ResumeQueued> for RouterActor {
     fn handle(&mut self, _: ResumeQueued, _: &mut Self::Context) -> Self::Result {
         let routes = self.routes.clone();
         Box::pin(async move {
-            let queued = routes.store.load_queued().await?;
+            let queued = routes.store.claim_queued(RECOVERY_CLAIM).await?;
             let count = queued.len();
             for message in queued {
                 routes.route_queued(message).await;

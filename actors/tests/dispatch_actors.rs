@@ -64,7 +64,7 @@ fn start(providers: Vec<ProviderConfig>, backlog_limit: u64) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("m.db").display());
     let pool = store::open(&url, 2).expect("open store");
-    let store = Store::start(pool, 2);
+    let store = Store::start(pool, 2, Duration::from_secs(30));
     let registry = Registry::new(
         [
             (Channel::Sms, "sms-mms".to_owned()),

@@ -2,9 +2,11 @@
 //! reads the API serves. Views returned here carry the contract's field names.
 
 use diesel::prelude::*;
-use diesel::sqlite::SqliteConnection;
+use diesel::upsert::excluded;
 use serde::Serialize;
 
+use super::backend::for_each_backend;
+use super::dispatch::Lease;
 use super::rows::{AttemptRow, ConversationRow, MessageRow, NewConversationRow, NewMessageRow};
 use super::schema::{conversations, dispatch_attempts, messages};
 use super::StoreError;
@@ -19,6 +21,9 @@ pub struct NewOutbound {
     pub content: MessageContent,
     pub provider: Option<String>,
     pub idempotency: Option<IdempotencyKey>,
+    /// Set by the store when instances share the database: the accepting instance works
+    /// the message it stored, so it takes the lease at once.
+    pub lease: Option<Lease>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,124 +143,6 @@ impl From<MessageRow> for MessageView {
     }
 }
 
-diesel::define_sql_function! {
-    /// SQLite's two-argument scalar `max`: the later of two fixed-width timestamps.
-    #[sql_name = "max"]
-    fn later_of(a: diesel::sql_types::Text, b: diesel::sql_types::Text) -> diesel::sql_types::Text;
-}
-
-/// Finds or creates the conversation of `participants`, counting one more message in it:
-/// one upsert statement (it runs for every message, on the single writer).
-fn upsert_conversation(
-    conn: &mut SqliteConnection,
-    participants: &Participants,
-    message_time: &str,
-    now: &str,
-) -> Result<i64, StoreError> {
-    use diesel::upsert::excluded;
-    Ok(diesel::insert_into(conversations::table)
-        .values(NewConversationRow {
-            participant_a: &participants.first,
-            participant_b: &participants.second,
-            message_count: 1,
-            created_at: now,
-            last_message_at: message_time,
-        })
-        .on_conflict((conversations::participant_a, conversations::participant_b))
-        .do_update()
-        .set((
-            conversations::message_count.eq(conversations::message_count + 1),
-            conversations::last_message_at.eq(later_of(
-                conversations::last_message_at,
-                excluded(conversations::last_message_at),
-            )),
-        ))
-        .returning(conversations::id)
-        .get_result(conn)?)
-}
-
-fn insert_message<'a>(
-    conn: &mut SqliteConnection,
-    content: &'a MessageContent,
-    fill: impl FnOnce(&mut NewMessageRow<'a>),
-) -> Result<(i64, i64), StoreError> {
-    let now = Timestamp::now().to_storage();
-    let timestamp = content.timestamp.to_storage();
-    let conversation_id = upsert_conversation(conn, &content.participants(), &timestamp, &now)?;
-    let mut row = NewMessageRow {
-        conversation_id,
-        direction: Direction::Outbound.as_str(),
-        channel: content.channel.as_str(),
-        from_addr: &content.from,
-        to_addr: &content.to,
-        body: &content.body,
-        attachments: attachments_json(&content.attachments),
-        timestamp,
-        provider_name: None,
-        status: MessageStatus::Queued.as_str(),
-        idempotency_key: None,
-        request_fingerprint: None,
-        provider_message_id: None,
-        next_attempt_at: None,
-        created_at: now.clone(),
-        updated_at: now,
-    };
-    fill(&mut row);
-    let id = diesel::insert_into(messages::table)
-        .values(&row)
-        .returning(messages::id)
-        .get_result(conn)?;
-    Ok((id, conversation_id))
-}
-
-pub(super) fn insert_outbound(
-    conn: &mut SqliteConnection,
-    new: &NewOutbound,
-) -> Result<OutboundStored, StoreError> {
-    if let Some(idempotency) = &new.idempotency {
-        let earlier = messages::table
-            .filter(messages::idempotency_key.eq(&idempotency.key))
-            .select((
-                messages::id,
-                messages::conversation_id,
-                messages::channel,
-                messages::provider_name,
-                messages::request_fingerprint,
-            ))
-            .first::<(i64, i64, String, Option<String>, Option<String>)>(conn)
-            .optional()?;
-        if let Some((id, conversation_id, channel, provider, fingerprint)) = earlier {
-            return Ok(
-                if fingerprint.as_deref() == Some(&idempotency.fingerprint) {
-                    OutboundStored::Replayed {
-                        id,
-                        conversation_id,
-                        channel,
-                        provider,
-                    }
-                } else {
-                    OutboundStored::Conflict
-                },
-            );
-        }
-    }
-    let (id, conversation_id) = insert_message(conn, &new.content, |row| {
-        row.provider_name = new.provider.as_deref();
-        row.status = match new.provider {
-            Some(_) => MessageStatus::Queued.as_str(),
-            None => MessageStatus::Failed.as_str(),
-        };
-        if let Some(idempotency) = &new.idempotency {
-            row.idempotency_key = Some(&idempotency.key);
-            row.request_fingerprint = Some(&idempotency.fingerprint);
-        }
-    })?;
-    Ok(OutboundStored::Created {
-        id,
-        conversation_id,
-    })
-}
-
 /// Channels that share one provider-id namespace: the SMS webhook delivers both SMS and
 /// MMS with `messaging_provider_id`; the email webhook has `xillio_id`.
 fn webhook_family(channel: Channel) -> &'static [&'static str] {
@@ -265,111 +152,230 @@ fn webhook_family(channel: Channel) -> &'static [&'static str] {
     }
 }
 
-pub(super) fn insert_inbound(
-    conn: &mut SqliteConnection,
-    new: &NewInbound,
-) -> Result<InboundStored, StoreError> {
-    let earlier = messages::table
-        .filter(messages::direction.eq(Direction::Inbound.as_str()))
-        .filter(messages::channel.eq_any(webhook_family(new.content.channel)))
-        .filter(messages::provider_message_id.eq(&new.provider_message_id))
-        .select((messages::id, messages::conversation_id))
-        .first::<(i64, i64)>(conn)
-        .optional()?;
-    if let Some((id, conversation_id)) = earlier {
-        return Ok(InboundStored::Duplicate {
+for_each_backend! {
+    /// Finds or creates the conversation of `participants`, counting one more message in it:
+    /// one upsert statement (it runs for every message, on the single writer).
+    fn upsert_conversation(
+        conn: &mut Conn,
+        participants: &Participants,
+        message_time: &str,
+        now: &str,
+    ) -> Result<i64, StoreError> {
+        Ok(diesel::insert_into(conversations::table)
+            .values(NewConversationRow {
+                participant_a: &participants.first,
+                participant_b: &participants.second,
+                message_count: 1,
+                created_at: now,
+                last_message_at: message_time,
+            })
+            .on_conflict((conversations::participant_a, conversations::participant_b))
+            .do_update()
+            .set((
+                conversations::message_count.eq(conversations::message_count + 1),
+                conversations::last_message_at.eq(later_of(
+                    conversations::last_message_at,
+                    excluded(conversations::last_message_at),
+                )),
+            ))
+            .returning(conversations::id)
+            .get_result(conn)?)
+    }
+
+    fn insert_message<'a>(
+        conn: &mut Conn,
+        content: &'a MessageContent,
+        fill: impl FnOnce(&mut NewMessageRow<'a>),
+    ) -> Result<(i64, i64), StoreError> {
+        let now = Timestamp::now().to_storage();
+        let timestamp = content.timestamp.to_storage();
+        let conversation_id = upsert_conversation(conn, &content.participants(), &timestamp, &now)?;
+        let mut row = NewMessageRow {
+            conversation_id,
+            direction: Direction::Outbound.as_str(),
+            channel: content.channel.as_str(),
+            from_addr: &content.from,
+            to_addr: &content.to,
+            body: &content.body,
+            attachments: attachments_json(&content.attachments),
+            timestamp,
+            provider_name: None,
+            status: MessageStatus::Queued.as_str(),
+            idempotency_key: None,
+            request_fingerprint: None,
+            provider_message_id: None,
+            next_attempt_at: None,
+            created_at: now.clone(),
+            updated_at: now,
+            lease_owner: None,
+            lease_until: None,
+        };
+        fill(&mut row);
+        let id = diesel::insert_into(messages::table)
+            .values(&row)
+            .returning(messages::id)
+            .get_result(conn)?;
+        Ok((id, conversation_id))
+    }
+
+    pub(crate) fn insert_outbound(
+        conn: &mut Conn,
+        new: &NewOutbound,
+    ) -> Result<OutboundStored, StoreError> {
+        if let Some(idempotency) = &new.idempotency {
+            let earlier = messages::table
+                .filter(messages::idempotency_key.eq(&idempotency.key))
+                .select((
+                    messages::id,
+                    messages::conversation_id,
+                    messages::channel,
+                    messages::provider_name,
+                    messages::request_fingerprint,
+                ))
+                .first::<(i64, i64, String, Option<String>, Option<String>)>(conn)
+                .optional()?;
+            if let Some((id, conversation_id, channel, provider, fingerprint)) = earlier {
+                return Ok(
+                    if fingerprint.as_deref() == Some(&idempotency.fingerprint) {
+                        OutboundStored::Replayed {
+                            id,
+                            conversation_id,
+                            channel,
+                            provider,
+                        }
+                    } else {
+                        OutboundStored::Conflict
+                    },
+                );
+            }
+        }
+        let (id, conversation_id) = insert_message(conn, &new.content, |row| {
+            row.provider_name = new.provider.as_deref();
+            row.status = match new.provider {
+                Some(_) => MessageStatus::Queued.as_str(),
+                None => MessageStatus::Failed.as_str(),
+            };
+            if let Some(idempotency) = &new.idempotency {
+                row.idempotency_key = Some(&idempotency.key);
+                row.request_fingerprint = Some(&idempotency.fingerprint);
+            }
+            if let (Some(lease), Some(_)) = (&new.lease, &new.provider) {
+                row.lease_owner = Some(&lease.owner);
+                row.lease_until = Some(lease.until.to_storage());
+            }
+        })?;
+        Ok(OutboundStored::Created {
             id,
             conversation_id,
-        });
+        })
     }
-    let (id, conversation_id) = insert_message(conn, &new.content, |row| {
-        row.direction = Direction::Inbound.as_str();
-        row.status = MessageStatus::Received.as_str();
-        row.provider_message_id = Some(&new.provider_message_id);
-    })?;
-    Ok(InboundStored::Created {
-        id,
-        conversation_id,
-    })
-}
 
-pub(super) fn get_message(
-    conn: &mut SqliteConnection,
-    id: i64,
-) -> Result<Option<(MessageView, Vec<AttemptView>)>, StoreError> {
-    let Some(row) = messages::table
-        .find(id)
-        .select(MessageRow::as_select())
-        .first(conn)
-        .optional()?
-    else {
-        return Ok(None);
-    };
-    let attempts = dispatch_attempts::table
-        .filter(dispatch_attempts::message_id.eq(id))
-        .order(dispatch_attempts::attempt.asc())
-        .select(AttemptRow::as_select())
-        .load(conn)?
-        .into_iter()
-        .map(|a| AttemptView {
-            attempt: a.attempt,
-            provider: a.provider_name,
-            outcome: a.outcome,
-            latency_ms: a.latency_ms,
-            error_code: a.error_code,
-            at: display_time(&a.created_at),
+    pub(crate) fn insert_inbound(
+        conn: &mut Conn,
+        new: &NewInbound,
+    ) -> Result<InboundStored, StoreError> {
+        let earlier = messages::table
+            .filter(messages::direction.eq(Direction::Inbound.as_str()))
+            .filter(messages::channel.eq_any(webhook_family(new.content.channel)))
+            .filter(messages::provider_message_id.eq(&new.provider_message_id))
+            .select((messages::id, messages::conversation_id))
+            .first::<(i64, i64)>(conn)
+            .optional()?;
+        if let Some((id, conversation_id)) = earlier {
+            return Ok(InboundStored::Duplicate {
+                id,
+                conversation_id,
+            });
+        }
+        let (id, conversation_id) = insert_message(conn, &new.content, |row| {
+            row.direction = Direction::Inbound.as_str();
+            row.status = MessageStatus::Received.as_str();
+            row.provider_message_id = Some(&new.provider_message_id);
+        })?;
+        Ok(InboundStored::Created {
+            id,
+            conversation_id,
         })
-        .collect();
-    Ok(Some((row.into(), attempts)))
-}
+    }
 
-pub(super) fn list_conversations(
-    conn: &mut SqliteConnection,
-    page: PageRequest,
-) -> Result<Page<ConversationView>, StoreError> {
-    let total = conversations::table.count().get_result(conn)?;
-    let items = conversations::table
-        .order((
-            conversations::last_message_at.desc(),
-            conversations::id.desc(),
-        ))
-        .limit(i64::from(page.page_size))
-        .offset(page.offset())
-        .select(ConversationRow::as_select())
-        .load(conn)?
-        .into_iter()
-        .map(|c| ConversationView {
-            id: c.id,
-            participants: [c.participant_a, c.participant_b],
-            message_count: c.message_count,
-            last_message_at: display_time(&c.last_message_at),
-        })
-        .collect();
-    Ok(Page { items, total })
-}
+    pub(crate) fn get_message(
+        conn: &mut Conn,
+        id: i64,
+    ) -> Result<Option<(MessageView, Vec<AttemptView>)>, StoreError> {
+        let Some(row) = messages::table
+            .find(id)
+            .select(MessageRow::as_select())
+            .first(conn)
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let attempts = dispatch_attempts::table
+            .filter(dispatch_attempts::message_id.eq(id))
+            .order(dispatch_attempts::attempt.asc())
+            .select(AttemptRow::as_select())
+            .load(conn)?
+            .into_iter()
+            .map(|a| AttemptView {
+                attempt: a.attempt,
+                provider: a.provider_name,
+                outcome: a.outcome,
+                latency_ms: a.latency_ms,
+                error_code: a.error_code,
+                at: display_time(&a.created_at),
+            })
+            .collect();
+        Ok(Some((row.into(), attempts)))
+    }
 
-pub(super) fn list_conversation_messages(
-    conn: &mut SqliteConnection,
-    conversation_id: i64,
-    page: PageRequest,
-) -> Result<Option<Page<MessageView>>, StoreError> {
-    let Some(total) = conversations::table
-        .find(conversation_id)
-        .select(conversations::message_count)
-        .first::<i64>(conn)
-        .optional()?
-    else {
-        return Ok(None);
-    };
-    let items = messages::table
-        .filter(messages::conversation_id.eq(conversation_id))
-        .order((messages::timestamp.asc(), messages::id.asc()))
-        .limit(i64::from(page.page_size))
-        .offset(page.offset())
-        .select(MessageRow::as_select())
-        .load(conn)?
-        .into_iter()
-        .map(MessageView::from)
-        .collect();
-    Ok(Some(Page { items, total }))
+    pub(crate) fn list_conversations(
+        conn: &mut Conn,
+        page: PageRequest,
+    ) -> Result<Page<ConversationView>, StoreError> {
+        let total = conversations::table.count().get_result(conn)?;
+        let items = conversations::table
+            .order((
+                conversations::last_message_at.desc(),
+                conversations::id.desc(),
+            ))
+            .limit(i64::from(page.page_size))
+            .offset(page.offset())
+            .select(ConversationRow::as_select())
+            .load(conn)?
+            .into_iter()
+            .map(|c| ConversationView {
+                id: c.id,
+                participants: [c.participant_a, c.participant_b],
+                message_count: c.message_count,
+                last_message_at: display_time(&c.last_message_at),
+            })
+            .collect();
+        Ok(Page { items, total })
+    }
+
+    pub(crate) fn list_conversation_messages(
+        conn: &mut Conn,
+        conversation_id: i64,
+        page: PageRequest,
+    ) -> Result<Option<Page<MessageView>>, StoreError> {
+        let Some(total) = conversations::table
+            .find(conversation_id)
+            .select(conversations::message_count)
+            .first::<i64>(conn)
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let items = messages::table
+            .filter(messages::conversation_id.eq(conversation_id))
+            .order((messages::timestamp.asc(), messages::id.asc()))
+            .limit(i64::from(page.page_size))
+            .offset(page.offset())
+            .select(MessageRow::as_select())
+            .load(conn)?
+            .into_iter()
+            .map(MessageView::from)
+            .collect();
+        Ok(Some(Page { items, total }))
+    }
 }

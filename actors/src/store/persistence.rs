@@ -12,11 +12,10 @@
 use std::sync::{Arc, Mutex};
 
 use actix::{Actor, Addr, Handler, Message, SyncContext};
-use diesel::r2d2::{ConnectionManager, PooledConnection};
-use diesel::sqlite::SqliteConnection;
 use tokio::sync::oneshot;
 
-use super::{in_write_transaction, SqlitePool, StoreError};
+use super::backend::{in_write_transaction, DbConn, DbPool, Runner};
+use super::StoreError;
 
 /// Bound on one transaction, so a flood never makes one commit slow for everyone in it.
 const MAX_BATCH: usize = 2048;
@@ -65,13 +64,13 @@ impl WriteQueue {
 }
 
 pub(crate) struct PersistenceActor {
-    pool: SqlitePool,
-    conn: Option<PooledConnection<ConnectionManager<SqliteConnection>>>,
+    pool: DbPool,
+    conn: Option<DbConn>,
     queue: Arc<WriteQueue>,
 }
 
 impl PersistenceActor {
-    pub(crate) fn new(pool: SqlitePool, queue: Arc<WriteQueue>) -> Self {
+    pub(crate) fn new(pool: DbPool, queue: Arc<WriteQueue>) -> Self {
         PersistenceActor {
             pool,
             conn: None,
@@ -81,16 +80,12 @@ impl PersistenceActor {
 
     /// This actor's own connection, taken from the pool once and kept: a writer that
     /// keeps one connection keeps its prepared statements.
-    fn connection(&mut self) -> Result<&mut SqliteConnection, StoreError> {
+    fn connection(&mut self) -> Result<&mut DbConn, StoreError> {
         if self.conn.is_none() {
-            let conn = self
-                .pool
-                .get()
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            self.conn = Some(conn);
+            self.conn = Some(self.pool.get()?);
         }
         self.conn
-            .as_deref_mut()
+            .as_mut()
             .ok_or_else(|| StoreError::Unavailable("no connection".into()))
     }
 }
@@ -103,13 +98,13 @@ impl Actor for PersistenceActor {
 /// only once that transaction has committed, or failed.
 pub(crate) trait Job: Send {
     /// Runs the write; an error aborts the transaction it runs in.
-    fn apply(&mut self, conn: &mut SqliteConnection) -> Result<(), StoreError>;
+    fn apply(&mut self, conn: &mut DbConn) -> Result<(), StoreError>;
     fn finish(self: Box<Self>, commit: Result<(), StoreError>);
 }
 
 pub(crate) struct WriteJob<I, O> {
     input: I,
-    run: fn(&mut SqliteConnection, &I) -> Result<O, StoreError>,
+    run: Runner<I, O>,
     result: Option<Result<O, StoreError>>,
     reply: oneshot::Sender<Result<O, StoreError>>,
 }
@@ -117,7 +112,7 @@ pub(crate) struct WriteJob<I, O> {
 impl<I: Send + 'static, O: Send + 'static> WriteJob<I, O> {
     pub(crate) fn boxed(
         input: I,
-        run: fn(&mut SqliteConnection, &I) -> Result<O, StoreError>,
+        run: Runner<I, O>,
         reply: oneshot::Sender<Result<O, StoreError>>,
     ) -> Box<dyn Job> {
         Box::new(WriteJob {
@@ -130,8 +125,8 @@ impl<I: Send + 'static, O: Send + 'static> WriteJob<I, O> {
 }
 
 impl<I: Send, O: Send> Job for WriteJob<I, O> {
-    fn apply(&mut self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
-        let result = (self.run)(conn, &self.input);
+    fn apply(&mut self, conn: &mut DbConn) -> Result<(), StoreError> {
+        let result = self.run.run(conn, &self.input);
         let status = result.as_ref().map(|_| ()).map_err(Clone::clone);
         self.result = Some(result);
         status
@@ -221,7 +216,7 @@ where
 
 impl<F, O> Handler<Read<F, O>> for PersistenceActor
 where
-    F: FnOnce(&mut SqliteConnection) -> Result<O, StoreError> + Send + 'static,
+    F: FnOnce(&mut DbConn) -> Result<O, StoreError> + Send + 'static,
     O: Send + 'static,
 {
     type Result = Result<O, StoreError>;

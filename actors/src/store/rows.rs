@@ -25,6 +25,8 @@ pub(super) struct NewMessageRow<'a> {
     pub next_attempt_at: Option<&'a str>,
     pub created_at: String,
     pub updated_at: String,
+    pub lease_owner: Option<&'a str>,
+    pub lease_until: Option<String>,
 }
 
 #[derive(Insertable)]
@@ -39,7 +41,7 @@ pub(super) struct NewConversationRow<'a> {
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = messages)]
-#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub(super) struct MessageRow {
     pub id: i64,
     pub conversation_id: i64,
@@ -58,7 +60,7 @@ pub(super) struct MessageRow {
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = conversations)]
-#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub(super) struct ConversationRow {
     pub id: i64,
     pub participant_a: String,
@@ -69,7 +71,7 @@ pub(super) struct ConversationRow {
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = dispatch_attempts)]
-#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub(super) struct AttemptRow {
     pub attempt: i32,
     pub provider_name: String,

@@ -1,4 +1,5 @@
-//! Diesel's view of the tables in `migrations/sqlite/`; kept by hand, in step with them.
+//! Diesel's view of the tables in `migrations/sqlite/` and `migrations/postgres/` (the
+//! same tables on both); kept by hand, in step with them.
 
 diesel::table! {
     conversations (id) {
@@ -31,6 +32,8 @@ diesel::table! {
         next_attempt_at -> Nullable<Text>,
         created_at -> Text,
         updated_at -> Text,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<Text>,
     }
 }
 

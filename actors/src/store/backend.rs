@@ -1,0 +1,236 @@
+//! The two databases behind one store: SQLite (embedded, one instance) and PostgreSQL
+//! (several instances sharing work). The queries are written once and compiled for each
+//! connection type (see `for_each_backend!`); this file holds what differs: opening and
+//! migrating, the connection enum, and transactions.
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::sqlite::SqliteConnection;
+use diesel::RunQueryDsl;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use super::StoreError;
+
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
+pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
+
+/// How long a connection waits for SQLite's write lock before the write fails (and the
+/// client gets a 503 rather than a hang). The single writer keeps our own writes from ever
+/// waiting on each other, so only another process holding the lock waits this long.
+const BUSY_TIMEOUT_MS: u64 = 2_000;
+/// Any key will do, as long as every instance uses the same one: migrations of two
+/// instances starting at once run one after the other.
+const MIGRATION_LOCK: i64 = 0x6d65_7373_6167_6573; // "messages"
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of(url: &str) -> Result<Backend, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            sqlite_path(url).map(|_| Backend::Sqlite)
+        }
+    }
+}
+
+/// The file path inside `sqlite://PATH` (relative) or `sqlite:///abs/path`.
+pub fn sqlite_path(url: &str) -> Result<&str, StoreError> {
+    match url.strip_prefix("sqlite://") {
+        Some(path) if !path.is_empty() && path != ":memory:" => Ok(path),
+        _ => Err(StoreError::UnsupportedUrl(url.to_owned())),
+    }
+}
+
+/// Every pooled SQLite connection gets the same durability and safety settings.
+#[derive(Debug)]
+struct SqlitePragmas;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(&format!(
+            "PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;"
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+#[derive(Clone)]
+pub enum DbPool {
+    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+    Postgres(Pool<ConnectionManager<PgConnection>>),
+}
+
+pub enum DbConn {
+    Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
+    Postgres(PooledConnection<ConnectionManager<PgConnection>>),
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl DbPool {
+    pub fn backend(&self) -> Backend {
+        match self {
+            DbPool::Sqlite(_) => Backend::Sqlite,
+            DbPool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    pub fn get(&self) -> Result<DbConn, StoreError> {
+        match self {
+            DbPool::Sqlite(pool) => pool.get().map(DbConn::Sqlite).map_err(unavailable),
+            DbPool::Postgres(pool) => pool.get().map(DbConn::Postgres).map_err(unavailable),
+        }
+    }
+}
+
+/// Opens the pool (`pool_size` workers plus one spare) and applies pending migrations
+/// before anything is served.
+pub fn open(url: &str, pool_size: u32) -> Result<DbPool, StoreError> {
+    fn builder<M: diesel::r2d2::ManageConnection>(pool_size: u32) -> diesel::r2d2::Builder<M> {
+        Pool::builder()
+            .max_size(pool_size + 1)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(5))
+    }
+    match Backend::of(url)? {
+        Backend::Sqlite => {
+            let pool = builder(pool_size)
+                .connection_customizer(Box::new(SqlitePragmas))
+                .build(ConnectionManager::<SqliteConnection>::new(sqlite_path(
+                    url,
+                )?))
+                .map_err(unavailable)?;
+            let mut conn = pool.get().map_err(unavailable)?;
+            conn.run_pending_migrations(SQLITE_MIGRATIONS)
+                .map_err(|e| unavailable(format!("migrations failed: {e}")))?;
+            Ok(DbPool::Sqlite(pool))
+        }
+        Backend::Postgres => {
+            let pool = builder(pool_size)
+                .build(ConnectionManager::<PgConnection>::new(url))
+                .map_err(unavailable)?;
+            let mut conn = pool.get().map_err(unavailable)?;
+            diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+                .execute(&mut conn)?;
+            let migrated = conn
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(|_| ())
+                .map_err(|e| unavailable(format!("migrations failed: {e}")));
+            diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+                .execute(&mut conn)?;
+            migrated?;
+            Ok(DbPool::Postgres(pool))
+        }
+    }
+}
+
+impl DbConn {
+    fn execute(&mut self, sql: &str) -> Result<(), StoreError> {
+        match self {
+            DbConn::Sqlite(c) => c.batch_execute(sql),
+            DbConn::Postgres(c) => c.batch_execute(sql),
+        }
+        .map_err(StoreError::from)
+    }
+}
+
+/// Runs `f` inside one write transaction: `BEGIN IMMEDIATE` on SQLite takes the write
+/// lock up front, so a batch never fails half-way on a lock upgrade.
+pub(crate) fn in_write_transaction<T>(
+    conn: &mut DbConn,
+    f: impl FnOnce(&mut DbConn) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let begin = match conn {
+        DbConn::Sqlite(_) => "BEGIN IMMEDIATE",
+        DbConn::Postgres(_) => "BEGIN",
+    };
+    conn.execute(begin)?;
+    let outcome = f(conn).and_then(|value| conn.execute("COMMIT").map(|()| value));
+    if outcome.is_err() {
+        // After a failed statement or commit the transaction may still be open.
+        let _ = conn.execute("ROLLBACK");
+    }
+    outcome
+}
+
+/// One query compiled for both connection types.
+pub(crate) struct Runner<I, O> {
+    pub sqlite: fn(&mut SqliteConnection, &I) -> Result<O, StoreError>,
+    pub postgres: fn(&mut PgConnection, &I) -> Result<O, StoreError>,
+}
+
+impl<I, O> Clone for Runner<I, O> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<I, O> Copy for Runner<I, O> {}
+
+impl<I, O> Runner<I, O> {
+    pub(crate) fn run(self, conn: &mut DbConn, input: &I) -> Result<O, StoreError> {
+        match conn {
+            DbConn::Sqlite(c) => (self.sqlite)(c, input),
+            DbConn::Postgres(c) => (self.postgres)(c, input),
+        }
+    }
+}
+
+/// `runner!(module::query)`: the `Runner` of a query that `for_each_backend!` compiled into
+/// `module::sqlite::query` and `module::postgres::query`.
+macro_rules! runner {
+    ($module:ident :: $query:ident) => {
+        $crate::store::backend::Runner {
+            sqlite: $module::sqlite::$query,
+            postgres: $module::postgres::$query,
+        }
+    };
+}
+pub(crate) use runner;
+
+/// Compiles the queries in its body once per backend, as `sqlite::…` and `postgres::…`,
+/// with `Conn` naming the connection type and `later_of` the backend's two-argument
+/// "greater of" on text (`max` in SQLite, `greatest` in PostgreSQL).
+macro_rules! for_each_backend {
+    ($($body:item)*) => {
+        pub(crate) mod sqlite {
+            #![allow(unused_imports)]
+            use super::*;
+            type Conn = diesel::sqlite::SqliteConnection;
+            use $crate::store::backend::sqlite_max as later_of;
+            $($body)*
+        }
+        pub(crate) mod postgres {
+            #![allow(unused_imports)]
+            use super::*;
+            type Conn = diesel::pg::PgConnection;
+            use $crate::store::backend::pg_greatest as later_of;
+            $($body)*
+        }
+    };
+}
+pub(crate) use for_each_backend;
+
+diesel::define_sql_function! {
+    /// SQLite's two-argument scalar `max`.
+    #[sql_name = "max"]
+    fn sqlite_max(a: diesel::sql_types::Text, b: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
+
+diesel::define_sql_function! {
+    /// PostgreSQL's `greatest`.
+    #[sql_name = "greatest"]
+    fn pg_greatest(a: diesel::sql_types::Text, b: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}

@@ -1,0 +1,2 @@
+ALTER TABLE messages DROP COLUMN lease_until;
+ALTER TABLE messages DROP COLUMN lease_owner;
