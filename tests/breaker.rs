@@ -65,7 +65,7 @@ fn email_breaker_untouched(app: &TestApp) {
 
 #[test]
 fn email_keeps_dispatching_while_the_sms_breaker_is_open_and_waiting_sms_go_out_later() {
-    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let dir = Arc::new(TestDir::new());
     let app = TestApp::spawn_in(dir.clone(), FAILING);
     let mut sms_ids = Vec::new();
     let mut email_ids = Vec::new();

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::*;
-use diesel::{Connection, RunQueryDsl, SqliteConnection};
 use serde_json::{json, Value};
 
 fn sms(n: usize, kind: &str) -> Value {
@@ -177,7 +176,7 @@ fn a_message_that_keeps_failing_ends_failed_after_max_attempts() {
 
 #[test]
 fn queued_messages_are_dispatched_after_a_restart() {
-    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let dir = Arc::new(TestDir::new());
     // First run: SMS attempts take a minute (still in flight at the stop), and every
     // email attempt fails, to be retried 1.5 s later.
     let slow = "[dispatch]\nbackoff_initial_ms = 1500\n\
@@ -237,24 +236,19 @@ fn past_the_backlog_limit_new_messages_get_503_and_nothing_accepted_is_dropped()
 
 #[test]
 fn a_stored_message_with_an_unknown_channel_is_failed_once_at_start() {
-    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let dir = Arc::new(TestDir::new());
     let app = TestApp::spawn_in(dir.clone(), "");
     let id = app.post("/api/messages/sms", &sms(0, "sms")).json()["id"].clone();
     finished(&app, id.as_i64().expect("id"));
     assert!(app.stop().success());
 
-    let mut conn = SqliteConnection::establish(&database_path(dir.path()).display().to_string())
-        .expect("open database");
-    diesel::sql_query(
+    dir.execute_sql(
         "INSERT INTO messages (conversation_id, direction, channel, from_addr, to_addr, body,
             timestamp, provider_name, status, created_at, updated_at)
          VALUES (1, 'outbound', 'voice', '+12016661234', '+18045550000', 'hello',
             '2024-11-01T14:00:00.000000Z', 'sms-mms', 'queued',
             '2024-11-01T14:00:00.000000Z', '2024-11-01T14:00:00.000000Z')",
-    )
-    .execute(&mut conn)
-    .expect("insert a voice message");
-    drop(conn);
+    );
 
     let app = TestApp::spawn_in(dir.clone(), "");
     let lines = app.logs_with("invalid routing");

@@ -125,7 +125,7 @@ fn sigterm_and_sigint_stop_gracefully_with_exit_0() {
 
 #[test]
 fn a_restart_on_the_same_database_keeps_every_accepted_message() {
-    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let dir = Arc::new(TestDir::new());
     let app = TestApp::spawn_in(dir.clone(), "");
     let mut accepted = Vec::new();
     for n in 0..20 {

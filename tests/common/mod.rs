@@ -10,6 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use diesel::{Connection, RunQueryDsl};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -44,9 +45,141 @@ impl Response {
     }
 }
 
+/// Which database the end-to-end tests run on: SQLite unless
+/// `MESSAGING_TEST_BACKEND=postgres` (with `MESSAGING_TEST_POSTGRES_URL` naming the server).
+pub fn on_postgres() -> bool {
+    std::env::var("MESSAGING_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// The PostgreSQL server for tests, e.g. `postgres://postgres@127.0.0.1:5432`. `None`
+/// (and a loud SKIPPED line) when unset; under `CI=true` unset is a failure.
+pub fn postgres_server(test: &str) -> Option<String> {
+    match std::env::var("MESSAGING_TEST_POSTGRES_URL") {
+        Ok(url) => Some(url.trim_end_matches('/').to_owned()),
+        Err(_) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must set MESSAGING_TEST_POSTGRES_URL (.ci/run does)"
+            );
+            eprintln!("SKIPPED {test}: MESSAGING_TEST_POSTGRES_URL is not set");
+            None
+        }
+    }
+}
+
+/// A database of its own on the test PostgreSQL server, dropped with this value.
+pub struct PgDatabase {
+    server: String,
+    pub name: String,
+}
+
+impl PgDatabase {
+    pub fn create(server: &str) -> PgDatabase {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!(
+            "msgtest_{}_{}_{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut admin = diesel::PgConnection::establish(&format!("{server}/postgres"))
+            .expect("connect to the test PostgreSQL server");
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .expect("create the test database");
+        PgDatabase {
+            server: server.to_owned(),
+            name,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/{}", self.server, self.name)
+    }
+
+    pub fn execute(&self, sql: &str) {
+        let mut conn = diesel::PgConnection::establish(&self.url()).expect("connect");
+        diesel::sql_query(sql).execute(&mut conn).expect("execute");
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = diesel::PgConnection::establish(&format!("{}/postgres", self.server))
+        {
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin);
+        }
+    }
+}
+
+/// A test's files, and its database: a SQLite file in the folder, or (on PostgreSQL) a
+/// database of its own, dropped with the folder.
+pub struct TestDir {
+    tmp: TempDir,
+    pg: Option<PgDatabase>,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        let pg = on_postgres().then(|| {
+            let server = postgres_server("postgres backend")
+                .expect("MESSAGING_TEST_BACKEND=postgres needs MESSAGING_TEST_POSTGRES_URL");
+            PgDatabase::create(&server)
+        });
+        TestDir {
+            tmp: tempfile::tempdir().expect("temp dir"),
+            pg,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.pg {
+            Some(pg) => pg.url(),
+            None => format!("sqlite://{}", database_path(self.path()).display()),
+        }
+    }
+
+    /// Runs one statement on the test's database, whichever it is.
+    pub fn execute_sql(&self, sql: &str) {
+        match &self.pg {
+            Some(pg) => pg.execute(sql),
+            None => {
+                let path = database_path(self.path()).display().to_string();
+                let mut conn = diesel::SqliteConnection::establish(&path).expect("open");
+                diesel::sql_query(sql).execute(&mut conn).expect("execute");
+            }
+        }
+    }
+}
+
+impl Default for TestDir {
+    fn default() -> Self {
+        TestDir::new()
+    }
+}
+
+/// Says loudly that a test does not apply on PostgreSQL; true when it should return.
+pub fn sqlite_only(test: &str) -> bool {
+    if on_postgres() {
+        eprintln!("SKIPPED {test}: it exercises SQLite itself");
+    }
+    on_postgres()
+}
+
 pub struct TestApp {
     pub base: String,
-    pub dir: Arc<TempDir>,
+    pub dir: Arc<TestDir>,
     child: Child,
     logs: Arc<Mutex<Vec<Value>>>,
     reader: Option<std::thread::JoinHandle<()>>,
@@ -56,29 +189,37 @@ pub struct TestApp {
 impl TestApp {
     /// A fresh server on a fresh database with `settings` (TOML) as its config file.
     pub fn spawn(settings: &str) -> TestApp {
-        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        TestApp::spawn_in(dir, settings)
+        TestApp::spawn_in(Arc::new(TestDir::new()), settings)
     }
 
-    /// A server on the database in `dir` (for restarts on the same data).
-    pub fn spawn_in(dir: Arc<TempDir>, settings: &str) -> TestApp {
-        let database = database_path(dir.path());
-        TestApp::spawn_at(dir, &database, settings)
+    /// A server on the database of `dir` (for restarts on the same data).
+    pub fn spawn_in(dir: Arc<TestDir>, settings: &str) -> TestApp {
+        let url = dir.database_url();
+        TestApp::spawn_with_url(dir, &url, settings)
     }
 
-    /// A server on the database file `database`, its settings file in `dir`.
-    pub fn spawn_at(dir: Arc<TempDir>, database: &Path, settings: &str) -> TestApp {
+    /// A server on the SQLite file `database`, its settings file in `dir`.
+    pub fn spawn_at(dir: Arc<TestDir>, database: &Path, settings: &str) -> TestApp {
+        let url = format!("sqlite://{}", database.display());
+        TestApp::spawn_with_url(dir, &url, settings)
+    }
+
+    /// A server on the database `url`, its settings file in `dir`.
+    pub fn spawn_with_url(dir: Arc<TestDir>, url: &str, settings: &str) -> TestApp {
         let config = dir.path().join("settings.toml");
         std::fs::write(&config, settings).expect("write settings");
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        if !settings.contains("lease_ms") {
+            // Short leases, so that a restart after a kill takes the work over quickly on
+            // PostgreSQL (SQLite ignores them); a test that sets lease_ms keeps its own.
+            command.env("MESSAGING__DISPATCH__LEASE_MS", "1000");
+        }
+        let mut child = command
             .arg("--config")
             .arg(&config)
             .env_remove("MESSAGING_CONFIG")
             .env("MESSAGING__SERVER__BIND", "127.0.0.1:0")
-            .env(
-                "MESSAGING__DATABASE__URL",
-                format!("sqlite://{}", database.display()),
-            )
+            .env("MESSAGING__DATABASE__URL", url)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
