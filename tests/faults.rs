@@ -276,6 +276,62 @@ fn a_database_locked_by_another_process_gets_503_and_recovers_without_restart() 
     all_finished(&app, &[1, 2]);
 }
 
+/// Files made immutable (`chattr +i`: read-only even for root) until dropped.
+struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    fn set(files: Vec<PathBuf>) -> Option<Immutable> {
+        let done = Command::new("chattr")
+            .arg("+i")
+            .args(&files)
+            .status()
+            .ok()?;
+        done.success().then_some(Immutable(files))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").args(&self.0).status();
+    }
+}
+
+#[test]
+fn a_read_only_database_file_gets_503_and_recovers_without_restart() {
+    if sqlite_only("a_read_only_database_file...") {
+        return;
+    }
+    let app = TestApp::spawn("");
+    assert_eq!(app.post("/api/messages/sms", &sms(0)).status, 202);
+    all_finished(&app, &[1]);
+    let database = database_path(app.dir.path());
+    let wal = database.with_extension("db-wal");
+    // Not the -shm file: SQLite maps it into memory, where a refused write is a SIGBUS.
+    let Some(read_only) = Immutable::set(vec![database, wal]) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root on ext4 and must be able to chattr +i"
+        );
+        eprintln!("SKIPPED a_read_only_database_file...: chattr +i is not possible here");
+        return;
+    };
+    for n in 1..=2 {
+        let refused = app.post("/api/messages/sms", &sms(n));
+        assert_eq!(refused.error_code(503), "not_ready");
+    }
+    assert_eq!(app.get("/readyz").error_code(503), "not_ready");
+    assert_eq!(app.get("/api/messages/1").status, 200, "reads still work");
+
+    drop(read_only);
+    app.eventually("readiness to come back", || {
+        (app.get("/readyz").status == 200).then_some(())
+    });
+    let accepted = app.post("/api/messages/sms", &sms(3));
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
+    assert_eq!(accepted.json()["id"], 2, "nothing refused was stored");
+    all_finished(&app, &[1, 2]);
+}
+
 /// A small tmpfs the test mounts (root only) and unmounts when dropped.
 struct SmallDisk {
     path: PathBuf,
