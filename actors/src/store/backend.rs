@@ -201,36 +201,22 @@ macro_rules! runner {
 pub(crate) use runner;
 
 /// Compiles the queries in its body once per backend, as `sqlite::…` and `postgres::…`,
-/// with `Conn` naming the connection type and `later_of` the backend's two-argument
-/// "greater of" on text (`max` in SQLite, `greatest` in PostgreSQL).
+/// with `Conn` naming the connection type. What the SQL dialects do differently (`max`
+/// against `greatest`) lives in the migrations' triggers, not in these queries.
 macro_rules! for_each_backend {
     ($($body:item)*) => {
         pub(crate) mod sqlite {
             #![allow(unused_imports)]
             use super::*;
             type Conn = diesel::sqlite::SqliteConnection;
-            use $crate::store::backend::sqlite_max as later_of;
             $($body)*
         }
         pub(crate) mod postgres {
             #![allow(unused_imports)]
             use super::*;
             type Conn = diesel::pg::PgConnection;
-            use $crate::store::backend::pg_greatest as later_of;
             $($body)*
         }
     };
 }
 pub(crate) use for_each_backend;
-
-diesel::define_sql_function! {
-    /// SQLite's two-argument scalar `max`.
-    #[sql_name = "max"]
-    fn sqlite_max(a: diesel::sql_types::Text, b: diesel::sql_types::Text) -> diesel::sql_types::Text;
-}
-
-diesel::define_sql_function! {
-    /// PostgreSQL's `greatest`.
-    #[sql_name = "greatest"]
-    fn pg_greatest(a: diesel::sql_types::Text, b: diesel::sql_types::Text) -> diesel::sql_types::Text;
-}

@@ -68,6 +68,9 @@ for_each_backend! {
     ) -> Result<(), StoreError> {
         let now = Timestamp::now().to_storage();
         let attempt = i32::try_from(record.attempt).unwrap_or(i32::MAX);
+        // One cached insert: the trigger `dispatch_attempts_set_message_status` applies the
+        // status it carries, unless a later attempt was recorded first (a record written
+        // late, after a database fault, never rolls a newer status back).
         diesel::insert_into(dispatch_attempts::table)
             .values((
                 dispatch_attempts::message_id.eq(record.message_id),
@@ -77,16 +80,9 @@ for_each_backend! {
                 dispatch_attempts::latency_ms.eq(i64::try_from(record.latency_ms).unwrap_or(i64::MAX)),
                 dispatch_attempts::error_code.eq(record.error_code),
                 dispatch_attempts::created_at.eq(&now),
-            ))
-            .execute(conn)?;
-        // A record written late (after a database fault) must not roll a newer status back.
-        diesel::update(messages::table.find(record.message_id))
-            .filter(messages::attempt_count.lt(attempt))
-            .set((
-                messages::status.eq(record.status.as_str()),
-                messages::attempt_count.eq(attempt),
-                messages::next_attempt_at.eq(record.next_attempt_at.map(Timestamp::to_storage)),
-                messages::updated_at.eq(&now),
+                dispatch_attempts::message_status.eq(record.status.as_str()),
+                dispatch_attempts::next_attempt_at
+                    .eq(record.next_attempt_at.map(Timestamp::to_storage)),
             ))
             .execute(conn)?;
         Ok(())

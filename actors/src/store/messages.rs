@@ -2,7 +2,6 @@
 //! reads the API serves. Views returned here carry the contract's field names.
 
 use diesel::prelude::*;
-use diesel::upsert::excluded;
 use serde::Serialize;
 
 use super::backend::for_each_backend;
@@ -153,31 +152,32 @@ fn webhook_family(channel: Channel) -> &'static [&'static str] {
 }
 
 for_each_backend! {
-    /// Finds or creates the conversation of `participants`, counting one more message in it:
-    /// one upsert statement (it runs for every message, on the single writer).
-    fn upsert_conversation(
+    /// Finds or creates the conversation of `participants`. Counting the message into it
+    /// is the trigger `messages_count_in_conversation`'s work, done inside the message's
+    /// cached insert; both statements here are cached too.
+    fn find_or_create_conversation(
         conn: &mut Conn,
         participants: &Participants,
         message_time: &str,
         now: &str,
     ) -> Result<i64, StoreError> {
+        let existing = conversations::table
+            .filter(conversations::participant_a.eq(&participants.first))
+            .filter(conversations::participant_b.eq(&participants.second))
+            .select(conversations::id)
+            .first::<i64>(conn)
+            .optional()?;
+        if let Some(id) = existing {
+            return Ok(id);
+        }
         Ok(diesel::insert_into(conversations::table)
             .values(NewConversationRow {
                 participant_a: &participants.first,
                 participant_b: &participants.second,
-                message_count: 1,
+                message_count: 0,
                 created_at: now,
                 last_message_at: message_time,
             })
-            .on_conflict((conversations::participant_a, conversations::participant_b))
-            .do_update()
-            .set((
-                conversations::message_count.eq(conversations::message_count + 1),
-                conversations::last_message_at.eq(later_of(
-                    conversations::last_message_at,
-                    excluded(conversations::last_message_at),
-                )),
-            ))
             .returning(conversations::id)
             .get_result(conn)?)
     }
@@ -189,7 +189,7 @@ for_each_backend! {
     ) -> Result<(i64, i64), StoreError> {
         let now = Timestamp::now().to_storage();
         let timestamp = content.timestamp.to_storage();
-        let conversation_id = upsert_conversation(conn, &content.participants(), &timestamp, &now)?;
+        let conversation_id = find_or_create_conversation(conn, &content.participants(), &timestamp, &now)?;
         let mut row = NewMessageRow {
             conversation_id,
             direction: Direction::Outbound.as_str(),

@@ -47,6 +47,8 @@ diesel::table! {
         latency_ms -> BigInt,
         error_code -> Nullable<Text>,
         created_at -> Text,
+        message_status -> Nullable<Text>,
+        next_attempt_at -> Nullable<Text>,
     }
 }
 
