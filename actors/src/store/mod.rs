@@ -235,7 +235,7 @@ impl Store {
     {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .push(WriteJob::boxed(input, run, reply), &self.writer)?;
+            .push(WriteJob::boxed(input, run, reply), &self.writer);
         // A dropped sender means the batch never ran (actor stopped): not stored.
         answer.await.map_err(|_| StoreError::Closed)?
     }

@@ -33,14 +33,18 @@ struct QueueState {
 }
 
 impl WriteQueue {
+    /// The state is a list and a flag that every step leaves consistent, so a panic
+    /// elsewhere that poisoned the lock leaves nothing to repair: carry on with it.
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Queues a write; asks for a commit unless one is already scheduled.
-    pub(crate) fn push(
-        &self,
-        job: Box<dyn Job>,
-        persistence: &Addr<PersistenceActor>,
-    ) -> Result<(), StoreError> {
+    pub(crate) fn push(&self, job: Box<dyn Job>, persistence: &Addr<PersistenceActor>) {
         let kick = {
-            let mut state = self.state.lock().map_err(|_| StoreError::Closed)?;
+            let mut state = self.lock();
             state.waiting.push(job);
             !std::mem::replace(&mut state.commit_scheduled, true)
         };
@@ -48,12 +52,11 @@ impl WriteQueue {
             // One message at a time at most, so the unbounded send is bounded here.
             persistence.do_send(CommitQueued);
         }
-        Ok(())
     }
 
     /// The next batch, or `None` (and no commit scheduled any more) when nothing waits.
     fn take(&self) -> Option<Vec<Box<dyn Job>>> {
-        let mut state = self.state.lock().ok()?;
+        let mut state = self.lock();
         if state.waiting.is_empty() {
             state.commit_scheduled = false;
             return None;
@@ -155,7 +158,15 @@ impl Handler<CommitQueued> for PersistenceActor {
 
     fn handle(&mut self, _: CommitQueued, _: &mut Self::Context) {
         while let Some(batch) = self.queue.take() {
-            self.commit(batch);
+            // A panic must not end the loop: the queue would stay "commit scheduled" and
+            // every later write would wait forever. The batch's writes are dropped unrun
+            // (their callers hear "not stored") and the connection is opened afresh.
+            let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.commit(batch);
+            }));
+            if committed.is_err() {
+                self.conn = None;
+            }
         }
     }
 }
