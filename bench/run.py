@@ -167,7 +167,7 @@ def chart(result, path):
              'font-family="sans-serif" font-size="12">' % (width, height),
              '<rect width="100%" height="100%" fill="white"/>']
     for index, (key, title) in enumerate([("rps", "requests/s (2xx)"), ("p99_ms", "p99 latency (ms)")]):
-        x0, y0, h = pad + index * (panel_w + pad), 40, height - 100
+        x0, y0, h = pad + index * (panel_w + pad), 40, height - 115
         top = max(p[key] for name in colours for p in result[name]) * 1.1 or 1
         parts.append('<text x="%.0f" y="25" font-size="14">%s</text>' % (x0, title))
         parts.append('<line x1="%.0f" y1="%.0f" x2="%.0f" y2="%.0f" stroke="black"/>'
