@@ -202,14 +202,7 @@ fn a_flood_past_the_backlog_gets_503s_in_bounded_memory_and_recovers_by_itself()
         let (peak, watching, pid) = (peak.clone(), watching.clone(), app.pid());
         std::thread::spawn(move || {
             while watching.load(Ordering::Relaxed) {
-                let status =
-                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                let rss = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                    .unwrap_or(0)
-                    * 1024;
+                let rss = rss_bytes(pid);
                 peak.fetch_max(rss, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }

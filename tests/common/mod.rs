@@ -275,17 +275,6 @@ impl TestApp {
         }
     }
 
-    /// The process's resident set size in bytes, from /proc.
-    pub fn rss_bytes(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    }
-
     /// Every captured log line whose `msg` is `msg`.
     pub fn logs_with(&self, msg: &str) -> Vec<Value> {
         self.logs
@@ -426,6 +415,16 @@ impl Client {
         let body = response.into_json().ok()?;
         Some((status, body))
     }
+}
+
+/// A process's resident set size in bytes, from /proc (0 once it is gone).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 pub fn signal(pid: u32, name: &str) {
