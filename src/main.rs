@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let env_path = std::env::var_os("MESSAGING_CONFIG").map(PathBuf::from);
     let file = settings::config_path(cli.config, env_path);
-    let settings = match settings::load(file.as_deref(), std::env::vars()) {
+    let settings = match settings::load(file.as_deref()) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("messaging-service: configuration error: {e}");

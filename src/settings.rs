@@ -1,20 +1,25 @@
-//! Typed settings (CONTRACT section 2): read from `--config`, `MESSAGING_CONFIG` or
-//! `./settings.toml`, overridden per key by `MESSAGING__SECTION__KEY`, and validated once
-//! at start-up. Every problem comes back as one `SettingsError` naming the key, so that
-//! `main` can print one line and exit 2.
+//! Typed settings (CONTRACT sections 2 and 8): the built-in defaults, then the file named
+//! by `--config`, `MESSAGING_CONFIG` or `./settings.toml`, then `MESSAGING__SECTION__KEY`
+//! variables, layered key by key by figment and validated once at start-up. Every problem
+//! comes back as one `SettingsError` naming the key, so that `main` prints one line and
+//! exits 2. Adding a key is one field here (with its default) and one commented line in
+//! `settings.toml`.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Environment variables that override one key each start with this.
 const ENV_PREFIX: &str = "MESSAGING__";
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
@@ -23,6 +28,12 @@ pub struct Settings {
     pub outcomes: OutcomeSettings,
     pub breaker: BreakerSettings,
     pub routing: RoutingSettings,
+    /// Each `[providers.NAME]` table as layered; `provider(NAME)` resolves it over the
+    /// global `[outcomes]` and `[breaker]`.
+    #[serde(rename = "providers")]
+    provider_tables: BTreeMap<String, Dict>,
+    /// Resolved once by `load`.
+    #[serde(skip)]
     pub providers: BTreeMap<String, ProviderSettings>,
 }
 
@@ -38,6 +49,8 @@ pub struct ServerSettings {
 pub struct DatabaseSettings {
     pub url: String,
     pub pool_size: u32,
+    /// Bound on one database call: connecting, a statement, a lost peer (keepalive).
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -67,6 +80,7 @@ pub struct DispatchSettings {
     pub lease_ms: u64,
 }
 
+/// `[outcomes]`, and the same keys in any `[providers.NAME]`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutcomeSettings {
@@ -77,6 +91,7 @@ pub struct OutcomeSettings {
     pub timeout_ms: u64,
 }
 
+/// `[breaker]`, and the same keys in any `[providers.NAME.breaker]`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerSettings {
@@ -90,52 +105,93 @@ pub struct BreakerSettings {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingSettings {
+    #[serde(deserialize_with = "text")]
     pub sms: String,
+    #[serde(deserialize_with = "text")]
     pub mms: String,
+    #[serde(deserialize_with = "text")]
     pub email: String,
 }
 
-/// One `[providers.NAME]` table: any `[outcomes]` key, a seed, and `[providers.NAME.breaker]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderSettings {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout_pct: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_pct: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ratelimit_pct: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
-    #[serde(default)]
-    pub breaker: BreakerOverrides,
+/// A string key whose value may look like a number: the environment layer reads
+/// `MESSAGING__ROUTING__EMAIL=42` as the number 42, and a provider may be named "42".
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Str(String),
+        Unsigned(u64),
+        Signed(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(match Text::deserialize(d)? {
+        Text::Str(s) => s,
+        Text::Unsigned(n) => n.to_string(),
+        Text::Signed(n) => n.to_string(),
+        Text::Float(n) => n.to_string(),
+        Text::Bool(b) => b.to_string(),
+    })
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BreakerOverrides {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub window_size: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub minimum_calls: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure_rate_threshold: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub open_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub half_open_calls: Option<u32>,
+/// How a simulated provider seeds its outcome stream: a fixed `u64`, or `"entropy"` (the
+/// OS generator at every start). A provider that names no seed at any layer uses entropy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seed {
+    Fixed(u64),
+    Entropy,
+}
+
+impl Serialize for Seed {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Seed::Fixed(n) => s.serialize_u64(*n),
+            Seed::Entropy => s.serialize_str("entropy"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Seed {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Seed;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an unsigned 64-bit integer or \"entropy\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Seed, E> {
+                Ok(Seed::Fixed(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Seed, E> {
+                u64::try_from(n)
+                    .map(Seed::Fixed)
+                    .map_err(|_| E::custom("a seed is an unsigned 64-bit integer or \"entropy\""))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Seed, E> {
+                match s {
+                    "entropy" => Ok(Seed::Entropy),
+                    _ => s.parse().map(Seed::Fixed).map_err(|_| {
+                        E::custom("a seed is an unsigned 64-bit integer or \"entropy\"")
+                    }),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// One provider, resolved: its own keys over the global sections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderSettings {
+    /// `None`: seeded from OS entropy.
+    pub seed: Option<u64>,
+    pub outcomes: OutcomeSettings,
+    pub breaker: BreakerSettings,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        let provider = |seed| ProviderSettings {
-            seed: Some(seed),
-            ..ProviderSettings::default()
-        };
+        let seeded = |seed: u64| Dict::from([("seed".to_owned(), Value::from(seed))]);
         Settings {
             server: ServerSettings::default(),
             database: DatabaseSettings::default(),
@@ -144,10 +200,11 @@ impl Default for Settings {
             outcomes: OutcomeSettings::default(),
             breaker: BreakerSettings::default(),
             routing: RoutingSettings::default(),
-            providers: BTreeMap::from([
-                ("sms-mms".to_owned(), provider(42)),
-                ("email".to_owned(), provider(7)),
+            provider_tables: BTreeMap::from([
+                ("sms-mms".to_owned(), seeded(42)),
+                ("email".to_owned(), seeded(7)),
             ]),
+            providers: BTreeMap::new(),
         }
     }
 }
@@ -166,6 +223,7 @@ impl Default for DatabaseSettings {
         DatabaseSettings {
             url: "sqlite://messaging.db".to_owned(),
             pool_size: 8,
+            timeout_ms: 5_000,
         }
     }
 }
@@ -239,6 +297,31 @@ impl SettingsError {
             problem: problem.into(),
         }
     }
+
+    /// The key figment's error points at, under `prefix` (a provider's table is read on
+    /// its own, so its errors name keys relative to it).
+    fn from_figment(e: figment::Error, prefix: &str, source: &str) -> Self {
+        let mut path: Vec<String> = prefix
+            .split('.')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        path.extend(e.path.iter().cloned());
+        let problem = match &e.kind {
+            // figment's path already ends with the field.
+            figment::error::Kind::UnknownField(field, _) => format!("unknown field `{field}`"),
+            figment::error::Kind::Message(m) if path.is_empty() => {
+                return SettingsError::new(source, m.clone())
+            }
+            kind => kind.to_string(),
+        };
+        let key = if path.is_empty() {
+            source.to_owned()
+        } else {
+            path.join(".")
+        };
+        SettingsError::new(key, problem)
+    }
 }
 
 impl fmt::Display for SettingsError {
@@ -264,95 +347,35 @@ pub fn config_path(cli: Option<PathBuf>, env: Option<PathBuf>) -> Option<PathBuf
     })
 }
 
-/// Reads, overrides and validates the settings.
-pub fn load(
-    file: Option<&Path>,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Settings, SettingsError> {
+/// Layers the defaults, the file and the process environment, then validates.
+pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+    let source = file.map_or_else(|| "settings".to_owned(), |p| p.display().to_string());
     let text = match file {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| {
-            SettingsError::new(path.display().to_string(), format!("cannot read: {e}"))
-        })?,
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| SettingsError::new(&source, format!("cannot read: {e}")))?,
         None => String::new(),
     };
-    let source = file.map_or_else(|| "settings".to_owned(), |p| p.display().to_string());
-    from_toml(&text, &source, env)
+    from_toml(&text, &source)
 }
 
-/// The same as `load` for settings held in a string (used by tests and `load`).
-pub fn from_toml(
-    text: &str,
-    source: &str,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Settings, SettingsError> {
-    let mut table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| SettingsError::new(source, format!("not valid TOML: {e}")))?;
-    let defaults = toml::Table::try_from(Settings::default())
-        .map_err(|e| SettingsError::new(source, e.to_string()))?;
-    for (name, value) in env {
-        if let Some(path) = name.strip_prefix(ENV_PREFIX) {
-            apply_override(&mut table, &defaults, &name, path, value)?;
-        }
-    }
-    let settings: Settings =
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let key = e.path().to_string();
-            let key = if key == "." { source.to_owned() } else { key };
-            SettingsError::new(key, e.into_inner().to_string())
-        })?;
+/// The same as `load` for a file's text held in a string (tests, and `load` itself).
+pub fn from_toml(text: &str, source: &str) -> Result<Settings, SettingsError> {
+    // Parsed here first so that a syntax error names the file, not a key.
+    text.parse::<toml::Table>()
+        .map_err(|e| SettingsError::new(source, format!("not valid TOML: {e}")))?;
+    let figment = Figment::from(Serialized::defaults(Settings::default()))
+        .merge(Toml::string(text))
+        .merge(Env::prefixed(ENV_PREFIX).split("__"));
+    let mut settings: Settings = figment
+        .extract()
+        .map_err(|e| SettingsError::from_figment(e, "", source))?;
+    settings.providers = settings
+        .provider_tables
+        .iter()
+        .map(|(name, table)| Ok((name.clone(), settings.resolve(name, table, source)?)))
+        .collect::<Result<_, SettingsError>>()?;
     settings.validate()?;
     Ok(settings)
-}
-
-/// Sets one key from `MESSAGING__A__B=value`. The value keeps the type the key has by
-/// default (a string stays a string even if it looks like a number); otherwise it is read
-/// as a TOML value, falling back to a string, and the typed parse reports any mismatch.
-fn apply_override(
-    table: &mut toml::Table,
-    defaults: &toml::Table,
-    name: &str,
-    path: &str,
-    raw: String,
-) -> Result<(), SettingsError> {
-    let keys: Vec<String> = path.split("__").map(str::to_lowercase).collect();
-    if keys.iter().any(String::is_empty) {
-        return Err(SettingsError::new(name, "empty key segment"));
-    }
-    let default_is_string = lookup(defaults, &keys).is_some_and(toml::Value::is_str);
-    let value = if default_is_string {
-        toml::Value::String(raw)
-    } else {
-        format!("v = {raw}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or(toml::Value::String(raw))
-    };
-    let (last, parents) = keys
-        .split_last()
-        .ok_or_else(|| SettingsError::new(name, "no key named"))?;
-    let mut target = table;
-    for key in parents {
-        let entry = target
-            .entry(key.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        target = match entry {
-            toml::Value::Table(inner) => inner,
-            _ => return Err(SettingsError::new(name, format!("`{key}` is not a table"))),
-        };
-    }
-    target.insert(last.clone(), value);
-    Ok(())
-}
-
-fn lookup<'a>(table: &'a toml::Table, keys: &[String]) -> Option<&'a toml::Value> {
-    let (last, parents) = keys.split_last()?;
-    let mut current = table;
-    for key in parents {
-        current = current.get(key)?.as_table()?;
-    }
-    current.get(last)
 }
 
 fn check(ok: bool, key: &str, problem: &str) -> Result<(), SettingsError> {
@@ -414,6 +437,53 @@ impl BreakerSettings {
 }
 
 impl Settings {
+    /// A provider's table over the global sections: `seed` is its own, `breaker` layers
+    /// over `[breaker]`, every other key over `[outcomes]`.
+    fn resolve(
+        &self,
+        name: &str,
+        table: &Dict,
+        source: &str,
+    ) -> Result<ProviderSettings, SettingsError> {
+        let prefix = format!("providers.{name}");
+        let mut table = table.clone();
+        let seed = match table.remove("seed") {
+            Some(value) => Figment::from(Serialized::defaults(Dict::from([(
+                "seed".to_owned(),
+                value,
+            )])))
+            .extract_inner::<Seed>("seed")
+            .map_err(|e| SettingsError::from_figment(e, &prefix, source))?,
+            None => Seed::Entropy,
+        };
+        let breaker = match table.remove("breaker") {
+            Some(Value::Dict(_, dict)) => dict,
+            Some(_) => {
+                return Err(SettingsError::new(
+                    format!("{prefix}.breaker"),
+                    "must be a table",
+                ))
+            }
+            None => Dict::new(),
+        };
+        let outcomes = Figment::from(Serialized::defaults(&self.outcomes))
+            .merge(Serialized::defaults(table))
+            .extract()
+            .map_err(|e| SettingsError::from_figment(e, &prefix, source))?;
+        let breaker = Figment::from(Serialized::defaults(&self.breaker))
+            .merge(Serialized::defaults(breaker))
+            .extract()
+            .map_err(|e| SettingsError::from_figment(e, &format!("{prefix}.breaker"), source))?;
+        Ok(ProviderSettings {
+            seed: match seed {
+                Seed::Fixed(n) => Some(n),
+                Seed::Entropy => None,
+            },
+            outcomes,
+            breaker,
+        })
+    }
+
     fn validate(&self) -> Result<(), SettingsError> {
         let bind_ok = self
             .server
@@ -440,6 +510,11 @@ impl Settings {
             "database.pool_size",
             "must be from 1 to 64",
         )?;
+        check(
+            (100..=600_000).contains(&self.database.timeout_ms),
+            "database.timeout_ms",
+            "must be from 100 to 600000",
+        )?;
         let d = &self.dispatch;
         check(
             d.max_attempts >= 1,
@@ -456,10 +531,10 @@ impl Settings {
             "dispatch.backlog_limit",
             "must be at least 1",
         )?;
-        check(d.lease_ms >= 1, "dispatch.lease_ms", "must be at least 1")?;
+        check(d.lease_ms >= 3, "dispatch.lease_ms", "must be at least 3")?;
         self.outcomes.validate("outcomes")?;
         self.breaker.validate("breaker")?;
-        for name in self.providers.keys() {
+        for (name, provider) in &self.providers {
             let valid = !name.is_empty()
                 && name.len() <= 64
                 && name
@@ -470,163 +545,199 @@ impl Settings {
                 &format!("providers.{name}"),
                 "a provider name is 1 to 64 letters, digits, '-', '_' or '.'",
             )?;
-            self.outcomes_for(name)
-                .validate(&format!("providers.{name}"))?;
-            self.breaker_for(name)
+            provider.outcomes.validate(&format!("providers.{name}"))?;
+            provider
+                .breaker
                 .validate(&format!("providers.{name}.breaker"))?;
         }
         Ok(())
-    }
-
-    /// A provider's outcome settings: its own values over the global `[outcomes]`.
-    pub fn outcomes_for(&self, provider: &str) -> OutcomeSettings {
-        let global = &self.outcomes;
-        let Some(p) = self.providers.get(provider) else {
-            return global.clone();
-        };
-        OutcomeSettings {
-            timeout_pct: p.timeout_pct.unwrap_or(global.timeout_pct),
-            error_pct: p.error_pct.unwrap_or(global.error_pct),
-            ratelimit_pct: p.ratelimit_pct.unwrap_or(global.ratelimit_pct),
-            latency_ms: p.latency_ms.unwrap_or(global.latency_ms),
-            timeout_ms: p.timeout_ms.unwrap_or(global.timeout_ms),
-        }
-    }
-
-    /// A provider's breaker settings: its own values over the global `[breaker]`.
-    pub fn breaker_for(&self, provider: &str) -> BreakerSettings {
-        let global = &self.breaker;
-        let Some(p) = self.providers.get(provider).map(|p| &p.breaker) else {
-            return global.clone();
-        };
-        BreakerSettings {
-            window_size: p.window_size.unwrap_or(global.window_size),
-            minimum_calls: p.minimum_calls.unwrap_or(global.minimum_calls),
-            failure_rate_threshold: p
-                .failure_rate_threshold
-                .unwrap_or(global.failure_rate_threshold),
-            open_ms: p.open_ms.unwrap_or(global.open_ms),
-            half_open_calls: p.half_open_calls.unwrap_or(global.half_open_calls),
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use figment::Jail;
 
     fn parse(text: &str) -> Result<Settings, SettingsError> {
-        from_toml(text, "test.toml", Vec::new())
-    }
-
-    fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
-        from_toml(text, "test.toml", env.collect::<Vec<_>>())
+        from_toml(text, "test.toml")
     }
 
     fn error_key(text: &str) -> String {
         parse(text).expect_err("should be refused").key
     }
 
+    /// Runs `f` with `env` set and nothing else of the process environment visible to
+    /// figment's `MESSAGING__` prefix (figment's `Jail` serialises such tests).
+    fn with_env<T>(env: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
+        let mut out = None;
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (k, v) in env {
+                jail.set_env(k, v);
+            }
+            out = Some(f());
+            Ok(())
+        });
+        out.expect("the jail ran the closure")
+    }
+
     #[test]
     fn the_committed_settings_file_equals_the_built_in_defaults() {
         let committed = include_str!("../settings.toml");
-        assert_eq!(parse(committed), Ok(Settings::default()));
-        assert_eq!(parse(""), Ok(Settings::default()));
+        with_env(&[], || {
+            // The tables as written differ in number type (i64 from TOML, u64 from the
+            // defaults); what they resolve to is what counts.
+            let resolved = |s: Settings| Settings {
+                provider_tables: BTreeMap::new(),
+                ..s
+            };
+            assert_eq!(parse(committed).map(resolved), parse("").map(resolved));
+            let s = parse("").expect("defaults are valid");
+            assert_eq!(s.providers["sms-mms"].seed, Some(42));
+            assert_eq!(s.providers["email"].seed, Some(7));
+        });
     }
 
     #[test]
     fn unknown_keys_are_refused_by_name() {
-        let err = parse("[server]\nbindd = \"x\"").expect_err("unknown key");
-        assert_eq!(err.key, "server.bindd");
-        assert!(err.problem.contains("unknown field"), "{err}");
-        assert_eq!(error_key("[nope]\na = 1"), "nope");
-        assert_eq!(
-            error_key("[providers.email]\nseeed = 1"),
-            "providers.email.seeed"
-        );
-        assert_eq!(error_key("[routing]\nvoice = \"x\""), "routing.voice");
+        with_env(&[], || {
+            let err = parse("[server]\nbindd = \"x\"").expect_err("unknown key");
+            assert_eq!(err.key, "server.bindd");
+            assert!(err.problem.contains("unknown field"), "{err}");
+            assert_eq!(error_key("[nope]\na = 1"), "nope");
+            assert_eq!(
+                error_key("[providers.email]\nseeed = 1"),
+                "providers.email.seeed"
+            );
+            assert_eq!(
+                error_key("[providers.email.breaker]\nopen = 1"),
+                "providers.email.breaker.open"
+            );
+            assert_eq!(error_key("[routing]\nvoice = \"x\""), "routing.voice");
+        });
     }
 
     #[test]
     fn wrong_types_name_the_key() {
-        assert_eq!(
-            error_key("[dispatch]\nmax_attempts = \"five\""),
-            "dispatch.max_attempts"
-        );
-        assert_eq!(error_key("[log]\nlevel = \"loud\""), "log.level");
-        assert_eq!(
-            error_key("[database]\npool_size = -1"),
-            "database.pool_size"
-        );
-        assert_eq!(
-            error_key("[providers.email]\nseed = \"x\""),
-            "providers.email.seed"
-        );
+        with_env(&[], || {
+            assert_eq!(
+                error_key("[dispatch]\nmax_attempts = \"five\""),
+                "dispatch.max_attempts"
+            );
+            assert_eq!(error_key("[log]\nlevel = \"loud\""), "log.level");
+            assert_eq!(
+                error_key("[database]\npool_size = -1"),
+                "database.pool_size"
+            );
+            assert_eq!(
+                error_key("[providers.email]\nseed = \"x\""),
+                "providers.email.seed"
+            );
+            assert_eq!(
+                error_key("[providers.email]\nerror_pct = \"x\""),
+                "providers.email.error_pct"
+            );
+        });
     }
 
     #[test]
     fn out_of_range_values_name_the_key() {
-        assert_eq!(
-            error_key("[outcomes]\nerror_pct = 101"),
-            "outcomes.error_pct"
-        );
-        assert_eq!(
-            error_key("[outcomes]\nerror_pct = -1.0"),
-            "outcomes.error_pct"
-        );
-        assert_eq!(
-            error_key("[outcomes]\nerror_pct = 60.0\ntimeout_pct = 50.0"),
-            "outcomes"
-        );
-        assert_eq!(
-            error_key("[providers.sms-mms]\nerror_pct = 60.0\nratelimit_pct = 41.0"),
-            "providers.sms-mms"
-        );
-        assert_eq!(
-            error_key("[providers.email.breaker]\nfailure_rate_threshold = 1.5"),
-            "providers.email.breaker.failure_rate_threshold"
-        );
-        assert_eq!(
-            error_key("[breaker]\nminimum_calls = 21"),
-            "breaker.minimum_calls"
-        );
-        assert_eq!(error_key("[server]\nbind = \"nowhere\""), "server.bind");
-        assert_eq!(error_key("[database]\nurl = \"mysql://x\""), "database.url");
-        assert_eq!(
-            error_key("[dispatch]\nmax_attempts = 0"),
-            "dispatch.max_attempts"
-        );
-        assert_eq!(error_key("[providers.\"a b\"]\nseed = 1"), "providers.a b");
+        with_env(&[], || {
+            assert_eq!(
+                error_key("[outcomes]\nerror_pct = 101"),
+                "outcomes.error_pct"
+            );
+            assert_eq!(
+                error_key("[outcomes]\nerror_pct = -1.0"),
+                "outcomes.error_pct"
+            );
+            assert_eq!(
+                error_key("[outcomes]\nerror_pct = 60.0\ntimeout_pct = 50.0"),
+                "outcomes"
+            );
+            assert_eq!(
+                error_key("[providers.sms-mms]\nerror_pct = 60.0\nratelimit_pct = 41.0"),
+                "providers.sms-mms"
+            );
+            assert_eq!(
+                error_key("[providers.email.breaker]\nfailure_rate_threshold = 1.5"),
+                "providers.email.breaker.failure_rate_threshold"
+            );
+            assert_eq!(
+                error_key("[breaker]\nminimum_calls = 21"),
+                "breaker.minimum_calls"
+            );
+            assert_eq!(error_key("[server]\nbind = \"nowhere\""), "server.bind");
+            assert_eq!(error_key("[database]\nurl = \"mysql://x\""), "database.url");
+            assert_eq!(
+                error_key("[database]\ntimeout_ms = 0"),
+                "database.timeout_ms"
+            );
+            assert_eq!(
+                error_key("[dispatch]\nmax_attempts = 0"),
+                "dispatch.max_attempts"
+            );
+            assert_eq!(error_key("[providers.\"a b\"]\nseed = 1"), "providers.a b");
+        });
     }
 
     #[test]
     fn a_global_sum_over_100_is_refused_even_if_a_provider_overrides_part_of_it() {
         let text = "[outcomes]\nerror_pct = 80.0\n[providers.email]\ntimeout_pct = 30.0";
-        assert_eq!(error_key(text), "providers.email");
+        with_env(&[], || assert_eq!(error_key(text), "providers.email"));
     }
 
     #[test]
     fn providers_inherit_global_outcomes_and_breaker_unless_they_override() {
-        let s = parse(
-            "[outcomes]\nerror_pct = 10.0\nlatency_ms = 5\n\
-             [breaker]\nopen_ms = 100\n\
-             [providers.sms-mms]\nerror_pct = 100.0\n[providers.sms-mms.breaker]\nopen_ms = 7\n\
-             [providers.email]\n",
-        )
+        let s = with_env(&[], || {
+            parse(
+                "[outcomes]\nerror_pct = 10.0\nlatency_ms = 5\n\
+                 [breaker]\nopen_ms = 100\n\
+                 [providers.sms-mms]\nerror_pct = 100.0\n[providers.sms-mms.breaker]\nopen_ms = 7\n\
+                 [providers.email]\nseed = \"entropy\"\n",
+            )
+        })
         .expect("valid");
-        assert_eq!(s.outcomes_for("sms-mms").error_pct, 100.0);
-        assert_eq!(s.outcomes_for("sms-mms").latency_ms, 5);
-        assert_eq!(s.outcomes_for("email").error_pct, 10.0);
-        assert_eq!(s.breaker_for("sms-mms").open_ms, 7);
-        assert_eq!(s.breaker_for("email").open_ms, 100);
+        assert_eq!(s.providers["sms-mms"].outcomes.error_pct, 100.0);
+        assert_eq!(s.providers["sms-mms"].outcomes.latency_ms, 5);
+        assert_eq!(s.providers["email"].outcomes.error_pct, 10.0);
+        assert_eq!(s.providers["sms-mms"].breaker.open_ms, 7);
+        assert_eq!(s.providers["email"].breaker.open_ms, 100);
+        assert_eq!(s.providers["sms-mms"].seed, Some(42));
         assert_eq!(s.providers["email"].seed, None);
     }
 
     #[test]
-    fn environment_overrides_one_key_keeping_its_type() {
-        let s = parse_env(
-            "",
+    fn a_file_naming_one_provider_keeps_the_other_and_both_default_seeds() {
+        let s = with_env(&[], || parse("[providers.email]\nerror_pct = 100.0\n")).expect("valid");
+        assert_eq!(s.providers.keys().collect::<Vec<_>>(), ["email", "sms-mms"]);
+        assert_eq!(s.providers["email"].seed, Some(7));
+        assert_eq!(s.providers["email"].outcomes.error_pct, 100.0);
+        assert_eq!(s.providers["sms-mms"].seed, Some(42));
+        assert_eq!(s.providers["sms-mms"].outcomes.error_pct, 0.0);
+    }
+
+    #[test]
+    fn a_provider_variable_changes_one_key_and_keeps_every_other_provider() {
+        let s = with_env(
+            &[
+                ("MESSAGING__PROVIDERS__SMS-MMS__ERROR_PCT", "100"),
+                ("MESSAGING__PROVIDERS__EMAIL__BREAKER__OPEN_MS", "5"),
+            ],
+            || parse(""),
+        )
+        .expect("valid");
+        assert_eq!(s.providers["sms-mms"].outcomes.error_pct, 100.0);
+        assert_eq!(s.providers["sms-mms"].seed, Some(42));
+        assert_eq!(s.providers["email"].seed, Some(7));
+        assert_eq!(s.providers["email"].breaker.open_ms, 5);
+        assert_eq!(s.providers["email"].breaker.window_size, 20);
+    }
+
+    #[test]
+    fn environment_overrides_the_file_one_key_at_a_time_keeping_its_type() {
+        let s = with_env(
             &[
                 ("MESSAGING__SERVER__BIND", "127.0.0.1:0"),
                 ("MESSAGING__DATABASE__POOL_SIZE", "3"),
@@ -636,10 +747,12 @@ mod tests {
                 ("MESSAGING_CONFIG", "ignored.toml"),
                 ("UNRELATED", "x"),
             ],
+            || parse("[database]\npool_size = 5\nurl = \"sqlite://file.db\"\n"),
         )
         .expect("valid");
         assert_eq!(s.server.bind, "127.0.0.1:0");
         assert_eq!(s.database.pool_size, 3);
+        assert_eq!(s.database.url, "sqlite://file.db");
         assert_eq!(s.outcomes.error_pct, 12.5);
         assert_eq!(s.routing.email, "42");
         assert_eq!(s.providers["email"].seed, Some(99));
@@ -647,22 +760,25 @@ mod tests {
 
     #[test]
     fn a_bad_environment_override_names_the_key() {
-        let err =
-            parse_env("", &[("MESSAGING__DISPATCH__MAX_ATTEMPTS", "lots")]).expect_err("refused");
+        let err = with_env(&[("MESSAGING__DISPATCH__MAX_ATTEMPTS", "lots")], || {
+            parse("")
+        })
+        .expect_err("refused");
         assert_eq!(err.key, "dispatch.max_attempts");
-        let err = parse_env("", &[("MESSAGING__SERVER__PORT", "1")]).expect_err("refused");
+        let err = with_env(&[("MESSAGING__SERVER__PORT", "1")], || parse("")).expect_err("refused");
         assert_eq!(err.key, "server.port");
     }
 
     #[test]
     fn a_channel_routed_nowhere_is_not_a_settings_error() {
-        let s = parse("[routing]\nemail = \"\"\nsms = \"missing\"").expect("valid");
+        let s =
+            with_env(&[], || parse("[routing]\nemail = \"\"\nsms = \"missing\"")).expect("valid");
         assert_eq!(s.routing.email, "");
     }
 
     #[test]
     fn errors_print_on_one_line() {
-        let err = parse("[server\nbind = 1").expect_err("bad toml");
+        let err = with_env(&[], || parse("[server\nbind = 1")).expect_err("bad toml");
         assert!(!err.to_string().contains('\n'), "{err}");
         assert!(err.to_string().starts_with("test.toml: "), "{err}");
     }

@@ -45,10 +45,10 @@ fn provider_configs(settings: &Settings, registry: &Registry) -> Vec<ProviderCon
     registry
         .providers()
         .into_iter()
-        .map(|(name, channels)| {
-            let outcomes = settings.outcomes_for(&name);
-            let breaker = settings.breaker_for(&name);
-            ProviderConfig {
+        .filter_map(|(name, channels)| {
+            let provider = settings.providers.get(&name)?;
+            let (outcomes, breaker) = (&provider.outcomes, &provider.breaker);
+            Some(ProviderConfig {
                 breaker: BreakerConfig {
                     window_size: breaker.window_size,
                     minimum_calls: breaker.minimum_calls,
@@ -56,7 +56,7 @@ fn provider_configs(settings: &Settings, registry: &Registry) -> Vec<ProviderCon
                     open: Duration::from_millis(breaker.open_ms),
                     half_open_calls: breaker.half_open_calls,
                 },
-                seed: settings.providers.get(&name).and_then(|p| p.seed),
+                seed: provider.seed,
                 odds: OutcomeOdds {
                     timeout_pct: outcomes.timeout_pct,
                     error_pct: outcomes.error_pct,
@@ -67,7 +67,7 @@ fn provider_configs(settings: &Settings, registry: &Registry) -> Vec<ProviderCon
                 retry,
                 name,
                 channels,
-            }
+            })
         })
         .collect()
 }
