@@ -92,6 +92,9 @@ pub struct Breaker {
     trials_admitted: u32,
     trials_finished: u32,
     trial_failures: u32,
+    /// Half-open: when the first trial was admitted. The half-open time limit runs from
+    /// here, so an idle provider waits in half-open for traffic instead of flapping.
+    trials_since: Option<Instant>,
 }
 
 impl Breaker {
@@ -106,6 +109,7 @@ impl Breaker {
             trials_admitted: 0,
             trials_finished: 0,
             trial_failures: 0,
+            trials_since: None,
         }
     }
 
@@ -141,7 +145,8 @@ impl Breaker {
     pub fn deadline(&self) -> Option<Instant> {
         match self.state {
             BreakerState::Closed => None,
-            BreakerState::Open | BreakerState::HalfOpen => Some(self.since + self.config.open),
+            BreakerState::Open => Some(self.since + self.config.open),
+            BreakerState::HalfOpen => self.trials_since.map(|t| t + self.config.open),
         }
     }
 
@@ -151,7 +156,11 @@ impl Breaker {
             BreakerState::Open if now >= self.since + self.config.open => {
                 Some(self.move_to(BreakerState::HalfOpen, now))
             }
-            BreakerState::HalfOpen if now >= self.since + self.config.open => {
+            BreakerState::HalfOpen
+                if self
+                    .trials_since
+                    .is_some_and(|t| now >= t + self.config.open) =>
+            {
                 Some(self.move_to(BreakerState::Open, now))
             }
             _ => None,
@@ -166,6 +175,7 @@ impl Breaker {
             BreakerState::Open => None,
             BreakerState::HalfOpen if self.trials_admitted < self.config.half_open_calls => {
                 self.trials_admitted += 1;
+                self.trials_since.get_or_insert(now);
                 Some(self.permit())
             }
             BreakerState::HalfOpen => None,
@@ -236,6 +246,7 @@ impl Breaker {
         self.trials_admitted = 0;
         self.trials_finished = 0;
         self.trial_failures = 0;
+        self.trials_since = None;
         Transition { from, to }
     }
 }
@@ -453,6 +464,31 @@ mod tests {
             "too late"
         );
     }
+
+    #[test]
+    fn an_idle_half_open_breaker_waits_for_traffic_instead_of_flapping() {
+        let t = Instant::now();
+        let mut b = Breaker::new(config(), t);
+        open_it(&mut b, t);
+        let half_open = b.tick(t + 100 * MS).map(|t| t.to);
+        assert_eq!(half_open, Some(BreakerState::HalfOpen));
+        assert_eq!(b.deadline(), None, "no trial, no time limit");
+        assert_eq!(
+            b.tick(t + 100_000 * MS),
+            None,
+            "idle for long: still half-open"
+        );
+        let later = t + 100_000 * MS;
+        let _trial = b.try_acquire(later).0.expect("trial");
+        assert_eq!(
+            b.deadline(),
+            Some(later + 100 * MS),
+            "the limit runs from the trial"
+        );
+        assert_eq!(b.tick(later + 99 * MS), None);
+        let reopened = b.tick(later + 100 * MS).map(|t| t.to);
+        assert_eq!(reopened, Some(BreakerState::Open));
+    }
 }
 
 #[cfg(test)]
@@ -534,7 +570,11 @@ mod properties {
                         now += Duration::from_millis(ms);
                         let transition = b.tick(now);
                         if let Some(t) = transition {
-                            prop_assert!(now >= before.since + config.open, "{t:?} before its time");
+                            let from = match t.from {
+                                BreakerState::HalfOpen => before.trials_since,
+                                _ => Some(before.since),
+                            };
+                            prop_assert!(from.is_some_and(|f| now >= f + config.open), "{t:?} before its time");
                             prop_assert!(t.from != BreakerState::Closed, "time closed nothing");
                         }
                         transition

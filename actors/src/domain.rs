@@ -144,29 +144,52 @@ pub fn parse_email_address(raw: &str) -> Result<String, InvalidValue> {
     }
 }
 
-/// An absolute http(s) URL with a host; kept as sent.
+/// Characters that reorder text when displayed: a URL holding one can show a reader a
+/// different host than the one it names.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// An absolute http(s) URL with a host, parsed by the `url` crate (WHATWG rules, so the
+/// port is 0..=65535); the host must be an IP address or a name of LDH labels. Kept as
+/// sent.
 pub fn parse_attachment_url(raw: &str) -> Result<String, InvalidValue> {
-    if raw.len() > MAX_URL_LEN || raw.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20) {
+    if raw.len() > MAX_URL_LEN
+        || raw
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || is_bidi_control(c))
+    {
         return Err(InvalidValue::Url);
     }
-    let lower = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
-    let rest = if lower.starts_with("https://") {
-        &raw[8..]
-    } else if lower.starts_with("http://") {
-        &raw[7..]
-    } else {
+    let url = url::Url::parse(raw).map_err(|_| InvalidValue::Url)?;
+    // WHATWG forgives `https:///host` and `http:host`; a client that wrote either most
+    // likely meant something else, so the authority must follow `://` as written.
+    let written_authority = raw
+        .get(url.scheme().len()..)
+        .and_then(|rest| rest.strip_prefix("://"))
+        .is_some_and(|rest| !rest.starts_with(['/', '\\']));
+    if !matches!(url.scheme(), "http" | "https") || !written_authority {
         return Err(InvalidValue::Url);
+    }
+    let host_ok = match url.host() {
+        Some(url::Host::Domain(name)) => {
+            let name = name.strip_suffix('.').unwrap_or(name);
+            !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+        }
+        Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)) => true,
+        None => false,
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
-    let (host, port) = match host_port.strip_prefix('[') {
-        Some(bracketed) => bracketed.split_once(']').ok_or(InvalidValue::Url)?,
-        None => host_port
-            .split_once(':')
-            .map_or((host_port, ""), |(h, p)| (h, p)),
-    };
-    let port = port.strip_prefix(':').unwrap_or(port);
-    if host.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+    if !host_ok {
         return Err(InvalidValue::Url);
     }
     Ok(raw.to_owned())
@@ -181,10 +204,16 @@ impl Timestamp {
         Timestamp(Utc::now())
     }
 
+    /// RFC 3339 whose instant, in UTC, falls in years 0000..=9999: outside them the
+    /// stored form is no longer RFC 3339 and text order stops being time order.
     pub fn parse_rfc3339(raw: &str) -> Result<Timestamp, InvalidValue> {
+        use chrono::Datelike;
         DateTime::parse_from_rfc3339(raw)
-            .map(|t| Timestamp(t.with_timezone(&Utc)))
-            .map_err(|_| InvalidValue::Timestamp)
+            .map(|t| t.with_timezone(&Utc))
+            .ok()
+            .filter(|t| (0..=9999).contains(&t.year()))
+            .map(Timestamp)
+            .ok_or(InvalidValue::Timestamp)
     }
 
     /// Fixed-width UTC form used in the database, so text order is time order. Written
@@ -413,6 +442,11 @@ mod tests {
             "https://exa mple.com/",
             "https://example.com:port/",
             "javascript:alert(1)",
+            "http://example.com:99999/x",
+            "http://-",
+            "http://-example.com/",
+            "http://exa\u{202E}mple.com/",
+            "http://example.com/\u{0}",
         ] {
             assert_eq!(parse_attachment_url(bad), Err(InvalidValue::Url), "{bad}");
         }
@@ -427,12 +461,17 @@ mod tests {
         assert_eq!(a.to_rfc3339(), "2024-11-01T14:00:00Z");
         assert_eq!(b.to_rfc3339(), "2024-11-01T14:00:01Z");
         assert_eq!(Timestamp::from_storage(&a.to_storage()), Some(a));
+        for edge in ["9999-12-31T23:59:59Z", "0000-01-01T00:00:00Z"] {
+            assert!(Timestamp::parse_rfc3339(edge).is_ok(), "{edge}");
+        }
         for bad in [
             "",
             "2024-11-01",
             "2024-11-01 14:00:00",
             "yesterday",
             "2024-13-01T00:00:00Z",
+            "9999-12-31T23:59:59-01:00",
+            "0000-01-01T00:00:00+01:00",
         ] {
             assert_eq!(
                 Timestamp::parse_rfc3339(bad),

@@ -71,6 +71,18 @@ fn invalid(field: &str, why: InvalidValue) -> ApiError {
     ApiError::validation(field, why.to_string())
 }
 
+/// PostgreSQL cannot store a NUL character in text, and no client means to send one: the
+/// same 400 on both backends rather than a 503 on one and a 202 on the other.
+fn no_nul<'s>(field: &str, value: &'s str) -> Result<&'s str, ApiError> {
+    if value.contains('\0') {
+        return Err(ApiError::validation(
+            field,
+            "must not contain a NUL character",
+        ));
+    }
+    Ok(value)
+}
+
 /// Typed, field-named access to a request object.
 pub struct Fields<'a>(pub &'a Map<String, Value>);
 
@@ -78,7 +90,7 @@ impl Fields<'_> {
     /// A required string (may be empty).
     pub fn string(&self, field: &str) -> Result<&str, ApiError> {
         match self.0.get(field) {
-            Some(Value::String(s)) => Ok(s),
+            Some(Value::String(s)) => no_nul(field, s),
             None | Some(Value::Null) => Err(ApiError::validation(field, "is required")),
             Some(_) => Err(ApiError::validation(field, "must be a string")),
         }
@@ -88,7 +100,7 @@ impl Fields<'_> {
     pub fn optional_string(&self, field: &str) -> Result<Option<&str>, ApiError> {
         match self.0.get(field) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
+            Some(Value::String(s)) => no_nul(field, s).map(Some),
             Some(_) => Err(ApiError::validation(field, "must be a string")),
         }
     }
