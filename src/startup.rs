@@ -4,14 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::Actor as _;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
+use messaging_actors::admission::Backlog;
 use messaging_actors::breaker::BreakerConfig;
 use messaging_actors::domain::Channel;
+use messaging_actors::leases::LeaseKeeper;
 use messaging_actors::metrics::Metrics;
 use messaging_actors::outcome::{OutcomeOdds, RetryPolicy};
-use messaging_actors::provider::ProviderConfig;
-use messaging_actors::router::{Backlog, Registry, ResumeQueued, RouterActor};
+use messaging_actors::provider::{self, ProviderConfig};
+use messaging_actors::router::{Registry, ResumeQueued, RouterActor};
 use messaging_actors::store::{self, Store};
 use slog::{info, warn, Logger};
 
@@ -74,7 +77,8 @@ fn provider_configs(settings: &Settings, registry: &Registry) -> Vec<ProviderCon
 
 /// Runs the service until a stop signal; must be called inside an actix `System`.
 pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
-    let pool = store::open(&settings.database.url, settings.database.pool_size)
+    let timeout = Duration::from_millis(settings.database.timeout_ms);
+    let pool = store::open(&settings.database.url, settings.database.pool_size, timeout)
         .with_context(|| format!("opening database {}", settings.database.url))?;
     let registry = registry(&settings);
     for (channel, provider) in registry.unserved() {
@@ -87,12 +91,22 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         pool,
         settings.database.pool_size as usize,
         Duration::from_millis(settings.dispatch.lease_ms),
+        timeout,
     );
-    let providers = provider_configs(&settings, &registry);
+    if let Err(e) = store.sync_clock().await {
+        warn!(log, "could not read the database clock"; "error" => e.to_string());
+    }
     let backlog = Arc::new(Backlog::new(settings.dispatch.backlog_limit));
+    let providers = Arc::new(provider::start_all(
+        provider_configs(&settings, &registry),
+        &store,
+        &metrics,
+        &backlog,
+        &log,
+    ));
     let router = RouterActor::start(
         registry,
-        providers,
+        providers.clone(),
         store.clone(),
         metrics.clone(),
         backlog,
@@ -109,6 +123,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         .context("resuming queued messages")?
         .context("loading queued messages")?;
     info!(log, "resumed queued messages"; "count" => resumed);
+    LeaseKeeper::new(store.clone(), providers, router.clone(), &log).start();
 
     let state = web::Data::new(AppState {
         router,
@@ -143,12 +158,10 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         handle.stop(true).await;
     });
     server.await.context("running the HTTP server")?;
-    if store.shares_work() {
-        // Queued work this instance leased goes back at once, not after its lease lapses.
-        match store.release_leases().await {
-            Ok(count) => info!(log, "released leases"; "count" => count),
-            Err(e) => warn!(log, "could not release leases"; "error" => e.to_string()),
-        }
+    // Queued work this instance leased goes back at once, not after its lease lapses.
+    match store.release_leases().await {
+        Ok(count) => info!(log, "released leases"; "count" => count),
+        Err(e) => warn!(log, "could not release leases"; "error" => e.to_string()),
     }
     Ok(())
 }

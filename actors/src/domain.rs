@@ -238,6 +238,24 @@ impl Timestamp {
         Timestamp::parse_rfc3339(raw).ok()
     }
 
+    pub fn from_unix_micros(micros: i64) -> Option<Timestamp> {
+        DateTime::<Utc>::from_timestamp_micros(micros).map(Timestamp)
+    }
+
+    /// Microseconds from `other` to this moment (negative if this is earlier).
+    pub fn micros_since(self, other: Timestamp) -> i64 {
+        (self.0 - other.0).num_microseconds().unwrap_or(0)
+    }
+
+    /// This moment shifted by `micros` (a clock offset), saturating at the ends of time.
+    pub fn shifted(self, micros: i64) -> Timestamp {
+        Timestamp(
+            self.0
+                .checked_add_signed(chrono::Duration::microseconds(micros))
+                .unwrap_or(self.0),
+        )
+    }
+
     /// This moment plus `delay` (saturating far in the future).
     pub fn after(delay: std::time::Duration) -> Timestamp {
         let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);

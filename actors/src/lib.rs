@@ -25,8 +25,10 @@
 //!        reads -----------Read-------> PersistenceActor
 //! ```
 
+pub mod admission;
 pub mod breaker;
 pub mod domain;
+pub mod leases;
 pub mod metrics;
 pub mod outcome;
 pub mod provider;

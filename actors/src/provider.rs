@@ -17,22 +17,22 @@
 //! restart the provider is as after a process start: breaker `closed`, outcome stream
 //! seeded afresh; an attempt the panic interrupted is made again (at-least-once).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{
-    Actor, ActorContext, AsyncContext, Context, Handler, Message, MessageResult, SpawnHandle,
-    Supervised,
+    Actor, ActorContext, Addr, Arbiter, AsyncContext, Context, Handler, Message, MessageResult,
+    SpawnHandle, Supervised, Supervisor,
 };
 use slog::{error, info, o, warn, Logger};
 
+use crate::admission::Backlog;
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, CallResult, Permit, Transition};
 use crate::domain::{Channel, MessageStatus, Timestamp};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, OutcomeOdds, OutcomeStream, RetryPolicy};
-use crate::router::Backlog;
 use crate::store::{AttemptRecord, Store, StoreError};
 
 /// Attempts one provider keeps in flight at most; the rest wait in its queue. High enough
@@ -86,6 +86,46 @@ pub struct ProviderStatus {
 #[rtype(result = "ProviderStatus")]
 pub struct GetProviderStatus;
 
+/// The ids of the messages this provider holds (queued, waiting, in flight, or finished
+/// but not yet recorded): the leases worth renewing.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<i64>")]
+pub struct GetHeldIds;
+
+/// An attempt record landed, or was refused for good: the message is off this provider's
+/// hands.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct RecordSettled {
+    message_id: i64,
+    /// Another instance holds the message now: stop working it.
+    superseded: bool,
+}
+
+/// Starts one `ProviderActor` per configuration, each under a `Supervisor` on an arbiter
+/// (thread) of its own, so that no provider's work can delay another's and a provider
+/// that fails is restarted. Must run inside an actix system.
+pub fn start_all(
+    configs: Vec<ProviderConfig>,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+    backlog: &Arc<Backlog>,
+    log: &Logger,
+) -> BTreeMap<String, Addr<ProviderActor>> {
+    configs
+        .into_iter()
+        .map(|config| {
+            let name = config.name.clone();
+            let (store, metrics, backlog, log) =
+                (store.clone(), metrics.clone(), backlog.clone(), log.clone());
+            let addr = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                ProviderActor::new(config, store, metrics, backlog, &log)
+            });
+            (name, addr)
+        })
+        .collect()
+}
+
 /// An attempt whose simulated latency has run out.
 #[derive(Debug, Clone, Copy)]
 struct Finished {
@@ -115,7 +155,12 @@ pub struct ProviderActor {
     next_token: u64,
     in_flight: usize,
     /// Messages held (waiting, ready or in flight): this provider's share of the backlog.
-    held: u64,
+    /// A second `Dispatch` of one of them (a sweep that met a lapsed lease) is ignored.
+    held: HashSet<i64>,
+    /// Finished here, their records not yet in the database: their leases still matter.
+    unrecorded: HashSet<i64>,
+    /// Taken over by another instance while held here: dropped when next met.
+    superseded: HashSet<i64>,
     store: Store,
     metrics: Arc<Metrics>,
     backlog: Arc<Backlog>,
@@ -140,7 +185,9 @@ impl ProviderActor {
             parked: BTreeMap::new(),
             next_token: 0,
             in_flight: 0,
-            held: 0,
+            held: HashSet::new(),
+            unrecorded: HashSet::new(),
+            superseded: HashSet::new(),
             store,
             metrics,
             backlog,
@@ -151,7 +198,7 @@ impl ProviderActor {
         self.metrics
             .pending_messages
             .with_label_values(&[&self.config.name])
-            .set(i64::try_from(self.held).unwrap_or(i64::MAX));
+            .set(i64::try_from(self.held.len()).unwrap_or(i64::MAX));
     }
 
     /// Starts as many ready attempts as the in-flight bound and the breaker allow.
@@ -169,6 +216,12 @@ impl ProviderActor {
                 break;
             };
             if let Some(job) = self.ready.pop_front() {
+                if self.superseded.remove(&job.message_id) {
+                    self.breaker
+                        .record(permit, CallResult::Neutral, Instant::now());
+                    self.let_go(job.message_id);
+                    continue;
+                }
                 self.start_attempt(job, permit, ctx);
             }
         }
@@ -318,16 +371,20 @@ impl ProviderActor {
             ),
             (_, None) => (MessageStatus::Failed, None),
         };
-        self.record(AttemptRecord {
-            message_id: job.message_id,
-            provider: self.config.name.clone(),
-            attempt,
-            outcome: outcome.as_str(),
-            latency_ms,
-            error_code: outcome.error_code(),
-            status,
-            next_attempt_at: next_attempt_at.map(|(_, at)| at),
-        });
+        self.unrecorded.insert(job.message_id);
+        self.record(
+            ctx.address(),
+            AttemptRecord {
+                message_id: job.message_id,
+                provider: self.config.name.clone(),
+                attempt,
+                outcome: outcome.as_str(),
+                latency_ms,
+                error_code: outcome.error_code(),
+                status,
+                next_attempt_at: next_attempt_at.map(|(_, at)| at),
+            },
+        );
         match (status, next_attempt_at) {
             (MessageStatus::Queued, Some((delay, _))) => {
                 let next = Job {
@@ -348,37 +405,49 @@ impl ProviderActor {
                         .with_label_values(&[name, channel])
                         .inc();
                 }
-                self.held = self.held.saturating_sub(1);
-                self.backlog.release();
-                self.set_pending_gauge();
+                self.let_go(job.message_id);
             }
         }
+    }
+
+    /// The message is finished here (or another instance has it): its backlog slot goes
+    /// back.
+    fn let_go(&mut self, message_id: i64) {
+        if self.held.remove(&message_id) {
+            self.backlog.release();
+        }
+        self.set_pending_gauge();
     }
 
     /// Writes the record through group commit, again and again while the database refuses
     /// it: the message stays queued in the database until its record lands, so a restart
     /// in the meantime dispatches it again rather than losing it.
-    fn record(&self, record: AttemptRecord) {
+    fn record(&self, me: Addr<ProviderActor>, record: AttemptRecord) {
         let (store, log) = (self.store.clone(), self.log.clone());
         actix::spawn(async move {
-            loop {
+            let message_id = record.message_id;
+            let superseded = loop {
                 match store.record_attempt(record.clone()).await {
-                    Ok(()) => break,
-                    // Another instance took the message over (this one's lease lapsed)
-                    // and recorded this attempt number first: its record stands.
-                    Err(StoreError::Conflict(_)) => {
+                    Ok(()) => break false,
+                    // Another instance took the message over (this one's lease lapsed):
+                    // it holds the lease now, or recorded this attempt number first.
+                    Err(StoreError::Superseded | StoreError::Conflict(_)) => {
                         warn!(log, "attempt superseded by another instance";
-                            "message_id" => record.message_id, "attempt" => record.attempt);
-                        break;
+                            "message_id" => message_id, "attempt" => record.attempt);
+                        break true;
                     }
                     Err(e) => {
                         warn!(log, "attempt not recorded; will retry";
-                            "message_id" => record.message_id, "attempt" => record.attempt,
+                            "message_id" => message_id, "attempt" => record.attempt,
                             "error" => e.to_string());
                         tokio::time::sleep(RECORD_RETRY).await;
                     }
                 }
-            }
+            };
+            me.do_send(RecordSettled {
+                message_id,
+                superseded,
+            });
         });
     }
 }
@@ -413,7 +482,12 @@ impl Handler<Dispatch> for ProviderActor {
 
     fn handle(&mut self, msg: Dispatch, ctx: &mut Self::Context) {
         self.guarded(ctx, |provider, ctx| {
-            provider.held += 1;
+            if !provider.held.insert(msg.message_id) {
+                // Already here: the slot the router took for this copy goes back.
+                provider.backlog.release();
+                return;
+            }
+            provider.superseded.remove(&msg.message_id);
             provider.set_pending_gauge();
             let job = Job {
                 message_id: msg.message_id,
@@ -435,6 +509,26 @@ impl Handler<Dispatch> for ProviderActor {
     }
 }
 
+impl Handler<GetHeldIds> for ProviderActor {
+    type Result = MessageResult<GetHeldIds>;
+
+    fn handle(&mut self, _: GetHeldIds, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.held.union(&self.unrecorded).copied().collect())
+    }
+}
+
+impl Handler<RecordSettled> for ProviderActor {
+    type Result = ();
+
+    fn handle(&mut self, settled: RecordSettled, _: &mut Self::Context) {
+        self.unrecorded.remove(&settled.message_id);
+        if settled.superseded && self.held.contains(&settled.message_id) {
+            // Waiting for a retry or in flight: dropped where it is next met.
+            self.superseded.insert(settled.message_id);
+        }
+    }
+}
+
 impl Handler<GetProviderStatus> for ProviderActor {
     type Result = MessageResult<GetProviderStatus>;
 
@@ -444,7 +538,7 @@ impl Handler<GetProviderStatus> for ProviderActor {
             channels: self.config.channels.clone(),
             seeded: self.outcomes.seeded(),
             odds: self.outcomes.odds(),
-            pending: self.held,
+            pending: self.held.len() as u64,
             breaker_state: self.breaker.state(),
             failure_rate: self.breaker.failure_rate(),
             recorded_calls: self.breaker.recorded_calls(),
@@ -516,10 +610,12 @@ mod tests {
     async fn a_panicking_provider_is_restarted_and_retries_what_it_held() {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let timeout = Duration::from_secs(5);
         let store = Store::start(
-            store::open(&url, 2).expect("open"),
+            store::open(&url, 2, timeout).expect("open"),
             2,
             Duration::from_secs(30),
+            timeout,
         );
         let metrics =
             Arc::new(Metrics::new(&[("sms-mms".to_owned(), vec![Channel::Sms])]).expect("metrics"));

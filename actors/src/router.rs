@@ -1,23 +1,21 @@
-//! Routing: the registry (channel -> provider name, from `[routing]`), the backlog bound,
-//! and the `RouterActor`. The router accepts outbound messages (tags each with its
+//! Routing: the registry (channel -> provider name, from `[routing]`) and the
+//! `RouterActor`. The router accepts outbound messages (tags each with its
 //! provider, has it stored, hands it to that provider's actor, answers) and routes the
 //! queued messages recovery finds. A channel whose provider is missing is answered at once
 //! with `RouteError::NoProvider`, the message stored `failed` so nothing retries it; a
 //! stored message with an unknown channel is an invalid route, failed the same way.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use actix::{
-    Actor, Addr, Arbiter, AsyncContext, Context, Handler, Message, ResponseFuture, Supervisor,
-};
-use slog::{error, info, warn, Logger};
+use actix::{Actor, Addr, Arbiter, Context, Handler, Message, ResponseFuture};
+use slog::{error, warn, Logger};
 use thiserror::Error;
 
+use crate::admission::Backlog;
 use crate::domain::{Channel, IdempotencyKey, MessageContent};
 use crate::metrics::Metrics;
-use crate::provider::{Dispatch, GetProviderStatus, ProviderActor, ProviderConfig, ProviderStatus};
+use crate::provider::{Dispatch, GetProviderStatus, ProviderActor, ProviderStatus};
 use crate::store::{NewOutbound, OutboundStored, QueuedMessage, Store, StoreError};
 
 /// Channel -> provider, built once at start-up. A route may name a provider that does not
@@ -74,48 +72,6 @@ impl Registry {
     }
 }
 
-/// The count of accepted messages not yet finished, across providers, against
-/// `dispatch.backlog_limit`. Admission reserves a slot before storing; the provider that
-/// finishes a message gives its slot back.
-#[derive(Debug)]
-pub struct Backlog {
-    limit: u64,
-    pending: AtomicU64,
-}
-
-impl Backlog {
-    pub fn new(limit: u64) -> Self {
-        Backlog {
-            limit,
-            pending: AtomicU64::new(0),
-        }
-    }
-
-    /// Takes a slot if one is free.
-    pub fn try_reserve(&self) -> bool {
-        self.pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                (p < self.limit).then_some(p + 1)
-            })
-            .is_ok()
-    }
-
-    /// Counts recovered work, even beyond the limit: it was accepted before.
-    pub fn add(&self, n: u64) {
-        self.pending.fetch_add(n, Ordering::AcqRel);
-    }
-
-    pub fn release(&self) {
-        let _ = self
-            .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1));
-    }
-
-    pub fn pending(&self) -> u64 {
-        self.pending.load(Ordering::Acquire)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum RouteError {
     #[error("no provider is configured for channel {channel}")]
@@ -153,8 +109,8 @@ pub struct AcceptOutbound {
 #[rtype(result = "()")]
 pub struct RouteQueued(pub QueuedMessage);
 
-/// Hands every queued outbound message in the database to its provider, in id order.
-/// Answers how many were handed over.
+/// Hands every queued outbound message in the database to its provider, in id order and
+/// in batches of `CLAIM_BATCH`. Answers how many were handed over.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<usize, StoreError>")]
 pub struct ResumeQueued;
@@ -225,12 +181,15 @@ pub struct RouterActor {
     routes: Routes,
 }
 
+/// The running providers by name, as start-up made them (`provider::start_all`).
+pub type Providers = Arc<BTreeMap<String, Addr<ProviderActor>>>;
+
 impl RouterActor {
     /// Starts the router on an arbiter of its own (every request passes through it, so it
-    /// must not share a thread with anything busy) with its providers.
+    /// must not share a thread with anything busy).
     pub fn start(
         registry: Registry,
-        providers: Vec<ProviderConfig>,
+        providers: Providers,
         store: Store,
         metrics: Arc<Metrics>,
         backlog: Arc<Backlog>,
@@ -240,33 +199,18 @@ impl RouterActor {
         RouterActor::start_in_arbiter(&Arbiter::new().handle(), move |_| router)
     }
 
-    /// Starts one `ProviderActor` per configured provider, each under a `Supervisor` on an
-    /// arbiter (thread) of its own, so that no provider's work can delay another's and a
-    /// provider that fails is restarted. Must run inside an actix system.
     pub fn new(
         registry: Registry,
-        providers: Vec<ProviderConfig>,
+        providers: Providers,
         store: Store,
         metrics: Arc<Metrics>,
         backlog: Arc<Backlog>,
         log: Logger,
     ) -> Self {
-        let addrs = providers
-            .into_iter()
-            .map(|config| {
-                let name = config.name.clone();
-                let (store, metrics, backlog, log) =
-                    (store.clone(), metrics.clone(), backlog.clone(), log.clone());
-                let addr = Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                    ProviderActor::new(config, store, metrics, backlog, &log)
-                });
-                (name, addr)
-            })
-            .collect();
         RouterActor {
             registry,
             routes: Routes {
-                providers: Arc::new(addrs),
+                providers,
                 store,
                 metrics,
                 backlog,
@@ -276,49 +220,13 @@ impl RouterActor {
     }
 }
 
-/// How many queued messages a start claims at most (beyond the backlog limit on purpose:
-/// all of them were accepted before, and none may be left behind).
-const RECOVERY_CLAIM: i64 = i64::MAX;
-/// How many lapsed messages one sweep claims at most, so that one instance taking over
-/// from a dead one does not swallow everything in one transaction.
-const SWEEP_CLAIM: i64 = 1_000;
+/// How many queued messages one claim takes at most, at start and in a sweep, so that
+/// neither a start after a long outage nor an instance taking over from a dead one
+/// holds everything in one transaction.
+pub const CLAIM_BATCH: i64 = 1_000;
 
 impl Actor for RouterActor {
     type Context = Context<Self>;
-
-    /// With a shared database, renews this instance's leases three times per lease and
-    /// sweeps for lapsed ones (work of an instance that died) twice per lease.
-    fn started(&mut self, ctx: &mut Self::Context) {
-        if !self.routes.store.shares_work() {
-            return;
-        }
-        let lease = self.routes.store.lease_duration();
-        ctx.run_interval(lease / 3, |router, _| {
-            let (store, log) = (router.routes.store.clone(), router.routes.log.clone());
-            actix::spawn(async move {
-                if let Err(e) = store.renew_leases().await {
-                    warn!(log, "could not renew leases"; "error" => e.to_string());
-                }
-            });
-        });
-        ctx.run_interval(lease / 2, |router, _| {
-            let routes = router.routes.clone();
-            actix::spawn(async move {
-                match routes.store.claim_queued(SWEEP_CLAIM).await {
-                    Ok(claimed) => {
-                        if !claimed.is_empty() {
-                            info!(routes.log, "claimed lapsed messages"; "count" => claimed.len());
-                        }
-                        for message in claimed {
-                            routes.route_queued(message).await;
-                        }
-                    }
-                    Err(e) => warn!(routes.log, "could not claim lapsed messages";
-                        "error" => e.to_string()),
-                }
-            });
-        });
-    }
 }
 
 impl Handler<Ping> for RouterActor {
@@ -338,7 +246,30 @@ impl Handler<AcceptOutbound> for RouterActor {
         // flood is refused before it costs a write.
         if provider.is_some() && !routes.backlog.try_reserve() {
             let pending = routes.backlog.pending();
-            return Box::pin(async move { Err(RouteError::Overloaded { pending }) });
+            // A replay creates nothing, so it gets its first answer however full the
+            // backlog is; only a new message is refused.
+            return Box::pin(async move {
+                let earlier = match msg.idempotency {
+                    Some(key) => routes.store.find_by_idempotency_key(key).await?,
+                    None => None,
+                };
+                match earlier {
+                    Some(OutboundStored::Replayed {
+                        id,
+                        conversation_id,
+                        channel,
+                        provider: Some(provider),
+                    }) => Ok(Accepted {
+                        id,
+                        conversation_id,
+                        channel,
+                        provider,
+                        replayed: true,
+                    }),
+                    Some(OutboundStored::Conflict) => Err(RouteError::IdempotencyConflict),
+                    _ => Err(RouteError::Overloaded { pending }),
+                }
+            });
         }
         Box::pin(async move {
             let new = NewOutbound {
@@ -433,12 +364,22 @@ impl Handler<ResumeQueued> for RouterActor {
     fn handle(&mut self, _: ResumeQueued, _: &mut Self::Context) -> Self::Result {
         let routes = self.routes.clone();
         Box::pin(async move {
-            let queued = routes.store.claim_queued(RECOVERY_CLAIM).await?;
-            let count = queued.len();
-            for message in queued {
-                routes.route_queued(message).await;
+            let (mut count, mut after_id) = (0, 0);
+            loop {
+                let queued = routes
+                    .store
+                    .claim_queued(CLAIM_BATCH, after_id, true)
+                    .await?;
+                let last_batch = queued.len() < CLAIM_BATCH as usize;
+                count += queued.len();
+                for message in queued {
+                    after_id = message.id;
+                    routes.route_queued(message).await;
+                }
+                if last_batch {
+                    return Ok(count);
+                }
             }
-            Ok(count)
         })
     }
 }

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr};
+use messaging_actors::admission::Backlog;
 use messaging_actors::breaker::{BreakerConfig, BreakerState};
 use messaging_actors::domain::{Channel, MessageContent, Timestamp};
 use messaging_actors::metrics::Metrics;
 use messaging_actors::outcome::{Outcome, OutcomeOdds, OutcomeStream, RetryPolicy};
-use messaging_actors::provider::ProviderConfig;
+use messaging_actors::provider::{self, ProviderConfig};
 use messaging_actors::router::{
-    AcceptOutbound, Backlog, ListProviders, Registry, RouteError, RouteQueued, RouterActor,
+    AcceptOutbound, ListProviders, Registry, RouteError, RouteQueued, RouterActor,
 };
 use messaging_actors::store::{self, AttemptView, MessageView, QueuedMessage, Store};
 use tempfile::TempDir;
@@ -63,8 +64,9 @@ struct Harness {
 fn start(providers: Vec<ProviderConfig>, backlog_limit: u64) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("m.db").display());
-    let pool = store::open(&url, 2).expect("open store");
-    let store = Store::start(pool, 2, Duration::from_secs(30));
+    let timeout = Duration::from_secs(5);
+    let pool = store::open(&url, 2, timeout).expect("open store");
+    let store = Store::start(pool, 2, Duration::from_secs(30), timeout);
     let registry = Registry::new(
         [
             (Channel::Sms, "sms-mms".to_owned()),
@@ -75,12 +77,16 @@ fn start(providers: Vec<ProviderConfig>, backlog_limit: u64) -> Harness {
     );
     let metrics = Arc::new(Metrics::new(&registry.providers()).expect("metrics"));
     let log = slog::Logger::root(slog::Discard, slog::o!());
+    let backlog = Arc::new(Backlog::new(backlog_limit));
+    let providers = Arc::new(provider::start_all(
+        providers, &store, &metrics, &backlog, &log,
+    ));
     let router = RouterActor::new(
         registry,
         providers,
         store.clone(),
         metrics.clone(),
-        Arc::new(Backlog::new(backlog_limit)),
+        backlog,
         log,
     )
     .start();
@@ -282,7 +288,9 @@ async fn an_unknown_channel_is_skipped_counted_and_failed() {
         "no attempt made"
     );
     let (message, attempts) = h.store.get_message(id).await.expect("read").expect("found");
-    assert_eq!(message.status, "failed");
+    // The row was already sent: failing it for good is refused, a final status is final.
+    // (tests/it/dispatch.rs fails a queued `voice` row at start end to end.)
+    assert_eq!(message.status, "sent");
     assert_eq!(attempts.len(), 1, "only the earlier real attempt");
 }
 

@@ -9,7 +9,7 @@ use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 use diesel::sqlite::SqliteConnection;
-use diesel::RunQueryDsl;
+use diesel::{Connection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::StoreError;
@@ -19,8 +19,10 @@ pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrat
 
 /// How long a connection waits for SQLite's write lock before the write fails (and the
 /// client gets a 503 rather than a hang). The single writer keeps our own writes from ever
-/// waiting on each other, so only another process holding the lock waits this long.
-const BUSY_TIMEOUT_MS: u64 = 2_000;
+/// waiting on each other, so only another process holding the lock waits this long; when
+/// it does, everything queued behind the failed batch fails with it (persistence.rs), so no
+/// request waits longer than this plus its own commit.
+pub const BUSY_TIMEOUT_MS: u64 = 2_000;
 /// Any key will do, as long as every instance uses the same one: migrations of two
 /// instances starting at once run one after the other.
 const MIGRATION_LOCK: i64 = 0x6d65_7373_6167_6573; // "messages"
@@ -75,8 +77,49 @@ pub enum DbConn {
     Postgres(PooledConnection<ConnectionManager<PgConnection>>),
 }
 
+/// Every pooled PostgreSQL connection bounds each statement, so a query the server
+/// cannot finish in time fails instead of holding the writer.
+#[derive(Debug)]
+struct PgTimeouts {
+    statement_ms: u64,
+}
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgTimeouts {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(&format!(
+            "SET statement_timeout = {ms}; SET lock_timeout = {ms}; \
+             SET idle_in_transaction_session_timeout = {idle};",
+            ms = self.statement_ms,
+            idle = self.statement_ms * 2
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// libpq's own bounds, added to the URL unless it sets them: a connect that hangs, and a
+/// peer that stops acknowledging (TCP keepalive and `tcp_user_timeout`).
+fn with_libpq_timeouts(url: &str, timeout: Duration) -> String {
+    let secs = timeout.as_secs().max(1);
+    let keepalive = (secs / 3).max(1);
+    let mut url = url.to_owned();
+    for (key, value) in [
+        ("connect_timeout", secs.to_string()),
+        ("keepalives", "1".to_owned()),
+        ("keepalives_idle", keepalive.to_string()),
+        ("keepalives_interval", keepalive.to_string()),
+        ("keepalives_count", "3".to_owned()),
+        ("tcp_user_timeout", timeout.as_millis().to_string()),
+    ] {
+        if !url.contains(&format!("{key}=")) {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&format!("{key}={value}"));
+        }
+    }
+    url
+}
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::ConnectionLost(e.to_string())
 }
 
 impl DbPool {
@@ -96,17 +139,23 @@ impl DbPool {
 }
 
 /// Opens the pool (`pool_size` workers plus one spare) and applies pending migrations
-/// before anything is served.
-pub fn open(url: &str, pool_size: u32) -> Result<DbPool, StoreError> {
-    fn builder<M: diesel::r2d2::ManageConnection>(pool_size: u32) -> diesel::r2d2::Builder<M> {
+/// before anything is served. `timeout` bounds each database call (`database.timeout_ms`).
+/// The pool checks a connection before handing it out, so one that broke while idle is
+/// replaced rather than used.
+pub fn open(url: &str, pool_size: u32, timeout: Duration) -> Result<DbPool, StoreError> {
+    fn builder<M: diesel::r2d2::ManageConnection>(
+        pool_size: u32,
+        timeout: Duration,
+    ) -> diesel::r2d2::Builder<M> {
         Pool::builder()
             .max_size(pool_size + 1)
             .min_idle(Some(1))
-            .connection_timeout(Duration::from_secs(5))
+            .test_on_check_out(true)
+            .connection_timeout(timeout)
     }
     match Backend::of(url)? {
         Backend::Sqlite => {
-            let pool = builder(pool_size)
+            let pool = builder(pool_size, timeout)
                 .connection_customizer(Box::new(SqlitePragmas))
                 .build(ConnectionManager::<SqliteConnection>::new(sqlite_path(
                     url,
@@ -118,8 +167,13 @@ pub fn open(url: &str, pool_size: u32) -> Result<DbPool, StoreError> {
             Ok(DbPool::Sqlite(pool))
         }
         Backend::Postgres => {
-            let pool = builder(pool_size)
-                .build(ConnectionManager::<PgConnection>::new(url))
+            let pool = builder(pool_size, timeout)
+                .connection_customizer(Box::new(PgTimeouts {
+                    statement_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                }))
+                .build(ConnectionManager::<PgConnection>::new(with_libpq_timeouts(
+                    url, timeout,
+                )))
                 .map_err(unavailable)?;
             let mut conn = pool.get().map_err(unavailable)?;
             diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
@@ -136,33 +190,24 @@ pub fn open(url: &str, pool_size: u32) -> Result<DbPool, StoreError> {
     }
 }
 
-impl DbConn {
-    fn execute(&mut self, sql: &str) -> Result<(), StoreError> {
-        match self {
-            DbConn::Sqlite(c) => c.batch_execute(sql),
-            DbConn::Postgres(c) => c.batch_execute(sql),
-        }
-        .map_err(StoreError::from)
-    }
+/// A connection inside a transaction: what a write runs on.
+pub(crate) enum Tx<'a> {
+    Sqlite(&'a mut SqliteConnection),
+    Postgres(&'a mut PgConnection),
 }
 
-/// Runs `f` inside one write transaction: `BEGIN IMMEDIATE` on SQLite takes the write
-/// lock up front, so a batch never fails half-way on a lock upgrade.
+/// Runs `f` inside one write transaction through Diesel's transaction manager, so that a
+/// failed `COMMIT` or a lost connection leaves the connection marked broken (and the pool
+/// drops it) rather than silently inside a transaction. SQLite's `BEGIN IMMEDIATE` takes
+/// the write lock up front, so a batch never fails half-way on a lock upgrade.
 pub(crate) fn in_write_transaction<T>(
     conn: &mut DbConn,
-    f: impl FnOnce(&mut DbConn) -> Result<T, StoreError>,
+    f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    let begin = match conn {
-        DbConn::Sqlite(_) => "BEGIN IMMEDIATE",
-        DbConn::Postgres(_) => "BEGIN",
-    };
-    conn.execute(begin)?;
-    let outcome = f(conn).and_then(|value| conn.execute("COMMIT").map(|()| value));
-    if outcome.is_err() {
-        // After a failed statement or commit the transaction may still be open.
-        let _ = conn.execute("ROLLBACK");
+    match conn {
+        DbConn::Sqlite(c) => c.immediate_transaction(|c| f(&mut Tx::Sqlite(c))),
+        DbConn::Postgres(c) => c.transaction(|c| f(&mut Tx::Postgres(c))),
     }
-    outcome
 }
 
 /// One query compiled for both connection types.
@@ -180,10 +225,10 @@ impl<I, O> Clone for Runner<I, O> {
 impl<I, O> Copy for Runner<I, O> {}
 
 impl<I, O> Runner<I, O> {
-    pub(crate) fn run(self, conn: &mut DbConn, input: &I) -> Result<O, StoreError> {
-        match conn {
-            DbConn::Sqlite(c) => (self.sqlite)(c, input),
-            DbConn::Postgres(c) => (self.postgres)(c, input),
+    pub(crate) fn run(self, tx: &mut Tx<'_>, input: &I) -> Result<O, StoreError> {
+        match tx {
+            Tx::Sqlite(c) => (self.sqlite)(c, input),
+            Tx::Postgres(c) => (self.postgres)(c, input),
         }
     }
 }

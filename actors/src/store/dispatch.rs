@@ -16,12 +16,29 @@ pub struct Lease {
     pub until: Timestamp,
 }
 
-/// A claim on queued work: by `lease`, at most `limit` messages.
+/// A claim on queued work: by `lease`, at most `limit` messages with ids above
+/// `after_id`, whose lease lapsed at `now` (the database's clock) or never was. At a
+/// SQLite start `every_lease` takes them all: one instance owns the file, so any lease in
+/// it is a dead predecessor's.
 #[derive(Debug, Clone)]
 pub(crate) struct Claim {
     pub lease: Lease,
+    pub now: Timestamp,
     pub limit: i64,
+    pub after_id: i64,
+    pub every_lease: bool,
 }
+
+/// Extends `lease` over the messages this instance holds in memory, and only those: a
+/// message it lost track of lapses, and a sweep claims it again.
+#[derive(Debug, Clone)]
+pub(crate) struct Renewal {
+    pub lease: Lease,
+    pub ids: Vec<i64>,
+}
+
+/// How many ids one renewal statement names (SQLite binds each as a parameter).
+const RENEWAL_CHUNK: usize = 5_000;
 
 type QueuedRow = (i64, String, Option<String>, i32, Option<String>);
 
@@ -62,9 +79,11 @@ pub struct QueuedMessage {
 }
 
 for_each_backend! {
+    /// The trigger `dispatch_attempts_fenced` refuses the record when another instance
+    /// holds the message's lease now (`StoreError::Superseded`).
     pub(crate) fn record_attempt(
         conn: &mut Conn,
-        record: &AttemptRecord,
+        (record, instance): &(AttemptRecord, String),
     ) -> Result<(), StoreError> {
         let now = Timestamp::now().to_storage();
         let attempt = i32::try_from(record.attempt).unwrap_or(i32::MAX);
@@ -83,13 +102,16 @@ for_each_backend! {
                 dispatch_attempts::message_status.eq(record.status.as_str()),
                 dispatch_attempts::next_attempt_at
                     .eq(record.next_attempt_at.map(Timestamp::to_storage)),
+                dispatch_attempts::recorded_by.eq(instance),
             ))
             .execute(conn)?;
         Ok(())
     }
 
+    /// Only a queued message: a final status stays as it is.
     pub(crate) fn mark_failed(conn: &mut Conn, id: &i64) -> Result<(), StoreError> {
         diesel::update(messages::table.find(*id))
+            .filter(messages::status.eq(MessageStatus::Queued.as_str()))
             .set((
                 messages::status.eq(MessageStatus::Failed.as_str()),
                 messages::next_attempt_at.eq(None::<String>),
@@ -99,13 +121,18 @@ for_each_backend! {
         Ok(())
     }
 
-    /// Moves the lease of every queued message this instance works further out.
-    pub(crate) fn renew_leases(conn: &mut Conn, lease: &Lease) -> Result<usize, StoreError> {
-        Ok(diesel::update(messages::table)
-            .filter(messages::lease_owner.eq(&lease.owner))
-            .filter(messages::status.eq(MessageStatus::Queued.as_str()))
-            .set(messages::lease_until.eq(lease.until.to_storage()))
-            .execute(conn)?)
+    pub(crate) fn renew_leases(conn: &mut Conn, renewal: &Renewal) -> Result<usize, StoreError> {
+        let until = renewal.lease.until.to_storage();
+        let mut renewed = 0;
+        for ids in renewal.ids.chunks(RENEWAL_CHUNK) {
+            renewed += diesel::update(messages::table)
+                .filter(messages::id.eq_any(ids))
+                .filter(messages::lease_owner.eq(&renewal.lease.owner))
+                .filter(messages::status.eq(MessageStatus::Queued.as_str()))
+                .set(messages::lease_until.eq(&until))
+                .execute(conn)?;
+        }
+        Ok(renewed)
     }
 
     /// Gives up this instance's leases (on a graceful stop), so others take over at once.
@@ -118,6 +145,31 @@ for_each_backend! {
                 messages::lease_until.eq(None::<String>),
             ))
             .execute(conn)?)
+    }
+
+    pub(crate) fn lease_ids(
+        conn: &mut Conn,
+        claim: &Claim,
+        ids: &[i64],
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut rows = diesel::update(messages::table.filter(messages::id.eq_any(ids)))
+            .set((
+                messages::lease_owner.eq(&claim.lease.owner),
+                messages::lease_until.eq(claim.lease.until.to_storage()),
+            ))
+            .returning((
+                messages::id,
+                messages::channel,
+                messages::provider_name,
+                messages::attempt_count,
+                messages::next_attempt_at,
+            ))
+            .get_results::<QueuedRow>(conn)?;
+        rows.sort_by_key(|row| row.0);
+        Ok(rows.into_iter().map(queued_message).collect())
     }
 
     /// One small write: readiness means the database takes writes, not only reads.
@@ -133,50 +185,51 @@ for_each_backend! {
     }
 }
 
-/// One instance owns a SQLite database, so its claim is every queued outbound message,
-/// oldest first (recovery at start).
+/// One instance owns a SQLite database: no other claims at the same moment, so the rows
+/// are selected and leased in one transaction without row locks.
 pub(crate) fn claim_sqlite(
     conn: &mut diesel::sqlite::SqliteConnection,
     claim: &Claim,
 ) -> Result<Vec<QueuedMessage>, StoreError> {
-    let rows = messages::table
+    let now = claim.now.to_storage();
+    let mut query = messages::table
         .filter(messages::status.eq(MessageStatus::Queued.as_str()))
         .filter(messages::direction.eq(Direction::Outbound.as_str()))
+        .filter(messages::id.gt(claim.after_id))
+        .into_boxed();
+    if !claim.every_lease {
+        query = query.filter(
+            messages::lease_until
+                .is_null()
+                .or(messages::lease_until.lt(now)),
+        );
+    }
+    let ids: Vec<i64> = query
         .order(messages::id.asc())
         .limit(claim.limit)
-        .select((
-            messages::id,
-            messages::channel,
-            messages::provider_name,
-            messages::attempt_count,
-            messages::next_attempt_at,
-        ))
-        .load::<QueuedRow>(conn)?;
-    Ok(rows.into_iter().map(queued_message).collect())
+        .select(messages::id)
+        .load(conn)?;
+    sqlite::lease_ids(conn, claim, &ids)
 }
 
 /// Instances share a PostgreSQL database: a claim takes queued outbound messages whose
-/// lease has lapsed (or that never had one) and that another instance is not claiming at
-/// this moment (`FOR UPDATE SKIP LOCKED`), and leases them, oldest first. Messages this
-/// very instance leased are its own work already and are left out.
+/// lease has lapsed by the database's clock (or that never had one) and that another
+/// instance is not claiming at this moment (`FOR UPDATE SKIP LOCKED`), and leases them,
+/// oldest first. This instance's own lapsed leases are claimed too: a message it lost
+/// track of is not renewed, and comes back this way (a provider ignores one it holds).
 pub(crate) fn claim_postgres(
     conn: &mut diesel::pg::PgConnection,
     claim: &Claim,
 ) -> Result<Vec<QueuedMessage>, StoreError> {
-    let now = Timestamp::now().to_storage();
-    let owner = &claim.lease.owner;
+    let now = claim.now.to_storage();
     let ids: Vec<i64> = messages::table
         .filter(messages::status.eq(MessageStatus::Queued.as_str()))
         .filter(messages::direction.eq(Direction::Outbound.as_str()))
+        .filter(messages::id.gt(claim.after_id))
         .filter(
             messages::lease_until
                 .is_null()
                 .or(messages::lease_until.lt(&now)),
-        )
-        .filter(
-            messages::lease_owner
-                .is_null()
-                .or(messages::lease_owner.ne(owner)),
         )
         .order(messages::id.asc())
         .limit(claim.limit)
@@ -184,22 +237,15 @@ pub(crate) fn claim_postgres(
         .for_update()
         .skip_locked()
         .load(conn)?;
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut rows = diesel::update(messages::table.filter(messages::id.eq_any(&ids)))
-        .set((
-            messages::lease_owner.eq(owner),
-            messages::lease_until.eq(claim.lease.until.to_storage()),
-        ))
-        .returning((
-            messages::id,
-            messages::channel,
-            messages::provider_name,
-            messages::attempt_count,
-            messages::next_attempt_at,
-        ))
-        .get_results::<QueuedRow>(conn)?;
-    rows.sort_by_key(|row| row.0);
-    Ok(rows.into_iter().map(queued_message).collect())
+    postgres::lease_ids(conn, claim, &ids)
+}
+
+/// The database server's clock, so that every instance leases by the same one.
+pub(crate) fn postgres_now(conn: &mut diesel::pg::PgConnection) -> Result<Timestamp, StoreError> {
+    let micros: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "(extract(epoch from clock_timestamp()) * 1000000)::bigint",
+    ))
+    .get_result(conn)?;
+    Timestamp::from_unix_micros(micros)
+        .ok_or_else(|| StoreError::Failed(format!("the database clock reads {micros} µs")))
 }

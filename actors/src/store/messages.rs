@@ -170,7 +170,9 @@ for_each_backend! {
         if let Some(id) = existing {
             return Ok(id);
         }
-        Ok(diesel::insert_into(conversations::table)
+        // Another instance may create the same pair at this moment: the insert gives way
+        // to it (waiting for its commit on PostgreSQL) and the pair is read back.
+        let created = diesel::insert_into(conversations::table)
             .values(NewConversationRow {
                 participant_a: &participants.first,
                 participant_b: &participants.second,
@@ -178,15 +180,27 @@ for_each_backend! {
                 created_at: now,
                 last_message_at: message_time,
             })
+            .on_conflict_do_nothing()
             .returning(conversations::id)
-            .get_result(conn)?)
+            .get_result(conn)
+            .optional()?;
+        match created {
+            Some(id) => Ok(id),
+            None => Ok(conversations::table
+                .filter(conversations::participant_a.eq(&participants.first))
+                .filter(conversations::participant_b.eq(&participants.second))
+                .select(conversations::id)
+                .first::<i64>(conn)?),
+        }
     }
 
+    /// `None` when a unique index (idempotency key, webhook provider id) already holds
+    /// the message: an earlier request, or another instance at this very moment.
     fn insert_message<'a>(
         conn: &mut Conn,
         content: &'a MessageContent,
         fill: impl FnOnce(&mut NewMessageRow<'a>),
-    ) -> Result<(i64, i64), StoreError> {
+    ) -> Result<Option<(i64, i64)>, StoreError> {
         let now = Timestamp::now().to_storage();
         let timestamp = content.timestamp.to_storage();
         let conversation_id = find_or_create_conversation(conn, &content.participants(), &timestamp, &now)?;
@@ -213,9 +227,63 @@ for_each_backend! {
         fill(&mut row);
         let id = diesel::insert_into(messages::table)
             .values(&row)
+            .on_conflict_do_nothing()
             .returning(messages::id)
-            .get_result(conn)?;
-        Ok((id, conversation_id))
+            .get_result(conn)
+            .optional()?;
+        Ok(id.map(|id| (id, conversation_id)))
+    }
+
+    fn earlier_by_key(
+        conn: &mut Conn,
+        idempotency: &IdempotencyKey,
+    ) -> Result<Option<OutboundStored>, StoreError> {
+        let earlier = messages::table
+            .filter(messages::idempotency_key.eq(&idempotency.key))
+            .select((
+                messages::id,
+                messages::conversation_id,
+                messages::channel,
+                messages::provider_name,
+                messages::request_fingerprint,
+            ))
+            .first::<(i64, i64, String, Option<String>, Option<String>)>(conn)
+            .optional()?;
+        Ok(earlier.map(|(id, conversation_id, channel, provider, fingerprint)| {
+            if fingerprint.as_deref() == Some(&idempotency.fingerprint) {
+                OutboundStored::Replayed {
+                    id,
+                    conversation_id,
+                    channel,
+                    provider,
+                }
+            } else {
+                OutboundStored::Conflict
+            }
+        }))
+    }
+
+    /// The message an earlier request with the same key created, if any (a replay is
+    /// answered whatever the backlog).
+    pub(crate) fn find_by_idempotency_key(
+        conn: &mut Conn,
+        idempotency: &IdempotencyKey,
+    ) -> Result<Option<OutboundStored>, StoreError> {
+        earlier_by_key(conn, idempotency)
+    }
+
+    fn earlier_inbound(conn: &mut Conn, new: &NewInbound) -> Result<Option<InboundStored>, StoreError> {
+        let earlier = messages::table
+            .filter(messages::direction.eq(Direction::Inbound.as_str()))
+            .filter(messages::channel.eq_any(webhook_family(new.content.channel)))
+            .filter(messages::provider_message_id.eq(&new.provider_message_id))
+            .select((messages::id, messages::conversation_id))
+            .first::<(i64, i64)>(conn)
+            .optional()?;
+        Ok(earlier.map(|(id, conversation_id)| InboundStored::Duplicate {
+            id,
+            conversation_id,
+        }))
     }
 
     pub(crate) fn insert_outbound(
@@ -223,33 +291,11 @@ for_each_backend! {
         new: &NewOutbound,
     ) -> Result<OutboundStored, StoreError> {
         if let Some(idempotency) = &new.idempotency {
-            let earlier = messages::table
-                .filter(messages::idempotency_key.eq(&idempotency.key))
-                .select((
-                    messages::id,
-                    messages::conversation_id,
-                    messages::channel,
-                    messages::provider_name,
-                    messages::request_fingerprint,
-                ))
-                .first::<(i64, i64, String, Option<String>, Option<String>)>(conn)
-                .optional()?;
-            if let Some((id, conversation_id, channel, provider, fingerprint)) = earlier {
-                return Ok(
-                    if fingerprint.as_deref() == Some(&idempotency.fingerprint) {
-                        OutboundStored::Replayed {
-                            id,
-                            conversation_id,
-                            channel,
-                            provider,
-                        }
-                    } else {
-                        OutboundStored::Conflict
-                    },
-                );
+            if let Some(earlier) = earlier_by_key(conn, idempotency)? {
+                return Ok(earlier);
             }
         }
-        let (id, conversation_id) = insert_message(conn, &new.content, |row| {
+        let inserted = insert_message(conn, &new.content, |row| {
             row.provider_name = new.provider.as_deref();
             row.status = match new.provider {
                 Some(_) => MessageStatus::Queued.as_str(),
@@ -264,38 +310,41 @@ for_each_backend! {
                 row.lease_until = Some(lease.until.to_storage());
             }
         })?;
-        Ok(OutboundStored::Created {
-            id,
-            conversation_id,
-        })
+        match (inserted, &new.idempotency) {
+            (Some((id, conversation_id)), _) => Ok(OutboundStored::Created {
+                id,
+                conversation_id,
+            }),
+            // Another instance inserted the same key between our look and our insert.
+            (None, Some(idempotency)) => earlier_by_key(conn, idempotency)?.ok_or_else(|| {
+                StoreError::Conflict("the idempotency key's message vanished".into())
+            }),
+            (None, None) => Err(StoreError::Conflict("an outbound message collided".into())),
+        }
     }
 
     pub(crate) fn insert_inbound(
         conn: &mut Conn,
         new: &NewInbound,
     ) -> Result<InboundStored, StoreError> {
-        let earlier = messages::table
-            .filter(messages::direction.eq(Direction::Inbound.as_str()))
-            .filter(messages::channel.eq_any(webhook_family(new.content.channel)))
-            .filter(messages::provider_message_id.eq(&new.provider_message_id))
-            .select((messages::id, messages::conversation_id))
-            .first::<(i64, i64)>(conn)
-            .optional()?;
-        if let Some((id, conversation_id)) = earlier {
-            return Ok(InboundStored::Duplicate {
-                id,
-                conversation_id,
-            });
+        if let Some(earlier) = earlier_inbound(conn, new)? {
+            return Ok(earlier);
         }
-        let (id, conversation_id) = insert_message(conn, &new.content, |row| {
+        let inserted = insert_message(conn, &new.content, |row| {
             row.direction = Direction::Inbound.as_str();
             row.status = MessageStatus::Received.as_str();
             row.provider_message_id = Some(&new.provider_message_id);
         })?;
-        Ok(InboundStored::Created {
-            id,
-            conversation_id,
-        })
+        match inserted {
+            Some((id, conversation_id)) => Ok(InboundStored::Created {
+                id,
+                conversation_id,
+            }),
+            // The same provider id arrived through another instance at this moment.
+            None => earlier_inbound(conn, new)?.ok_or_else(|| {
+                StoreError::Conflict("the webhook's earlier message vanished".into())
+            }),
+        }
     }
 
     pub(crate) fn get_message(

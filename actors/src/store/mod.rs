@@ -18,6 +18,7 @@ mod persistence;
 mod rows;
 pub mod schema;
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +27,9 @@ use rand_core::{RngCore, SeedableRng};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use crate::domain::Timestamp;
+use crate::domain::{IdempotencyKey, Timestamp};
 
-pub use backend::{open, sqlite_path, Backend, DbPool};
+pub use backend::{open, sqlite_path, Backend, DbPool, BUSY_TIMEOUT_MS};
 pub use dispatch::{AttemptRecord, Lease, QueuedMessage};
 pub use messages::{
     AttemptView, ConversationView, InboundStored, MessageView, NewInbound, NewOutbound,
@@ -36,23 +37,102 @@ pub use messages::{
 };
 
 use backend::{runner, DbConn, Runner};
-use dispatch::Claim;
+use dispatch::{Claim, Renewal};
 use persistence::{PersistenceActor, Read, WriteJob, WriteQueue};
 
+/// Why the database did not do what was asked. The kinds differ in what a caller does:
+/// a lost connection is replaced, a lock or a timeout is waited out, a conflict is read
+/// back, a superseded attempt is dropped.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum StoreError {
-    /// The database refused or failed the work: locked, read-only, full, gone.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
+    /// The connection broke or the server went away; the next call opens a fresh one.
+    #[error("the database connection was lost: {0}")]
+    ConnectionLost(String),
+    /// Another process holds SQLite's write lock past the busy timeout.
+    #[error("the database is locked by another process: {0}")]
+    Locked(String),
+    /// No answer within `database.timeout_ms` (a statement, a connect, a silent peer).
+    #[error("the database did not answer in time: {0}")]
+    TimedOut(String),
+    /// The database file or server refuses writes.
+    #[error("the database is read-only: {0}")]
+    ReadOnly(String),
+    #[error("the disk holding the database is full: {0}")]
+    DiskFull(String),
     /// A unique constraint refused the write (another instance got there first).
     #[error("conflicting write: {0}")]
     Conflict(String),
+    /// The attempt's message is leased to another instance now: its record stands.
+    #[error("attempt superseded by another instance")]
+    Superseded,
+    /// The database refused a change its rules forbid (a final status changed).
+    #[error("the database refused the change: {0}")]
+    Refused(String),
+    /// Anything else the database reported.
+    #[error("database error: {0}")]
+    Failed(String),
     /// The persistence actors are gone (shutting down).
     #[error("storage is shutting down")]
     Closed,
     /// The URL names a backend this build does not serve.
     #[error("unsupported database url: {0}")]
     UnsupportedUrl(String),
+}
+
+impl StoreError {
+    /// Whether the error belongs to one write rather than to the database: a batch that
+    /// fails with one is run again write by write, so that the others still land.
+    pub fn is_per_write(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Conflict(_) | StoreError::Superseded | StoreError::Refused(_)
+        )
+    }
+
+    /// Whether the connection that saw the error may be unusable: it is given back to the
+    /// pool (which drops a broken one and checks the next before use) and a fresh one
+    /// taken for the next call.
+    pub fn taints_connection(&self) -> bool {
+        matches!(
+            self,
+            StoreError::ConnectionLost(_) | StoreError::TimedOut(_) | StoreError::Failed(_)
+        )
+    }
+
+    /// Classifies what a driver said. SQLite and libpq report most faults as text, so the
+    /// text decides where Diesel gives no kind.
+    fn from_message(message: &str) -> StoreError {
+        let lower = message.to_ascii_lowercase();
+        let owned = message.to_owned();
+        if lower.contains("superseded") {
+            StoreError::Superseded
+        } else if lower.contains("final status") {
+            StoreError::Refused(owned)
+        } else if lower.contains("database is locked") || lower.contains("database is busy") {
+            StoreError::Locked(owned)
+        } else if lower.contains("readonly") || lower.contains("read-only") {
+            StoreError::ReadOnly(owned)
+        } else if lower.contains("disk is full") || lower.contains("no space left") {
+            StoreError::DiskFull(owned)
+        } else if lower.contains("statement timeout")
+            || lower.contains("timed out")
+            || lower.contains("timeout expired")
+        {
+            StoreError::TimedOut(owned)
+        } else if lower.contains("terminating connection")
+            || lower.contains("server closed the connection")
+            || lower.contains("connection")
+            || lower.contains("no more connections")
+            || lower.contains("could not receive data")
+            || lower.contains("could not send data")
+            || lower.contains("ssl syscall")
+            || lower.contains("the database system is")
+        {
+            StoreError::ConnectionLost(owned)
+        } else {
+            StoreError::Failed(owned)
+        }
+    }
 }
 
 impl From<diesel::result::Error> for StoreError {
@@ -62,7 +142,17 @@ impl From<diesel::result::Error> for StoreError {
             Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
                 StoreError::Conflict(info.message().to_owned())
             }
-            other => StoreError::Unavailable(other.to_string()),
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+                StoreError::ConnectionLost(info.message().to_owned())
+            }
+            Error::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, info) => {
+                StoreError::ReadOnly(info.message().to_owned())
+            }
+            Error::DatabaseError(_, info) => StoreError::from_message(info.message()),
+            Error::BrokenTransactionManager => {
+                StoreError::ConnectionLost("the transaction state is unknown".into())
+            }
+            other => StoreError::from_message(&other.to_string()),
         }
     }
 }
@@ -86,16 +176,22 @@ pub struct Store {
     readers: Addr<PersistenceActor>,
     queue: Arc<WriteQueue>,
     backend: Backend,
-    /// This instance's name on the leases it takes (PostgreSQL).
+    /// This instance's name on the leases it takes and the attempts it records.
     instance: Arc<str>,
     lease: Duration,
+    /// Bound on every call, so that a database that stops answering costs a client a 503
+    /// within `database.timeout_ms`, never a hung request.
+    timeout: Duration,
+    /// The database's clock minus this process's, in microseconds: leases are read and
+    /// written in the database's time, so instances with skewed clocks agree on them.
+    clock_offset: Arc<AtomicI64>,
 }
 
 impl Store {
     /// Starts the writer (a `SyncArbiter` of one thread) and `threads` readers; `lease` is
     /// how long a claim on a queued message lasts unless renewed. Must run inside an actix
     /// system.
-    pub fn start(pool: DbPool, threads: usize, lease: Duration) -> Store {
+    pub fn start(pool: DbPool, threads: usize, lease: Duration, timeout: Duration) -> Store {
         let backend = pool.backend();
         let queue = Arc::new(WriteQueue::default());
         let (write_pool, shared) = (pool.clone(), queue.clone());
@@ -114,6 +210,8 @@ impl Store {
             backend,
             instance: instance.into(),
             lease,
+            timeout,
+            clock_offset: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -130,11 +228,36 @@ impl Store {
         self.lease
     }
 
+    /// Now, by the database's clock as last measured.
+    fn database_time(&self) -> Timestamp {
+        Timestamp::now().shifted(self.clock_offset.load(Ordering::Relaxed))
+    }
+
     fn lease(&self) -> Lease {
         Lease {
             owner: self.instance.to_string(),
-            until: Timestamp::after(self.lease),
+            until: Timestamp::after(self.lease).shifted(self.clock_offset.load(Ordering::Relaxed)),
         }
+    }
+
+    /// Measures the database's clock against this process's (PostgreSQL; SQLite shares
+    /// the process's clock). Half the round trip is the error, far below a lease.
+    pub async fn sync_clock(&self) -> Result<(), StoreError> {
+        if !self.shares_work() {
+            return Ok(());
+        }
+        let before = Timestamp::now();
+        let database = self
+            .read(|conn| match conn {
+                DbConn::Postgres(c) => dispatch::postgres_now(c),
+                DbConn::Sqlite(_) => Ok(Timestamp::now()),
+            })
+            .await?;
+        let after = Timestamp::now();
+        let midpoint = before.shifted(after.micros_since(before) / 2);
+        self.clock_offset
+            .store(database.micros_since(midpoint), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Stores an outbound message (queued when it has a provider, failed when not), or
@@ -143,10 +266,17 @@ impl Store {
         &self,
         mut new: NewOutbound,
     ) -> Result<OutboundStored, StoreError> {
-        if self.shares_work() {
-            new.lease = Some(self.lease());
-        }
+        new.lease = Some(self.lease());
         self.write(new, runner!(messages::insert_outbound)).await
+    }
+
+    /// The answer an earlier request with this idempotency key got, if there was one.
+    pub async fn find_by_idempotency_key(
+        &self,
+        key: IdempotencyKey,
+    ) -> Result<Option<OutboundStored>, StoreError> {
+        self.read(move |conn| on_backend!(conn, messages::find_by_idempotency_key(&key)))
+            .await
     }
 
     /// Stores an inbound message unless its provider id was seen before.
@@ -154,9 +284,14 @@ impl Store {
         self.write(new, runner!(messages::insert_inbound)).await
     }
 
-    /// Records a finished attempt and the message status it leads to, in one transaction.
+    /// Records a finished attempt and the message status it leads to, in one transaction;
+    /// `StoreError::Superseded` when another instance holds the message's lease now.
     pub async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
-        self.write(record, runner!(dispatch::record_attempt)).await
+        self.write(
+            (record, self.instance.to_string()),
+            runner!(dispatch::record_attempt),
+        )
+        .await
     }
 
     /// Marks a message `failed` without an attempt (it cannot be routed).
@@ -164,13 +299,22 @@ impl Store {
         self.write(message_id, runner!(dispatch::mark_failed)).await
     }
 
-    /// The queued outbound messages this instance is to work, oldest first: on SQLite all
-    /// of them (recovery at start); on PostgreSQL up to `limit` whose lease lapsed or never
-    /// was, now leased to this instance.
-    pub async fn claim_queued(&self, limit: i64) -> Result<Vec<QueuedMessage>, StoreError> {
+    /// Up to `limit` queued outbound messages with ids above `after_id`, oldest first,
+    /// now leased to this instance: those whose lease lapsed or never was, or at a start
+    /// on SQLite (`at_start`) every one, since a lease in a file one instance owns is a
+    /// dead predecessor's.
+    pub async fn claim_queued(
+        &self,
+        limit: i64,
+        after_id: i64,
+        at_start: bool,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
         let claim = Claim {
             lease: self.lease(),
+            now: self.database_time(),
             limit,
+            after_id,
+            every_lease: at_start && !self.shares_work(),
         };
         let run = Runner {
             sqlite: dispatch::claim_sqlite,
@@ -179,10 +323,13 @@ impl Store {
         self.write(claim, run).await
     }
 
-    /// Extends this instance's leases on the messages it works (PostgreSQL).
-    pub async fn renew_leases(&self) -> Result<usize, StoreError> {
-        self.write(self.lease(), runner!(dispatch::renew_leases))
-            .await
+    /// Extends this instance's leases on `ids`, the messages it holds in memory.
+    pub async fn renew_leases(&self, ids: Vec<i64>) -> Result<usize, StoreError> {
+        let renewal = Renewal {
+            lease: self.lease(),
+            ids,
+        };
+        self.write(renewal, runner!(dispatch::renew_leases)).await
     }
 
     /// Hands this instance's queued work back, for another instance to claim at once.
@@ -236,8 +383,17 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         self.queue
             .push(WriteJob::boxed(input, run, reply), &self.writer);
-        // A dropped sender means the batch never ran (actor stopped): not stored.
-        answer.await.map_err(|_| StoreError::Closed)?
+        // A dropped sender means the batch never ran (actor stopped): not stored. A write
+        // that outlives the timeout may still commit later: the caller answers 503 and
+        // never 202, and an Idempotency-Key retry finds what did commit.
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(answer) => answer.map_err(|_| StoreError::Closed)?,
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    fn timed_out(&self) -> StoreError {
+        StoreError::TimedOut(format!("no answer within {} ms", self.timeout.as_millis()))
     }
 
     async fn read<F, O>(&self, query: F) -> Result<O, StoreError>
@@ -245,9 +401,10 @@ impl Store {
         F: FnOnce(&mut DbConn) -> Result<O, StoreError> + Send + 'static,
         O: Send + 'static,
     {
-        self.readers
-            .send(Read::new(query))
-            .await
-            .map_err(|_| StoreError::Closed)?
+        let read = self.readers.send(Read::new(query));
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(answer) => answer.map_err(|_| StoreError::Closed)?,
+            Err(_) => Err(self.timed_out()),
+        }
     }
 }

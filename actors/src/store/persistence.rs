@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use actix::{Actor, Addr, Handler, Message, SyncContext};
 use tokio::sync::oneshot;
 
-use super::backend::{in_write_transaction, DbConn, DbPool, Runner};
+use super::backend::{in_write_transaction, DbConn, DbPool, Runner, Tx};
 use super::StoreError;
 
 /// Bound on one transaction, so a flood never makes one commit slow for everyone in it.
@@ -54,6 +54,13 @@ impl WriteQueue {
         }
     }
 
+    /// Everything waiting now: when the database refused a whole batch for a reason that
+    /// is not the batch's own (a lock, a lost server), the writes queued behind it would
+    /// meet the same fault, so they are answered at once instead of waiting in turn.
+    fn take_all(&self) -> Vec<Box<dyn Job>> {
+        std::mem::take(&mut self.lock().waiting)
+    }
+
     /// The next batch, or `None` (and no commit scheduled any more) when nothing waits.
     fn take(&self) -> Option<Vec<Box<dyn Job>>> {
         let mut state = self.lock();
@@ -89,7 +96,15 @@ impl PersistenceActor {
         }
         self.conn
             .as_mut()
-            .ok_or_else(|| StoreError::Unavailable("no connection".into()))
+            .ok_or_else(|| StoreError::ConnectionLost("no connection".into()))
+    }
+
+    /// Gives the connection back after an error that may have broken it; the pool checks
+    /// it (and drops it if broken) before anyone uses it again.
+    fn after_error(&mut self, e: &StoreError) {
+        if e.taints_connection() {
+            self.conn = None;
+        }
     }
 }
 
@@ -101,7 +116,7 @@ impl Actor for PersistenceActor {
 /// only once that transaction has committed, or failed.
 pub(crate) trait Job: Send {
     /// Runs the write; an error aborts the transaction it runs in.
-    fn apply(&mut self, conn: &mut DbConn) -> Result<(), StoreError>;
+    fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), StoreError>;
     fn finish(self: Box<Self>, commit: Result<(), StoreError>);
 }
 
@@ -128,8 +143,8 @@ impl<I: Send + 'static, O: Send + 'static> WriteJob<I, O> {
 }
 
 impl<I: Send, O: Send> Job for WriteJob<I, O> {
-    fn apply(&mut self, conn: &mut DbConn) -> Result<(), StoreError> {
-        let result = self.run.run(conn, &self.input);
+    fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+        let result = self.run.run(tx, &self.input);
         let status = result.as_ref().map(|_| ()).map_err(Clone::clone);
         self.result = Some(result);
         status
@@ -138,7 +153,7 @@ impl<I: Send, O: Send> Job for WriteJob<I, O> {
     fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
         let answer = match (commit, self.result) {
             (Ok(()), Some(result)) => result,
-            (Ok(()), None) => Err(StoreError::Unavailable("write was not applied".into())),
+            (Ok(()), None) => Err(StoreError::Failed("write was not applied".into())),
             (Err(e), _) => Err(e),
         };
         // The caller may have gone (client hung up); the write stands either way.
@@ -172,33 +187,49 @@ impl Handler<CommitQueued> for PersistenceActor {
 }
 
 impl PersistenceActor {
-    /// One transaction for the whole batch. Should any write in it fail, the batch is
-    /// rolled back and each write is run again in a transaction of its own, so that one
-    /// bad write cannot sink its neighbours; that costs a commit per write, but only on
-    /// the rare batch with a failure in it (a savepoint per write, which would buy the
-    /// same isolation up front, costs two more statements on every write).
+    /// One transaction for the whole batch. Should one write in it fail for a reason of
+    /// its own (a conflict, a superseded attempt), the batch is rolled back and each write
+    /// run again in a transaction of its own, so that one bad write cannot sink its
+    /// neighbours; that costs a commit per write, but only on the rare batch with such a
+    /// failure in it. A fault of the database itself fails the batch and every write
+    /// queued behind it at once.
     fn commit(&mut self, mut jobs: Vec<Box<dyn Job>>) {
         let conn = match self.connection() {
             Ok(conn) => conn,
             Err(e) => {
-                for job in jobs {
-                    job.finish(Err(e.clone()));
-                }
+                let e = e.clone();
+                self.fail_all(jobs, &e);
                 return;
             }
         };
-        let commit = in_write_transaction(conn, |conn| {
-            jobs.iter_mut().try_for_each(|job| job.apply(conn))
-        });
-        if commit.is_err() && jobs.len() > 1 {
-            for mut job in jobs {
-                let alone = in_write_transaction(conn, |conn| job.apply(conn));
-                job.finish(alone);
+        let commit =
+            in_write_transaction(conn, |tx| jobs.iter_mut().try_for_each(|job| job.apply(tx)));
+        match commit {
+            Err(e) if e.is_per_write() && jobs.len() > 1 => {
+                for mut job in jobs {
+                    let alone = match self.connection() {
+                        Ok(conn) => in_write_transaction(conn, |tx| job.apply(tx)),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = &alone {
+                        self.after_error(e);
+                    }
+                    job.finish(alone);
+                }
             }
-            return;
+            Err(e) if !e.is_per_write() => self.fail_all(jobs, &e),
+            commit => {
+                for job in jobs {
+                    job.finish(commit.clone());
+                }
+            }
         }
-        for job in jobs {
-            job.finish(commit.clone());
+    }
+
+    fn fail_all(&mut self, jobs: Vec<Box<dyn Job>>, e: &StoreError) {
+        self.after_error(e);
+        for job in jobs.into_iter().chain(self.queue.take_all()) {
+            job.finish(Err(e.clone()));
         }
     }
 }
@@ -234,6 +265,10 @@ where
 
     fn handle(&mut self, read: Read<F, O>, _: &mut Self::Context) -> Self::Result {
         let conn = self.connection()?;
-        (read.query)(conn)
+        let answer = (read.query)(conn);
+        if let Err(e) = &answer {
+            self.after_error(e);
+        }
+        answer
     }
 }

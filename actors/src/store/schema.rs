@@ -49,6 +49,7 @@ diesel::table! {
         created_at -> Text,
         message_status -> Nullable<Text>,
         next_attempt_at -> Nullable<Text>,
+        recorded_by -> Nullable<Text>,
     }
 }
 

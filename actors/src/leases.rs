@@ -1,0 +1,111 @@
+//! `LeaseKeeper`: the lease work of one instance. Every queued message is leased to the
+//! instance working it (taken when it is accepted or claimed); the keeper renews the
+//! leases of the messages this instance's providers hold in memory, three times per lease,
+//! and sweeps twice per lease for messages whose lease lapsed: an instance that died, a
+//! message this one lost track of (a write that timed out after committing), or one
+//! whose renewal failed. Claimed messages go to the router. Renewals also resync the
+//! database's clock, which every lease is read and written in.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix::{Actor, Addr, AsyncContext, Context};
+use slog::{info, warn, Logger};
+
+use crate::provider::{GetHeldIds, ProviderActor};
+use crate::router::{RouteQueued, RouterActor, CLAIM_BATCH};
+use crate::store::Store;
+
+pub struct LeaseKeeper {
+    store: Store,
+    providers: Arc<BTreeMap<String, Addr<ProviderActor>>>,
+    router: Addr<RouterActor>,
+    log: Logger,
+}
+
+impl LeaseKeeper {
+    pub fn new(
+        store: Store,
+        providers: Arc<BTreeMap<String, Addr<ProviderActor>>>,
+        router: Addr<RouterActor>,
+        log: &Logger,
+    ) -> Self {
+        LeaseKeeper {
+            store,
+            providers,
+            router,
+            log: log.new(slog::o!("actor" => "leases")),
+        }
+    }
+
+    async fn renew(
+        store: Store,
+        providers: Arc<BTreeMap<String, Addr<ProviderActor>>>,
+        log: Logger,
+    ) {
+        if let Err(e) = store.sync_clock().await {
+            warn!(log, "could not read the database clock"; "error" => e.to_string());
+        }
+        let mut held = Vec::new();
+        for provider in providers.values() {
+            if let Ok(ids) = provider.send(GetHeldIds).await {
+                held.extend(ids);
+            }
+        }
+        if held.is_empty() {
+            return;
+        }
+        if let Err(e) = store.renew_leases(held).await {
+            warn!(log, "could not renew leases"; "error" => e.to_string());
+        }
+    }
+
+    async fn sweep(store: Store, router: Addr<RouterActor>, log: Logger) {
+        let mut after_id = 0;
+        loop {
+            match store.claim_queued(CLAIM_BATCH, after_id, false).await {
+                Ok(claimed) => {
+                    if !claimed.is_empty() {
+                        info!(log, "claimed lapsed messages"; "count" => claimed.len());
+                    }
+                    let last_batch = claimed.len() < CLAIM_BATCH as usize;
+                    for message in claimed {
+                        after_id = message.id;
+                        router.do_send(RouteQueued(message));
+                    }
+                    if last_batch {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!(log, "could not claim lapsed messages"; "error" => e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Actor for LeaseKeeper {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let lease = self.store.lease_duration();
+        ctx.run_interval(lease / 3, |keeper, _| {
+            let (store, providers, log) = (
+                keeper.store.clone(),
+                keeper.providers.clone(),
+                keeper.log.clone(),
+            );
+            actix::spawn(Self::renew(store, providers, log));
+        });
+        ctx.run_interval(lease / 2, |keeper, _| {
+            let (store, router, log) = (
+                keeper.store.clone(),
+                keeper.router.clone(),
+                keeper.log.clone(),
+            );
+            actix::spawn(Self::sweep(store, router, log));
+        });
+    }
+}
