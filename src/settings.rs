@@ -569,6 +569,10 @@ mod tests {
 
     /// Runs `f` with `env` set and nothing else of the process environment visible to
     /// figment's `MESSAGING__` prefix (figment's `Jail` serialises such tests).
+    #[expect(
+        clippy::result_large_err,
+        reason = "figment's Jail fixes the closure's error type"
+    )]
     fn with_env<T>(env: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
         let mut out = None;
         Jail::expect_with(|jail| {

@@ -398,7 +398,7 @@ impl Store {
 
     async fn read<F, O>(&self, query: F) -> Result<O, StoreError>
     where
-        F: FnOnce(&mut DbConn) -> Result<O, StoreError> + Send + 'static,
+        F: Fn(&mut DbConn) -> Result<O, StoreError> + Send + 'static,
         O: Send + 'static,
     {
         let read = self.readers.send(Read::new(query));

@@ -258,12 +258,19 @@ where
 
 impl<F, O> Handler<Read<F, O>> for PersistenceActor
 where
-    F: FnOnce(&mut DbConn) -> Result<O, StoreError> + Send + 'static,
+    F: Fn(&mut DbConn) -> Result<O, StoreError> + Send + 'static,
     O: Send + 'static,
 {
     type Result = Result<O, StoreError>;
 
     fn handle(&mut self, read: Read<F, O>, _: &mut Self::Context) -> Self::Result {
+        // A connection kept idle here may have died since its last use (a server restart,
+        // a terminated backend): a read has no effect, so it runs once more on a fresh one.
+        let conn = self.connection()?;
+        match (read.query)(conn) {
+            Err(e) if e.taints_connection() => self.after_error(&e),
+            answer => return answer,
+        }
         let conn = self.connection()?;
         let answer = (read.query)(conn);
         if let Err(e) = &answer {

@@ -1,13 +1,12 @@
 //! End-to-end tests of the process itself (CONTRACT section 1): start-up on a bad
 //! configuration, the `listening` line, graceful stop, and restarts on the same database.
 
-mod common;
-
 use std::process::Command;
 use std::sync::Arc;
 
-use common::*;
 use serde_json::json;
+
+use crate::helpers::*;
 
 #[test]
 fn a_bad_configuration_exits_2_with_one_line_naming_the_key() {
@@ -129,10 +128,7 @@ fn a_restart_on_the_same_database_keeps_every_accepted_message() {
     let app = TestApp::spawn_in(dir.clone(), "");
     let mut accepted = Vec::new();
     for n in 0..20 {
-        let body = json!({"from": "+12016661234", "to": format!("+1804555{n:04}"),
-            "type": "sms", "body": format!("message {n}"), "attachments": null,
-            "timestamp": "2024-11-01T14:00:00Z"});
-        let response = app.post("/api/messages/sms", &body);
+        let response = app.post("/api/messages/sms", &sms(n));
         assert_eq!(response.status, 202);
         accepted.push(response.json());
     }

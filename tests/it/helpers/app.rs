@@ -1,22 +1,23 @@
-//! `TestApp`: the real `messaging-service` binary on port 0 with a temporary SQLite
-//! database, its JSON log lines captured, and one method per endpoint. Waiting is always
-//! polling against a deadline, never a fixed sleep.
-
-#![allow(dead_code)] // each test file uses a different part of this helper
+//! `TestApp`: the real `messaging-service` binary on port 0, its JSON log lines captured,
+//! one method per kind of request; `Client` for other threads; signals and the process's
+//! memory.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use diesel::{Connection, RunQueryDsl};
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
+use super::TestDir;
+
+/// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_messaging-service");
+/// How long any wait may take before the test fails: generous, as it only bounds a poll.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// One HTTP answer, read to the end.
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
@@ -24,10 +25,12 @@ pub struct Response {
 }
 
 impl Response {
+    /// The body as JSON; panics (showing it) when it is not.
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
     }
 
+    /// The first header called `name`, whatever its case.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -45,138 +48,19 @@ impl Response {
     }
 }
 
-/// Which database the end-to-end tests run on: SQLite unless
-/// `MESSAGING_TEST_BACKEND=postgres` (with `MESSAGING_TEST_POSTGRES_URL` naming the server).
-pub fn on_postgres() -> bool {
-    std::env::var("MESSAGING_TEST_BACKEND").is_ok_and(|b| b == "postgres")
-}
-
-/// The PostgreSQL server for tests, e.g. `postgres://postgres@127.0.0.1:5432`. `None`
-/// (and a loud SKIPPED line) when unset; under `CI=true` unset is a failure.
-pub fn postgres_server(test: &str) -> Option<String> {
-    match std::env::var("MESSAGING_TEST_POSTGRES_URL") {
-        Ok(url) => Some(url.trim_end_matches('/').to_owned()),
-        Err(_) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must set MESSAGING_TEST_POSTGRES_URL (.ci/run does)"
-            );
-            eprintln!("SKIPPED {test}: MESSAGING_TEST_POSTGRES_URL is not set");
-            None
+/// Polls `check` every 10 ms until it returns `Some`, or panics once `limit` has passed.
+pub fn poll_until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
         }
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
-/// A database of its own on the test PostgreSQL server, dropped with this value.
-pub struct PgDatabase {
-    server: String,
-    pub name: String,
-}
-
-impl PgDatabase {
-    pub fn create(server: &str) -> PgDatabase {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!(
-            "msgtest_{}_{}_{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut admin = diesel::PgConnection::establish(&format!("{server}/postgres"))
-            .expect("connect to the test PostgreSQL server");
-        diesel::sql_query(format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .expect("create the test database");
-        PgDatabase {
-            server: server.to_owned(),
-            name,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("{}/{}", self.server, self.name)
-    }
-
-    pub fn execute(&self, sql: &str) {
-        let mut conn = diesel::PgConnection::establish(&self.url()).expect("connect");
-        diesel::sql_query(sql).execute(&mut conn).expect("execute");
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = diesel::PgConnection::establish(&format!("{}/postgres", self.server))
-        {
-            let _ = diesel::sql_query(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .execute(&mut admin);
-        }
-    }
-}
-
-/// A test's files, and its database: a SQLite file in the folder, or (on PostgreSQL) a
-/// database of its own, dropped with the folder.
-pub struct TestDir {
-    tmp: TempDir,
-    pg: Option<PgDatabase>,
-}
-
-impl TestDir {
-    pub fn new() -> TestDir {
-        let pg = on_postgres().then(|| {
-            let server = postgres_server("postgres backend")
-                .expect("MESSAGING_TEST_BACKEND=postgres needs MESSAGING_TEST_POSTGRES_URL");
-            PgDatabase::create(&server)
-        });
-        TestDir {
-            tmp: tempfile::tempdir().expect("temp dir"),
-            pg,
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.tmp.path()
-    }
-
-    pub fn database_url(&self) -> String {
-        match &self.pg {
-            Some(pg) => pg.url(),
-            None => format!("sqlite://{}", database_path(self.path()).display()),
-        }
-    }
-
-    /// Runs one statement on the test's database, whichever it is.
-    pub fn execute_sql(&self, sql: &str) {
-        match &self.pg {
-            Some(pg) => pg.execute(sql),
-            None => {
-                let path = database_path(self.path()).display().to_string();
-                let mut conn = diesel::SqliteConnection::establish(&path).expect("open");
-                diesel::sql_query(sql).execute(&mut conn).expect("execute");
-            }
-        }
-    }
-}
-
-impl Default for TestDir {
-    fn default() -> Self {
-        TestDir::new()
-    }
-}
-
-/// Says loudly that a test does not apply on PostgreSQL; true when it should return.
-pub fn sqlite_only(test: &str) -> bool {
-    if on_postgres() {
-        eprintln!("SKIPPED {test}: it exercises SQLite itself");
-    }
-    on_postgres()
-}
-
+/// One running server, killed when dropped.
 pub struct TestApp {
     pub base: String,
     pub dir: Arc<TestDir>,
@@ -244,10 +128,9 @@ impl TestApp {
                 .timeout(Duration::from_secs(30))
                 .build(),
         };
-        let started = Instant::now();
-        let addr = loop {
+        let addr = poll_until("the server to listen", DEADLINE, || {
             if let Some(line) = app.logs_with("listening").first() {
-                break line["addr"].as_str().expect("addr").to_owned();
+                return Some(line["addr"].as_str().expect("addr").to_owned());
             }
             if let Ok(Some(status)) = app.child.try_wait() {
                 let mut stderr = String::new();
@@ -256,13 +139,13 @@ impl TestApp {
                 }
                 panic!("server exited with {status} before listening: {stderr}");
             }
-            assert!(started.elapsed() < DEADLINE, "server did not start in time");
-            std::thread::sleep(Duration::from_millis(10));
-        };
+            None
+        });
         app.base = format!("http://{addr}");
         app
     }
 
+    /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -286,22 +169,17 @@ impl TestApp {
             .collect()
     }
 
+    /// Every line captured so far.
     pub fn all_logs(&self) -> Vec<Value> {
         self.logs.lock().expect("log lock").clone()
     }
 
-    /// Polls `check` until it returns `Some`, or panics after the deadline.
-    pub fn eventually<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-        let started = Instant::now();
-        loop {
-            if let Some(value) = check() {
-                return value;
-            }
-            assert!(started.elapsed() < DEADLINE, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    /// Polls `check` until it returns `Some`, or panics after the `DEADLINE`.
+    pub fn eventually<T>(&self, what: &str, check: impl FnMut() -> Option<T>) -> T {
+        poll_until(what, DEADLINE, check)
     }
 
+    /// Any request; a 4xx or 5xx is a `Response` too, only a transport failure panics.
     pub fn request(
         &self,
         method: &str,
@@ -338,18 +216,35 @@ impl TestApp {
         }
     }
 
+    /// `GET path`.
     pub fn get(&self, path: &str) -> Response {
         self.request("GET", path, &[], None)
     }
 
+    /// `POST path` with a JSON body.
     pub fn post(&self, path: &str, body: &Value) -> Response {
         self.post_with(path, body, &[])
     }
 
+    /// `POST path` with a JSON body and more headers.
     pub fn post_with(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Response {
         let mut all = vec![("Content-Type", "application/json")];
         all.extend_from_slice(headers);
         self.request("POST", path, &all, Some(body.to_string().as_bytes()))
+    }
+
+    /// Posts `body` to `path`, checks the 202 and returns the new message's id.
+    pub fn accept(&self, path: &str, body: &Value) -> i64 {
+        let response = self.post(path, body);
+        assert_eq!(response.status, 202, "{path}: {}", response.text);
+        response.json()["id"].as_i64().expect("id")
+    }
+
+    /// `GET /api/messages/{id}`: the message with its attempts; it must exist.
+    pub fn message(&self, id: i64) -> Value {
+        let response = self.get(&format!("/api/messages/{id}"));
+        assert_eq!(response.status, 200, "message {id}: {}", response.text);
+        response.json()
     }
 
     /// The value of one series in `/metrics`, e.g.
@@ -370,15 +265,16 @@ impl TestApp {
 
     /// Waits for the process to end (after a signal) and returns its status with every
     /// line it logged, read to the end of its stdout.
-    pub fn wait_for_exit(mut self) -> (ExitStatus, Vec<Value>) {
-        let started = Instant::now();
-        let status = loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                break status;
-            }
-            assert!(started.elapsed() < DEADLINE, "server did not stop in time");
-            std::thread::sleep(Duration::from_millis(10));
-        };
+    pub fn wait_for_exit(self) -> (ExitStatus, Vec<Value>) {
+        self.wait_for_exit_within(DEADLINE)
+    }
+
+    /// `wait_for_exit`, failing unless the process ends within `limit`.
+    pub fn wait_for_exit_within(mut self, limit: Duration) -> (ExitStatus, Vec<Value>) {
+        let child = &mut self.child;
+        let status = poll_until("the server to exit", limit, || {
+            child.try_wait().ok().flatten()
+        });
         if let Some(reader) = self.reader.take() {
             reader.join().expect("log reader");
         }
@@ -396,11 +292,12 @@ impl Drop for TestApp {
 /// Sends requests from any thread; transport failures (a killed server) are `None`.
 #[derive(Clone)]
 pub struct Client {
-    pub base: String,
+    base: String,
     agent: ureq::Agent,
 }
 
 impl Client {
+    /// `POST path` with a JSON body: the status and the JSON answer.
     pub fn try_post(&self, path: &str, body: &Value) -> Option<(u16, Value)> {
         let result = self
             .agent
@@ -427,6 +324,7 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Sends signal `name` (`TERM`, `INT`, `KILL`) to process `pid`.
 pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
@@ -434,49 +332,4 @@ pub fn signal(pid: u32, name: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -{name} {pid} failed");
-}
-
-pub fn database_path(dir: &Path) -> PathBuf {
-    dir.join("messaging.db")
-}
-
-/// The assessment's sample requests, in the order its script sends them.
-pub fn sample_sms() -> Value {
-    json!({"from": "+12016661234", "to": "+18045551234", "type": "sms",
-           "body": "Hello! This is a test SMS message.", "attachments": null,
-           "timestamp": "2024-11-01T14:00:00Z"})
-}
-
-pub fn sample_mms() -> Value {
-    json!({"from": "+12016661234", "to": "+18045551234", "type": "mms",
-           "body": "Hello! This is a test MMS message with attachment.",
-           "attachments": ["https://example.com/image.jpg"],
-           "timestamp": "2024-11-01T14:00:00Z"})
-}
-
-pub fn sample_email() -> Value {
-    json!({"from": "user@usehatchapp.com", "to": "contact@gmail.com",
-           "body": "Hello! This is a test email message with <b>HTML</b> formatting.",
-           "attachments": ["https://example.com/document.pdf"],
-           "timestamp": "2024-11-01T14:00:00Z"})
-}
-
-pub fn sample_sms_webhook() -> Value {
-    json!({"from": "+18045551234", "to": "+12016661234", "type": "sms",
-           "messaging_provider_id": "message-1", "body": "This is an incoming SMS message",
-           "attachments": null, "timestamp": "2024-11-01T14:00:00Z"})
-}
-
-pub fn sample_mms_webhook() -> Value {
-    json!({"from": "+18045551234", "to": "+12016661234", "type": "mms",
-           "messaging_provider_id": "message-2", "body": "This is an incoming MMS message",
-           "attachments": ["https://example.com/received-image.jpg"],
-           "timestamp": "2024-11-01T14:00:00Z"})
-}
-
-pub fn sample_email_webhook() -> Value {
-    json!({"from": "contact@gmail.com", "to": "user@usehatchapp.com", "xillio_id": "message-3",
-           "body": "<html><body>This is an incoming email with <b>HTML</b> content</body></html>",
-           "attachments": ["https://example.com/received-document.pdf"],
-           "timestamp": "2024-11-01T14:00:00Z"})
 }

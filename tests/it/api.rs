@@ -1,10 +1,9 @@
 //! End-to-end tests of the public API (CONTRACT section 3) against the real binary: the
 //! assessment's sample client, validation, idempotency, webhook dedupe, paging, errors.
 
-mod common;
-
-use common::*;
 use serde_json::{json, Value};
+
+use crate::helpers::*;
 
 fn set(mut body: Value, field: &str, value: Value) -> Value {
     body[field] = value;
@@ -112,18 +111,10 @@ fn outbound_messages_are_tagged_with_their_provider_and_located() {
         }
         assert_eq!(stored["conversation_id"], accepted["conversation_id"]);
     }
-    assert_eq!(
-        app.metric(r#"messaging_messages_accepted_total{channel="sms"}"#),
-        1.0
-    );
-    assert_eq!(
-        app.metric(r#"messaging_messages_accepted_total{channel="mms"}"#),
-        1.0
-    );
-    assert_eq!(
-        app.metric(r#"messaging_messages_accepted_total{channel="email"}"#),
-        1.0
-    );
+    for channel in ["sms", "mms", "email"] {
+        let series = format!(r#"messaging_messages_accepted_total{{channel="{channel}"}}"#);
+        assert_eq!(app.metric(&series), 1.0, "{series}");
+    }
 }
 
 #[test]
@@ -326,10 +317,8 @@ fn every_invalid_field_gets_a_400_naming_it_and_nothing_is_stored() {
 #[test]
 fn an_mms_needs_attachments_but_not_a_body() {
     let app = TestApp::spawn("");
-    let response = app.post("/api/messages/sms", &without(sample_mms(), "body"));
-    assert_eq!(response.status, 202, "{}", response.text);
-    let id = response.json()["id"].as_i64().expect("id");
-    assert_eq!(app.get(&format!("/api/messages/{id}")).json()["body"], "");
+    let id = app.accept("/api/messages/sms", &without(sample_mms(), "body"));
+    assert_eq!(app.message(id)["body"], "");
 }
 
 #[test]
@@ -421,14 +410,10 @@ fn a_repeated_webhook_provider_id_answers_with_the_first_message() {
         app.get("/api/conversations/1/messages").json()["meta"]["total"],
         1
     );
-    assert_eq!(
-        app.metric(r#"messaging_webhooks_received_total{channel="sms"}"#),
-        1.0
-    );
-    assert_eq!(
-        app.metric(r#"messaging_webhooks_received_total{channel="email"}"#),
-        1.0
-    );
+    for channel in ["sms", "email"] {
+        let series = format!(r#"messaging_webhooks_received_total{{channel="{channel}"}}"#);
+        assert_eq!(app.metric(&series), 1.0, "{series}");
+    }
 }
 
 #[test]
@@ -480,13 +465,10 @@ fn listings_page_with_items_and_meta() {
         first["meta"],
         json!({"page": 1, "page_size": 2, "total": 5})
     );
-    let times: Vec<&str> = first["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .map(|m| m["timestamp"].as_str().unwrap_or_default())
-        .collect();
-    assert_eq!(times, ["2024-11-01T14:00:00Z", "2024-11-01T14:01:00Z"]);
+    assert_eq!(
+        texts(&first["items"], "timestamp"),
+        ["2024-11-01T14:00:00Z", "2024-11-01T14:01:00Z"]
+    );
     assert_eq!(
         page("page=3&page_size=2")["items"].as_array().map(Vec::len),
         Some(1)
@@ -632,7 +614,7 @@ fn a_channel_without_a_provider_answers_500_logs_once_and_stores_the_message_fai
         app.metric(r#"messaging_routing_missing_provider_total{channel="email"}"#),
         1.0
     );
-    let stored = app.get(&format!("/api/messages/{id}")).json();
+    let stored = app.message(id);
     assert_eq!(stored["status"], "failed");
     assert_eq!(stored["provider"], Value::Null);
     assert_eq!(

@@ -3,26 +3,19 @@
 //! process or on a full disk, clients that stall) and check that every accepted message
 //! survives and is finished, and that the service recovers by itself.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::*;
-use diesel::{Connection, RunQueryDsl, SqliteConnection};
+use diesel::RunQueryDsl;
 use serde_json::{json, Value};
 
-fn sms(n: usize) -> Value {
-    json!({"from": "+12016661234", "to": format!("+1804{:07}", n % 10_000_000), "type": "sms",
-        "body": format!("message {n}"), "attachments": null,
-        "timestamp": "2024-11-01T14:00:00Z"})
-}
+use crate::helpers::*;
 
 /// Clients that post SMS until told to stop or until the server goes away; they keep the
 /// id of every message that got a 202.
@@ -100,19 +93,13 @@ fn all_finished(app: &TestApp, accepted: &[i64]) {
     let unique: BTreeSet<i64> = accepted.iter().copied().collect();
     assert_eq!(unique.len(), accepted.len(), "an id was given twice");
     for id in accepted {
-        let status = app.eventually(&format!("message {id} to finish"), || {
-            let response = app.get(&format!("/api/messages/{id}"));
-            assert_eq!(response.status, 200, "accepted message {id} is missing");
-            let status = response.json()["status"].as_str()?.to_owned();
-            (status != "queued").then_some(status)
-        });
+        let status = finished(app, *id)["status"].clone();
         assert!(status == "sent" || status == "failed", "{id}: {status}");
     }
 }
 
 fn integrity_ok(database: &Path) {
-    let mut conn =
-        SqliteConnection::establish(&database.display().to_string()).expect("open database");
+    let mut conn = sqlite(database);
     #[derive(diesel::QueryableByName)]
     struct Check {
         #[diesel(sql_type = diesel::sql_types::Text)]
@@ -123,8 +110,6 @@ fn integrity_ok(database: &Path) {
         .expect("integrity check");
     assert_eq!(rows.first().map(|r| r.integrity_check.as_str()), Some("ok"));
 }
-
-const HEALTHY: &str = "[providers.sms-mms]\nseed = 42\n[providers.email]\nseed = 7\n";
 
 /// Kills the server with SIGKILL once `kill_after` messages were accepted by four
 /// concurrent clients, restarts it on the same database, and checks every 202.
@@ -144,7 +129,7 @@ fn killed_mid_stream(kill_after: usize, settings: &str) {
     if !on_postgres() {
         integrity_ok(&database_path(dir.path()));
     }
-    let app = TestApp::spawn_in(dir, HEALTHY);
+    let app = TestApp::spawn_in(dir, SEEDED);
     all_finished(&app, &accepted);
 }
 
@@ -168,29 +153,79 @@ fn sigkill_while_dispatch_is_in_flight_loses_no_accepted_message() {
     );
 }
 
-#[test]
-fn sigterm_under_load_exits_0_and_the_next_start_finishes_the_work() {
-    let dir = Arc::new(TestDir::new());
-    // Attempts that take a minute: everything is still queued when the stop comes.
-    let app = TestApp::spawn_in(dir.clone(), "[outcomes]\nlatency_ms = 60000\n");
+/// How a server stopped by a signal under load ended.
+struct Stopped {
+    status: ExitStatus,
+    logs: Vec<Value>,
+    /// The ids the clients got a 202 for.
+    accepted: Vec<i64>,
+    /// From the signal to the exit, as the test measures it.
+    took: Duration,
+}
+
+/// Starts a server on `dir` whose attempts take a minute (everything is still queued at
+/// the stop), lets four clients post until 200 messages are accepted, then sends
+/// `signal_name` while they keep posting, and waits for the exit.
+fn stop_under_load(dir: Arc<TestDir>, signal_name: &str) -> Stopped {
+    let app = TestApp::spawn_in(dir, "[outcomes]\nlatency_ms = 60000\n");
     let load = Load::start(&app, 4, 10_000);
     app.eventually("load under way", || {
         (load.accepted_count() >= 200).then_some(())
     });
-    signal(app.pid(), "TERM");
+    let signalled = Instant::now();
+    signal(app.pid(), signal_name);
     let (status, logs) = app.wait_for_exit();
+    let took = signalled.elapsed();
     let (accepted, _) = load.finish();
-    assert_eq!(status.code(), Some(0));
     assert_eq!(
         logs.last().map(|l| l["msg"].clone()),
-        Some(json!("stopped"))
+        Some(json!("stopped")),
+        "SIG{signal_name}: the log was flushed to the end"
     );
-    let app = TestApp::spawn_in(dir, HEALTHY);
+    Stopped {
+        status,
+        logs,
+        accepted,
+        took,
+    }
+}
+
+#[test]
+fn sigterm_under_load_exits_0_and_the_next_start_finishes_the_work() {
+    let dir = Arc::new(TestDir::new());
+    let Stopped {
+        status, accepted, ..
+    } = stop_under_load(dir.clone(), "TERM");
+    assert_eq!(status.code(), Some(0));
+    let app = TestApp::spawn_in(dir, SEEDED);
     let resumed = app.logs_with("resumed queued messages")[0]["count"]
         .as_u64()
         .expect("count");
     assert!(resumed > 0, "work was handed back to the next start");
     all_finished(&app, &accepted);
+}
+
+/// The README's bound on a graceful stop under load.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn sigterm_and_sigint_under_load_exit_0_within_10_seconds() {
+    for signal_name in ["TERM", "INT"] {
+        let stopped = stop_under_load(Arc::new(TestDir::new()), signal_name);
+        assert_eq!(stopped.status.code(), Some(0), "SIG{signal_name}");
+        assert!(
+            stopped.took <= STOP_LIMIT,
+            "SIG{signal_name}: exited {:?} after the signal, the limit is {STOP_LIMIT:?}",
+            stopped.took
+        );
+        let stopping = stopped
+            .logs
+            .iter()
+            .find(|l| l["msg"] == "stopping")
+            .expect("a stopping line");
+        assert_eq!(stopping["signal"], format!("SIG{signal_name}"));
+        assert!(!stopped.accepted.is_empty());
+    }
 }
 
 #[test]
@@ -204,6 +239,8 @@ fn a_flood_past_the_backlog_gets_503s_in_bounded_memory_and_recovers_by_itself()
             while watching.load(Ordering::Relaxed) {
                 let rss = rss_bytes(pid);
                 peak.fetch_max(rss, Ordering::Relaxed);
+                // The sampling interval of this watcher, which paces itself: it waits for
+                // nothing in the service, and no assertion depends on its timing.
                 std::thread::sleep(Duration::from_millis(20));
             }
         })
@@ -229,17 +266,24 @@ fn a_flood_past_the_backlog_gets_503s_in_bounded_memory_and_recovers_by_itself()
     assert_eq!(later.json()["status"], "queued");
 }
 
-#[test]
-fn a_database_locked_by_another_process_gets_503_and_recovers_without_restart() {
-    if sqlite_only("a_database_locked_by_another_process...") {
-        return;
+/// For a test of SQLite itself: a server whose message 1 is accepted and finished;
+/// `None` (SKIPPED) on PostgreSQL.
+fn sqlite_app_with_message_1(test: &str) -> Option<TestApp> {
+    if sqlite_only(test) {
+        return None;
     }
     let app = TestApp::spawn("");
-    assert_eq!(app.post("/api/messages/sms", &sms(0)).status, 202);
+    assert_eq!(app.accept("/api/messages/sms", &sms(0)), 1);
     all_finished(&app, &[1]);
-    let database = database_path(app.dir.path());
-    let mut other =
-        SqliteConnection::establish(&database.display().to_string()).expect("open database");
+    Some(app)
+}
+
+#[test]
+fn a_database_locked_by_another_process_gets_503_and_recovers_without_restart() {
+    let Some(app) = sqlite_app_with_message_1("a_database_locked_by_another_process...") else {
+        return;
+    };
+    let mut other = sqlite(&database_path(app.dir.path()));
     // Like any polite SQLite client, wait for the service's own short writes to pass.
     diesel::sql_query("PRAGMA busy_timeout = 5000")
         .execute(&mut other)
@@ -291,21 +335,17 @@ impl Drop for Immutable {
 
 #[test]
 fn a_read_only_database_file_gets_503_and_recovers_without_restart() {
-    if sqlite_only("a_read_only_database_file...") {
+    let Some(app) = sqlite_app_with_message_1("a_read_only_database_file...") else {
         return;
-    }
-    let app = TestApp::spawn("");
-    assert_eq!(app.post("/api/messages/sms", &sms(0)).status, 202);
-    all_finished(&app, &[1]);
+    };
     let database = database_path(app.dir.path());
     let wal = database.with_extension("db-wal");
     // Not the -shm file: SQLite maps it into memory, where a refused write is a SIGBUS.
     let Some(read_only) = Immutable::set(vec![database, wal]) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs as root on ext4 and must be able to chattr +i"
+        skipped(
+            "a_read_only_database_file...",
+            "chattr +i is not possible here (needs root on ext4)",
         );
-        eprintln!("SKIPPED a_read_only_database_file...: chattr +i is not possible here");
         return;
     };
     for n in 1..=2 {
@@ -367,11 +407,10 @@ fn a_full_disk_gets_503_and_recovers_without_restart() {
     }
     let dir = Arc::new(TestDir::new());
     let Some(disk) = SmallDisk::mount(dir.path()) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs as root and must be able to mount a tmpfs"
+        skipped(
+            "a_full_disk_gets_503...",
+            "cannot mount a tmpfs (needs root)",
         );
-        eprintln!("SKIPPED a_full_disk_gets_503...: cannot mount a tmpfs (needs root)");
         return;
     };
     let app = TestApp::spawn_at(dir.clone(), &disk.path.join("messaging.db"), "");
@@ -392,9 +431,7 @@ fn a_full_disk_gets_503_and_recovers_without_restart() {
     app.eventually("readiness to come back", || {
         (app.get("/readyz").status == 200).then_some(())
     });
-    let accepted = app.post("/api/messages/sms", &sms(4));
-    assert_eq!(accepted.status, 202, "{}", accepted.text);
-    let id = accepted.json()["id"].as_i64().expect("id");
+    let id = app.accept("/api/messages/sms", &sms(4));
     all_finished(&app, &[1, id]);
     drop(app);
     drop(disk);
@@ -448,4 +485,68 @@ fn stalled_and_idle_clients_do_not_stop_others_from_being_served() {
     assert!(body_answer.contains("did not arrive"), "{body_answer}");
     drop(idle);
     assert_eq!(app.get("/api/conversations").json()["meta"]["total"], 20);
+}
+
+/// Reads one whole HTTP/1.1 response (head, then `Content-Length` bytes of body), leaving
+/// the connection open.
+fn read_response(stream: &mut TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(DEADLINE))
+        .expect("read timeout");
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .expect("a Content-Length header");
+            if answer.len() >= head_end + 4 + length {
+                return text;
+            }
+        }
+        let n = stream.read(&mut chunk).expect("read the response");
+        assert!(n > 0, "closed in the middle of the response: {text}");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_5_seconds() {
+    let app = TestApp::spawn("");
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut conn = TcpStream::connect(&addr).expect("connect");
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        .expect("send a request");
+    let answer = read_response(&mut conn);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("connection: close"),
+        "the connection is kept alive: {answer}"
+    );
+
+    // Idle from here: the server's keep-alive timeout (5 s) closes the connection. A
+    // timeout of the server's own, observed with a little slack on either side.
+    let idle_since = Instant::now();
+    conn.set_read_timeout(Some(Duration::from_secs(5 + 3)))
+        .expect("read timeout");
+    let mut byte = [0u8; 1];
+    let read = conn.read(&mut byte);
+    let idle = idle_since.elapsed();
+    match read {
+        Ok(0) => {}
+        Ok(_) => panic!("the server sent more on an idle connection: {byte:?}"),
+        Err(e) => panic!("not closed after {idle:?} idle: {e}"),
+    }
+    assert!(
+        idle >= Duration::from_secs(4),
+        "closed after only {idle:?} idle"
+    );
+    // Everyone else is served as before.
+    assert_eq!(app.get("/healthz").status, 200);
 }

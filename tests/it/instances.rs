@@ -4,20 +4,12 @@
 //! the server `MESSAGING_TEST_POSTGRES_URL` names and drops it after; without that variable
 //! the tests say SKIPPED (and fail under CI=true).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::*;
-use diesel::{Connection, QueryableByName, RunQueryDsl};
-use serde_json::{json, Value};
+use diesel::{QueryableByName, RunQueryDsl};
 
-fn sms(n: usize) -> Value {
-    json!({"from": "+12016661234", "to": format!("+1804{:07}", n), "type": "sms",
-        "body": format!("message {n}"), "attachments": null,
-        "timestamp": "2024-11-01T14:00:00Z"})
-}
+use crate::helpers::*;
 
 #[derive(QueryableByName, Debug)]
 struct AttemptSummary {
@@ -35,14 +27,13 @@ struct AttemptSummary {
 
 /// Per message: attempts, distinct attempt numbers, the highest, successes.
 fn attempt_summary(db: &PgDatabase) -> BTreeMap<i64, AttemptSummary> {
-    let mut conn = diesel::PgConnection::establish(&db.url()).expect("connect");
     diesel::sql_query(
         "SELECT message_id, COUNT(*) AS attempts, COUNT(DISTINCT attempt) AS distinct_numbers,
                 MAX(attempt) AS highest,
                 COUNT(*) FILTER (WHERE outcome = 'success') AS successes
          FROM dispatch_attempts GROUP BY message_id",
     )
-    .load::<AttemptSummary>(&mut conn)
+    .load::<AttemptSummary>(&mut db.connect())
     .expect("summary")
     .into_iter()
     .map(|s| (s.message_id, s))
@@ -59,22 +50,14 @@ struct LeaseEnd {
 
 /// When each queued message's lease ends.
 fn lease_ends(db: &PgDatabase) -> BTreeMap<i64, String> {
-    let mut conn = diesel::PgConnection::establish(&db.url()).expect("connect");
     diesel::sql_query(
         "SELECT id, lease_until FROM messages WHERE status = 'queued' AND lease_until IS NOT NULL",
     )
-    .load::<LeaseEnd>(&mut conn)
+    .load::<LeaseEnd>(&mut db.connect())
     .expect("leases")
     .into_iter()
     .map(|l| (l.id, l.lease_until))
     .collect()
-}
-
-fn finished(app: &TestApp, id: i64) -> Value {
-    app.eventually(&format!("message {id} to finish"), || {
-        let message = app.get(&format!("/api/messages/{id}")).json();
-        (message["status"] != "queued").then_some(message)
-    })
 }
 
 const SHARED: &str = "[dispatch]\nlease_ms = 1000\nbackoff_initial_ms = 5\nbackoff_max_ms = 20\n\
@@ -169,11 +152,7 @@ fn a_killed_instances_messages_are_finished_by_another_after_their_lease() {
         "[dispatch]\nlease_ms = 1000\n",
     );
     let ids: Vec<i64> = (0..20)
-        .map(|n| {
-            doomed.post("/api/messages/sms", &sms(n)).json()["id"]
-                .as_i64()
-                .expect("id")
-        })
+        .map(|n| doomed.accept("/api/messages/sms", &sms(n)))
         .collect();
     // Alive, the doomed instance renews its leases, and nothing is taken from it.
     let first = lease_ends(&db);

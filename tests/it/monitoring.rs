@@ -3,34 +3,16 @@
 //! compose file matches the Compose Specification (no Docker engine needed); and every
 //! query of the Grafana dashboard names only series the service exports.
 
-mod common;
-
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 
-use common::*;
 use serde_json::{json, Value};
+
+use crate::helpers::*;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// Whether `tool` runs; if not, says SKIPPED loudly (and fails under CI=true).
-fn have(tool: &str, test: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} must be installed in CI (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED {test}: {tool} is not installed");
-    }
-    found
-}
-
+/// Runs `tool` with `args`, fails the test unless it succeeds, and returns its output.
 fn run(tool: &str, args: &[&str]) -> String {
     let output = Command::new(tool).args(args).output().expect("run tool");
     let text = format!(
@@ -44,10 +26,7 @@ fn run(tool: &str, args: &[&str]) -> String {
 
 #[test]
 fn alert_rules_and_prometheus_config_pass_promtool() {
-    if !have(
-        "promtool",
-        "alert_rules_and_prometheus_config_pass_promtool",
-    ) {
+    if !have("promtool", "alert_rules_and_prometheus_config...") {
         return;
     }
     let rules = format!("{ROOT}/monitoring/alerts.yml");
@@ -64,10 +43,7 @@ fn alert_rules_and_prometheus_config_pass_promtool() {
 
 #[test]
 fn the_compose_file_matches_the_compose_specification() {
-    if !have(
-        "check-jsonschema",
-        "the_compose_file_matches_the_compose_specification",
-    ) {
+    if !have("check-jsonschema", "the_compose_file_matches...") {
         return;
     }
     let compose = format!("{ROOT}/docker-compose.yml");
@@ -142,10 +118,7 @@ fn free_port() -> u16 {
 
 #[test]
 fn a_real_prometheus_scrapes_per_provider_dispatch_attempts() {
-    if !have(
-        "prometheus",
-        "a_real_prometheus_scrapes_per_provider_dispatch_attempts",
-    ) {
+    if !have("prometheus", "a_real_prometheus_scrapes...") {
         return;
     }
     let app = TestApp::spawn("");
