@@ -650,3 +650,26 @@ fn health_readiness_and_metrics_answer() {
         "labels never hold raw paths"
     );
 }
+
+#[test]
+fn a_nul_character_in_any_field_is_refused_naming_the_field_and_nothing_is_stored() {
+    let app = TestApp::spawn("");
+    for (path, field, body) in [
+        ("/api/messages/sms", "body", sample_sms()),
+        ("/api/messages/email", "body", sample_email()),
+        (
+            "/api/webhooks/sms",
+            "messaging_provider_id",
+            sample_sms_webhook(),
+        ),
+        ("/api/webhooks/email", "xillio_id", sample_email_webhook()),
+    ] {
+        let mut body = body;
+        body[field] = serde_json::json!("a\u{0}b");
+        let response = app.post(path, &body);
+        assert_eq!(response.error_code(400), "validation_failed", "{path}");
+        assert_eq!(response.json()["error"]["field"], field, "{path}");
+    }
+    let listed = app.get("/api/conversations").json();
+    assert_eq!(listed["meta"]["total"], 0, "nothing stored");
+}
