@@ -80,15 +80,10 @@ fn time_to_202(app: &TestApp, n: usize) -> Duration {
 
 #[test]
 fn killed_database_connections_are_replaced_and_nothing_accepted_is_lost() {
-    let Some(server) = postgres_server("killed_database_connections_are_replaced...") else {
+    let Some(db) = postgres_database("killed_database_connections_are_replaced...") else {
         return;
     };
-    let db = PgDatabase::create(&server);
-    let app = TestApp::spawn_with_url(
-        Arc::new(TestDir::new()),
-        &db.url(),
-        "[providers.sms-mms]\nseed = 42\n",
-    );
+    let app = TestApp::spawn_on(&db, "[providers.sms-mms]\nseed = 42\n");
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(&app, 4, &stop);
     let mut recoveries = Vec::new();
@@ -321,13 +316,12 @@ fn at_once(
 
 #[test]
 fn races_between_two_instances_answer_202_and_store_once() {
-    let Some(server) = postgres_server("races_between_two_instances...") else {
+    let Some(db) = postgres_database("races_between_two_instances...") else {
         return;
     };
-    let db = PgDatabase::create(&server);
     let settings = "[providers.sms-mms]\nseed = 42\n";
-    let a = TestApp::spawn_with_url(Arc::new(TestDir::new()), &db.url(), settings);
-    let b = TestApp::spawn_with_url(Arc::new(TestDir::new()), &db.url(), settings);
+    let a = TestApp::spawn_on(&db, settings);
+    let b = TestApp::spawn_on(&db, settings);
     const ROUNDS: usize = 25;
     for round in 0..ROUNDS {
         // A new pair, an outbound SMS A->B and an inbound one B->A at once.
@@ -410,21 +404,15 @@ fn races_between_two_instances_answer_202_and_store_once() {
 
 #[test]
 fn an_instance_frozen_past_its_lease_records_nothing_and_changes_no_final_status() {
-    let Some(server) = postgres_server("an_instance_frozen_past_its_lease...") else {
+    let Some(db) = postgres_database("an_instance_frozen_past_its_lease...") else {
         return;
     };
-    let db = PgDatabase::create(&server);
     // The frozen instance's attempts take 3 s; its lease lapses after 1 s without renewal.
-    let frozen = TestApp::spawn_with_url(
-        Arc::new(TestDir::new()),
-        &db.url(),
+    let frozen = TestApp::spawn_on(
+        &db,
         "[dispatch]\nlease_ms = 1000\n[outcomes]\nlatency_ms = 3000\n",
     );
-    let survivor = TestApp::spawn_with_url(
-        Arc::new(TestDir::new()),
-        &db.url(),
-        "[dispatch]\nlease_ms = 1000\n",
-    );
+    let survivor = TestApp::spawn_on(&db, "[dispatch]\nlease_ms = 1000\n");
     let ids: Vec<i64> = (0..10)
         .map(|n| frozen.accept("/api/messages/sms", &sms(n)))
         .collect();

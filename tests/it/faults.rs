@@ -229,6 +229,29 @@ fn sigterm_and_sigint_under_load_exit_0_within_10_seconds() {
 }
 
 #[test]
+fn sigterm_with_a_client_stalled_mid_body_still_exits_within_10_seconds() {
+    let app = TestApp::spawn("");
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stalled = TcpStream::connect(&addr).expect("connect");
+    stalled
+        .write_all(
+            b"POST /api/messages/sms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 200\r\n\r\n{\"from\": \"+1201",
+        )
+        .expect("partial body");
+    // The request is inside its handler once the server has counted it in flight; a
+    // served request afterwards shows the partial one was read first.
+    assert_eq!(app.get("/healthz").status, 200);
+    let signalled = Instant::now();
+    signal(app.pid(), "TERM");
+    let (status, _) = app.wait_for_exit();
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(took <= STOP_LIMIT, "exited {took:?} after SIGTERM");
+    drop(stalled);
+}
+
+#[test]
 fn a_flood_past_the_backlog_gets_503s_in_bounded_memory_and_recovers_by_itself() {
     let app = TestApp::spawn("[dispatch]\nbacklog_limit = 1000\n[outcomes]\nlatency_ms = 3000\n");
     let peak = Arc::new(AtomicU64::new(0));
@@ -521,6 +544,9 @@ fn an_idle_keep_alive_connection_is_closed_after_5_seconds() {
     let app = TestApp::spawn("");
     let addr = app.base.trim_start_matches("http://").to_owned();
     let mut conn = TcpStream::connect(&addr).expect("connect");
+    // The clock starts before the request, so the server's idle time can only be shorter
+    // than what the test measures, however late this thread runs.
+    let sent = Instant::now();
     conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
         .expect("send a request");
     let answer = read_response(&mut conn);
@@ -530,22 +556,22 @@ fn an_idle_keep_alive_connection_is_closed_after_5_seconds() {
         "the connection is kept alive: {answer}"
     );
 
-    // Idle from here: the server's keep-alive timeout (5 s) closes the connection. A
-    // timeout of the server's own, observed with a little slack on either side.
-    let idle_since = Instant::now();
+    // Idle from here until the server's keep-alive timeout (5 s) closes the connection: a
+    // timeout of the server's own, observed with slack on either side.
     conn.set_read_timeout(Some(Duration::from_secs(5 + 3)))
         .expect("read timeout");
     let mut byte = [0u8; 1];
     let read = conn.read(&mut byte);
-    let idle = idle_since.elapsed();
-    match read {
+    let idle = sent.elapsed();
+    match &read {
         Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
         Ok(_) => panic!("the server sent more on an idle connection: {byte:?}"),
-        Err(e) => panic!("not closed after {idle:?} idle: {e}"),
+        Err(e) => panic!("not closed after {idle:?} idle ({:?}): {e}", e.kind()),
     }
     assert!(
         idle >= Duration::from_secs(4),
-        "closed after only {idle:?} idle"
+        "closed after only {idle:?} idle ({read:?})"
     );
     // Everyone else is served as before.
     assert_eq!(app.get("/healthz").status, 200);

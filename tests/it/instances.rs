@@ -5,7 +5,6 @@
 //! the tests say SKIPPED (and fail under CI=true).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use diesel::{QueryableByName, RunQueryDsl};
 
@@ -66,12 +65,11 @@ const SHARED: &str = "[dispatch]\nlease_ms = 1000\nbackoff_initial_ms = 5\nbacko
 
 #[test]
 fn two_instances_take_traffic_at_once_and_dispatch_each_message_exactly_once() {
-    let Some(server) = postgres_server("two_instances_take_traffic_at_once...") else {
+    let Some(db) = postgres_database("two_instances_take_traffic_at_once...") else {
         return;
     };
-    let db = PgDatabase::create(&server);
-    let a = TestApp::spawn_with_url(Arc::new(TestDir::new()), &db.url(), SHARED);
-    let b = TestApp::spawn_with_url(Arc::new(TestDir::new()), &db.url(), SHARED);
+    let a = TestApp::spawn_on(&db, SHARED);
+    let b = TestApp::spawn_on(&db, SHARED);
     let clients = [a.client(), b.client()];
     let threads: Vec<_> = clients
         .into_iter()
@@ -136,21 +134,15 @@ fn two_instances_take_traffic_at_once_and_dispatch_each_message_exactly_once() {
 
 #[test]
 fn a_killed_instances_messages_are_finished_by_another_after_their_lease() {
-    let Some(server) = postgres_server("a_killed_instances_messages...") else {
+    let Some(db) = postgres_database("a_killed_instances_messages...") else {
         return;
     };
-    let db = PgDatabase::create(&server);
     // The doomed instance holds every attempt for a minute, so it dies with all in hand.
-    let doomed = TestApp::spawn_with_url(
-        Arc::new(TestDir::new()),
-        &db.url(),
+    let doomed = TestApp::spawn_on(
+        &db,
         "[dispatch]\nlease_ms = 1000\n[outcomes]\nlatency_ms = 60000\n",
     );
-    let survivor = TestApp::spawn_with_url(
-        Arc::new(TestDir::new()),
-        &db.url(),
-        "[dispatch]\nlease_ms = 1000\n",
-    );
+    let survivor = TestApp::spawn_on(&db, "[dispatch]\nlease_ms = 1000\n");
     let ids: Vec<i64> = (0..20)
         .map(|n| doomed.accept("/api/messages/sms", &sms(n)))
         .collect();

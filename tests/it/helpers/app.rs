@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::TestDir;
+use super::{PgDatabase, TestDir};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_messaging-service");
@@ -86,6 +86,12 @@ impl TestApp {
     pub fn spawn_at(dir: Arc<TestDir>, database: &Path, settings: &str) -> TestApp {
         let url = format!("sqlite://{}", database.display());
         TestApp::spawn_with_url(dir, &url, settings)
+    }
+
+    /// One instance on the shared PostgreSQL database `db`, with a folder of its own:
+    /// several may run on one `db` at once.
+    pub fn spawn_on(db: &PgDatabase, settings: &str) -> TestApp {
+        TestApp::spawn_with_url(Arc::new(TestDir::new()), &db.url(), settings)
     }
 
     /// A server on the database `url`, its settings file in `dir`.
@@ -265,14 +271,9 @@ impl TestApp {
 
     /// Waits for the process to end (after a signal) and returns its status with every
     /// line it logged, read to the end of its stdout.
-    pub fn wait_for_exit(self) -> (ExitStatus, Vec<Value>) {
-        self.wait_for_exit_within(DEADLINE)
-    }
-
-    /// `wait_for_exit`, failing unless the process ends within `limit`.
-    pub fn wait_for_exit_within(mut self, limit: Duration) -> (ExitStatus, Vec<Value>) {
+    pub fn wait_for_exit(mut self) -> (ExitStatus, Vec<Value>) {
         let child = &mut self.child;
-        let status = poll_until("the server to exit", limit, || {
+        let status = poll_until("the server to exit", DEADLINE, || {
             child.try_wait().ok().flatten()
         });
         if let Some(reader) = self.reader.take() {

@@ -3,7 +3,7 @@
 
 use std::process::{Command, Stdio};
 
-use super::on_postgres;
+use super::{on_postgres, PgDatabase};
 
 /// Says loudly that `test` is skipped and why; under `CI=true` that is a failure.
 pub fn skipped(test: &str, why: &str) {
@@ -38,6 +38,12 @@ pub fn postgres_server(test: &str) -> Option<String> {
             None
         }
     }
+}
+
+/// A database of its own on the test PostgreSQL server, for a test of several instances;
+/// `None` (SKIPPED, a failure under `CI=true`) when no server is named.
+pub fn postgres_database(test: &str) -> Option<PgDatabase> {
+    postgres_server(test).map(|server| PgDatabase::create(&server))
 }
 
 /// Says loudly that a test of SQLite itself does not apply on PostgreSQL (not a failure,
