@@ -454,3 +454,62 @@ fn an_instance_frozen_past_its_lease_records_nothing_and_changes_no_final_status
         assert_eq!(survivor.message(*id)["status"], "sent", "message {id}");
     }
 }
+
+/// Restarts the whole PostgreSQL server, so every other test's connections die with it:
+/// `.ci/run` runs this test alone, after the rest of the suite, as root.
+#[test]
+#[ignore = "restarts the shared PostgreSQL server; .ci/run runs it alone"]
+fn a_postgres_restart_under_load_loses_nothing_and_writes_come_back() {
+    let Some(db) = postgres_database("a_postgres_restart_under_load...") else {
+        return;
+    };
+    let Some(version) = std::fs::read_dir("/etc/postgresql")
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+    else {
+        skipped(
+            "a_postgres_restart_under_load...",
+            "no /etc/postgresql cluster",
+        );
+        return;
+    };
+    let app = TestApp::spawn_on(&db, "[providers.sms-mms]\nseed = 42\n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&app, 4, &stop);
+    poll_until("some traffic", DEADLINE, || {
+        (app.metric(r#"messaging_messages_accepted_total{channel="sms"}"#) > 200.0).then_some(())
+    });
+    let restarted = std::process::Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+        .status()
+        .expect("run pg_ctlcluster");
+    assert!(restarted.success(), "pg_ctlcluster restart");
+    let took = time_to_202(&app, 0);
+    eprintln!("202 again {took:?} after PostgreSQL answered its restart");
+    assert!(took < Duration::from_secs(5), "{took:?} after the restart");
+    // The clients' own load is taken again after the restart, then they stop.
+    let before = app.metric(r#"messaging_messages_accepted_total{channel="sms"}"#);
+    poll_until("traffic after the restart", DEADLINE, || {
+        (app.metric(r#"messaging_messages_accepted_total{channel="sms"}"#) > before + 100.0)
+            .then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let answers: Vec<Answer> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client"))
+        .collect();
+    for (status, _) in &answers {
+        assert!(matches!(status, 202 | 503), "answered {status}");
+    }
+    for id in answers
+        .iter()
+        .filter(|(s, _)| *s == 202)
+        .filter_map(|(_, id)| *id)
+    {
+        let status = finished(&app, id)["status"].clone();
+        assert!(status == "sent" || status == "failed", "{id}: {status}");
+    }
+    assert_eq!(app.get("/readyz").status, 200);
+}

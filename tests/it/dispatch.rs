@@ -198,6 +198,24 @@ fn past_the_backlog_limit_new_messages_get_503_and_nothing_accepted_is_dropped()
 }
 
 #[test]
+fn an_idempotent_replay_gets_its_first_answer_while_the_backlog_is_full() {
+    let app = TestApp::spawn("[dispatch]\nbacklog_limit = 1\n[outcomes]\nlatency_ms = 60000\n");
+    let key = [("Idempotency-Key", "full-backlog-1")];
+    let first = app.post_with("/api/messages/sms", &sms(0), &key);
+    assert_eq!(first.status, 202, "{}", first.text);
+    let refused = app.post("/api/messages/sms", &sms(1));
+    assert_eq!(refused.error_code(503), "overloaded");
+    let replay = app.post_with("/api/messages/sms", &sms(0), &key);
+    assert_eq!(replay.status, 202, "{}", replay.text);
+    assert_eq!(replay.json(), first.json());
+    let other_body = app.post_with("/api/messages/sms", &sms(2), &key);
+    assert_eq!(other_body.error_code(422), "idempotency_conflict");
+    let unknown_key = app.post_with("/api/messages/sms", &sms(3), &[("Idempotency-Key", "new")]);
+    assert_eq!(unknown_key.error_code(503), "overloaded");
+    assert_eq!(app.get("/api/conversations").json()["meta"]["total"], 1);
+}
+
+#[test]
 fn a_stored_message_with_an_unknown_channel_is_failed_once_at_start() {
     let dir = Arc::new(TestDir::new());
     let app = TestApp::spawn_in(dir.clone(), "");
