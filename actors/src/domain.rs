@@ -28,6 +28,143 @@ pub enum InvalidValue {
     TooManyAttachments,
     #[error("must not be empty")]
     Empty,
+    #[error("must not contain a NUL character")]
+    Nul,
+    #[error("must be at most {0} bytes")]
+    TooLong(usize),
+    #[error("must hold at least one URL for an mms")]
+    NoAttachments,
+}
+
+/// Longest provider message id the webhooks take: ids are opaque, bound them like keys.
+pub const MAX_PROVIDER_ID_LEN: usize = 255;
+
+/// A string checked once, at the boundary, by `$parse`; what travels inward is proof of
+/// the check. Deserialises (and serialises) as a plain JSON string.
+macro_rules! checked_string {
+    ($(#[$doc:meta])* $name:ident, $parse:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidValue;
+            fn try_from(raw: String) -> Result<Self, InvalidValue> {
+                let parse: fn(String) -> Result<String, InvalidValue> = $parse;
+                parse(raw).map($name)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+fn without_nul(raw: String) -> Result<String, InvalidValue> {
+    if raw.contains('\0') {
+        Err(InvalidValue::Nul)
+    } else {
+        Ok(raw)
+    }
+}
+
+checked_string!(
+    /// E.164: `+`, a non-zero digit, then up to 14 more digits.
+    PhoneNumber,
+    |raw| parse_phone_number(&raw)
+);
+checked_string!(
+    /// See `parse_email_address`.
+    EmailAddress,
+    |raw| parse_email_address(&raw)
+);
+checked_string!(
+    /// See `parse_attachment_url`.
+    AttachmentUrl,
+    |raw| parse_attachment_url(&raw)
+);
+checked_string!(
+    /// Any text PostgreSQL can store (no NUL), possibly empty.
+    Text,
+    without_nul
+);
+checked_string!(
+    /// Text with something in it besides whitespace.
+    NonEmptyText,
+    |raw| {
+        let raw = without_nul(raw)?;
+        if raw.trim().is_empty() {
+            Err(InvalidValue::Empty)
+        } else {
+            Ok(raw)
+        }
+    }
+);
+checked_string!(
+    /// A provider's id for an inbound message: 1 to 255 bytes, opaque.
+    ProviderId,
+    |raw| {
+        let raw = without_nul(raw)?;
+        if raw.trim().is_empty() {
+            Err(InvalidValue::Empty)
+        } else if raw.len() > MAX_PROVIDER_ID_LEN {
+            Err(InvalidValue::TooLong(MAX_PROVIDER_ID_LEN))
+        } else {
+            Ok(raw)
+        }
+    }
+);
+
+/// Up to `MAX_ATTACHMENTS` attachment URLs (possibly none).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "Vec<AttachmentUrl>", into = "Vec<String>")]
+pub struct Attachments(Vec<AttachmentUrl>);
+
+/// One to `MAX_ATTACHMENTS` attachment URLs: what an MMS needs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "Vec<AttachmentUrl>", into = "Vec<String>")]
+pub struct MediaAttachments(Vec<AttachmentUrl>);
+
+impl TryFrom<Vec<AttachmentUrl>> for Attachments {
+    type Error = InvalidValue;
+    fn try_from(urls: Vec<AttachmentUrl>) -> Result<Self, InvalidValue> {
+        if urls.len() > MAX_ATTACHMENTS {
+            return Err(InvalidValue::TooManyAttachments);
+        }
+        Ok(Attachments(urls))
+    }
+}
+
+impl TryFrom<Vec<AttachmentUrl>> for MediaAttachments {
+    type Error = InvalidValue;
+    fn try_from(urls: Vec<AttachmentUrl>) -> Result<Self, InvalidValue> {
+        if urls.is_empty() {
+            return Err(InvalidValue::NoAttachments);
+        }
+        Attachments::try_from(urls).map(|a| MediaAttachments(a.0))
+    }
+}
+
+impl From<Attachments> for Vec<String> {
+    fn from(a: Attachments) -> Vec<String> {
+        a.0.into_iter().map(String::from).collect()
+    }
+}
+
+impl From<MediaAttachments> for Vec<String> {
+    fn from(a: MediaAttachments) -> Vec<String> {
+        a.0.into_iter().map(String::from).collect()
+    }
 }
 
 /// The channels a message can travel on. Anything else met in storage is an invalid route.
@@ -195,9 +332,23 @@ pub fn parse_attachment_url(raw: &str) -> Result<String, InvalidValue> {
     Ok(raw.to_owned())
 }
 
-/// A message timestamp, always held in UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A message timestamp, always held in UTC. On the wire it is RFC 3339 text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct Timestamp(DateTime<Utc>);
+
+impl TryFrom<String> for Timestamp {
+    type Error = InvalidValue;
+    fn try_from(raw: String) -> Result<Self, InvalidValue> {
+        Timestamp::parse_rfc3339(&raw)
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
 
 impl Timestamp {
     pub fn now() -> Timestamp {

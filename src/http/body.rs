@@ -1,10 +1,9 @@
 //! Reading a request body as the contract wants it: JSON content type (else 415), at most
 //! `server.max_body_bytes` (else 413, checked before and while reading), a JSON object
-//! (else 400 `invalid_json`); then typed access to fields, each failure naming its field.
+//! (else 400 `invalid_json`). `wire.rs` turns the object into a typed request.
 
 use actix_web::{web, HttpMessage as _, HttpRequest};
 use futures_util::StreamExt as _;
-use messaging_actors::domain::{self, InvalidValue, Timestamp, MAX_ATTACHMENTS};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
@@ -64,96 +63,5 @@ pub async fn read_object(
         Err(e) => Err(ApiError::InvalidJson(format!(
             "the body is not valid JSON: {e}"
         ))),
-    }
-}
-
-fn invalid(field: &str, why: InvalidValue) -> ApiError {
-    ApiError::validation(field, why.to_string())
-}
-
-/// PostgreSQL cannot store a NUL character in text, and no client means to send one: the
-/// same 400 on both backends rather than a 503 on one and a 202 on the other.
-fn no_nul<'s>(field: &str, value: &'s str) -> Result<&'s str, ApiError> {
-    if value.contains('\0') {
-        return Err(ApiError::validation(
-            field,
-            "must not contain a NUL character",
-        ));
-    }
-    Ok(value)
-}
-
-/// Typed, field-named access to a request object.
-pub struct Fields<'a>(pub &'a Map<String, Value>);
-
-impl Fields<'_> {
-    /// A required string (may be empty).
-    pub fn string(&self, field: &str) -> Result<&str, ApiError> {
-        match self.0.get(field) {
-            Some(Value::String(s)) => no_nul(field, s),
-            None | Some(Value::Null) => Err(ApiError::validation(field, "is required")),
-            Some(_) => Err(ApiError::validation(field, "must be a string")),
-        }
-    }
-
-    /// An optional string: missing and `null` are both `None`.
-    pub fn optional_string(&self, field: &str) -> Result<Option<&str>, ApiError> {
-        match self.0.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => no_nul(field, s).map(Some),
-            Some(_) => Err(ApiError::validation(field, "must be a string")),
-        }
-    }
-
-    pub fn non_empty(&self, field: &str) -> Result<&str, ApiError> {
-        let value = self.string(field)?;
-        if value.trim().is_empty() {
-            return Err(invalid(field, InvalidValue::Empty));
-        }
-        Ok(value)
-    }
-
-    pub fn phone(&self, field: &str) -> Result<String, ApiError> {
-        domain::parse_phone_number(self.string(field)?).map_err(|e| invalid(field, e))
-    }
-
-    pub fn email(&self, field: &str) -> Result<String, ApiError> {
-        domain::parse_email_address(self.string(field)?).map_err(|e| invalid(field, e))
-    }
-
-    pub fn timestamp(&self, field: &str) -> Result<Timestamp, ApiError> {
-        Timestamp::parse_rfc3339(self.string(field)?).map_err(|e| invalid(field, e))
-    }
-
-    /// `attachments`: `null`/missing, or an array of at most ten http(s) URLs.
-    pub fn attachments(&self) -> Result<Option<Vec<String>>, ApiError> {
-        const FIELD: &str = "attachments";
-        let items = match self.0.get(FIELD) {
-            None | Some(Value::Null) => return Ok(None),
-            Some(Value::Array(items)) => items,
-            Some(_) => {
-                return Err(ApiError::validation(
-                    FIELD,
-                    "must be an array of URLs or null",
-                ))
-            }
-        };
-        if items.len() > MAX_ATTACHMENTS {
-            return Err(invalid(FIELD, InvalidValue::TooManyAttachments));
-        }
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| {
-                let field = format!("{FIELD}[{i}]");
-                match item {
-                    Value::String(url) => {
-                        domain::parse_attachment_url(url).map_err(|e| invalid(&field, e))
-                    }
-                    _ => Err(ApiError::validation(&field, "must be a string URL")),
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
     }
 }

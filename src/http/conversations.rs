@@ -6,34 +6,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use messaging_actors::store::PageRequest;
 
 use super::error::ApiError;
-use super::openapi::{ConversationPage, MessagePage, PageMeta, ReadErrors};
+use super::wire::{ConversationPage, MessagePage, PageMeta, PageQuery, ReadErrors};
 use super::{parse_id, store_unavailable, AppState};
 
-const DEFAULT_PAGE_SIZE: u32 = 50;
-const MAX_PAGE_SIZE: u32 = 100;
-/// Far beyond any real listing; keeps the offset arithmetic small.
-const MAX_PAGE: u32 = 1_000_000;
-
-/// `page` (from 1) and `page_size` (1..=100) from the query string; other keys ignored.
 fn page_request(req: &HttpRequest) -> Result<PageRequest, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
-        .map_err(|_| ApiError::validation("query", "is not a valid query string"))?;
-    let number = |name: &str, default: u32, max: u32| -> Result<u32, ApiError> {
-        match pairs.iter().rev().find(|(k, _)| k == name) {
-            None => Ok(default),
-            Some((_, raw)) => raw
-                .parse::<u32>()
-                .ok()
-                .filter(|n| (1..=max).contains(n))
-                .ok_or_else(|| {
-                    ApiError::validation(name, format!("must be an integer from 1 to {max}"))
-                }),
-        }
-    };
-    Ok(PageRequest {
-        page: number("page", 1, MAX_PAGE)?,
-        page_size: number("page_size", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)?,
-    })
+    PageQuery::from_query(req.query_string()).map(Into::into)
 }
 
 fn meta(request: PageRequest, total: i64) -> PageMeta {
@@ -49,9 +26,7 @@ fn meta(request: PageRequest, total: i64) -> PageMeta {
     path = "/api/conversations",
     tag = "conversations",
     params(
-        ("page" = Option<u32>, Query, description = "From 1; default 1", minimum = 1),
-        ("page_size" = Option<u32>, Query, description = "1 to 100; default 50",
-            minimum = 1, maximum = 100),
+        PageQuery,
     ),
     responses(
         (status = 200, description = "Conversations, most recent first", body = ConversationPage),
@@ -70,7 +45,7 @@ pub async fn list_conversations(
         .map_err(|e| store_unavailable(&state.log, e))?;
     Ok(HttpResponse::Ok().json(ConversationPage {
         meta: meta(request, page.total),
-        items: page.items.into_iter().map(Into::into).collect(),
+        items: page.items,
     }))
 }
 
@@ -80,9 +55,7 @@ pub async fn list_conversations(
     tag = "conversations",
     params(
         ("id" = i64, Path, description = "The conversation id"),
-        ("page" = Option<u32>, Query, description = "From 1; default 1", minimum = 1),
-        ("page_size" = Option<u32>, Query, description = "1 to 100; default 50",
-            minimum = 1, maximum = 100),
+        PageQuery,
     ),
     responses(
         (status = 200, description = "The conversation's messages, oldest first",
@@ -105,6 +78,6 @@ pub async fn list_conversation_messages(
         .ok_or_else(|| ApiError::NotFound(format!("conversation {id}")))?;
     Ok(HttpResponse::Ok().json(MessagePage {
         meta: meta(request, page.total),
-        items: page.items.into_iter().map(Into::into).collect(),
+        items: page.items,
     }))
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix_web::{web, HttpResponse};
 
 use super::error::ApiError;
-use super::openapi::{ErrorBody, StatusBody};
+use super::wire::{ErrorBody, StatusBody};
 use super::AppState;
 
 /// A readiness probe that waits longer than this is itself a "not ready" (a little longer

@@ -2,93 +2,46 @@
 //! `GET /api/messages/{id}`. Parsing and validation happen here; acceptance (provider tag,
 //! storage) is the `RouterActor`'s.
 
-use super::body::{read_object, Fields};
+use super::body::read_object;
 use super::error::ApiError;
-use super::openapi::{
-    AcceptedBody, EmailRequest, MessageDetail, OutboundErrors, ReadErrors, SmsRequest,
+use super::wire::{
+    AcceptedBody, BodyErrors, EmailRequest, IdempotencyKeyHeader, MessageDetail, OutboundErrors,
+    ReadErrors, SmsRequest,
 };
 use super::{parse_id, store_unavailable, AppState};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use messaging_actors::domain::{
-    valid_idempotency_key, Channel, Direction, IdempotencyKey, MessageContent,
-};
+use messaging_actors::domain::{Direction, IdempotencyKey, MessageContent};
 use messaging_actors::router::{AcceptOutbound, RouteError};
+use serde_json::{Map, Value};
 
 /// What a client refused for a full backlog is told to wait: providers finish thousands
 /// of messages a second, so a second frees room unless they are failing or slow.
 const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
 
-/// SMS and MMS share a shape: E.164 numbers, `type`, and a body (SMS) or attachments (MMS).
-pub fn sms_content(fields: &Fields<'_>) -> Result<MessageContent, ApiError> {
-    let from = fields.phone("from")?;
-    let to = fields.phone("to")?;
-    let channel = match fields.string("type")? {
-        "sms" => Channel::Sms,
-        "mms" => Channel::Mms,
-        _ => return Err(ApiError::validation("type", "must be \"sms\" or \"mms\"")),
-    };
-    let body = match channel {
-        Channel::Mms => fields.optional_string("body")?.unwrap_or_default(),
-        _ => fields.non_empty("body")?,
-    };
-    let attachments = fields.attachments()?;
-    if channel == Channel::Mms && attachments.as_ref().is_none_or(Vec::is_empty) {
-        return Err(ApiError::validation(
-            "attachments",
-            "must hold at least one URL for an mms",
-        ));
-    }
-    Ok(MessageContent {
-        channel,
-        from,
-        to,
-        body: body.to_owned(),
-        attachments,
-        timestamp: fields.timestamp("timestamp")?,
-    })
+/// SMS and MMS share a route; `type` picks the shape.
+pub fn sms_content(object: &Map<String, Value>) -> Result<MessageContent, ApiError> {
+    SmsRequest::from_object(object).map(Into::into)
 }
 
-pub fn email_content(fields: &Fields<'_>) -> Result<MessageContent, ApiError> {
-    let from = fields.email("from")?;
-    let to = fields.email("to")?;
-    let body = fields.non_empty("body")?.to_owned();
-    let attachments = fields.attachments()?;
-    Ok(MessageContent {
-        channel: Channel::Email,
-        from,
-        to,
-        body,
-        attachments,
-        timestamp: fields.timestamp("timestamp")?,
-    })
-}
-
-fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
-    let Some(value) = req.headers().get("Idempotency-Key") else {
-        return Ok(None);
-    };
-    match value.to_str() {
-        Ok(key) if valid_idempotency_key(key) => Ok(Some(key.to_owned())),
-        _ => Err(ApiError::validation(
-            "Idempotency-Key",
-            "must be 1 to 255 visible ASCII characters",
-        )),
-    }
+pub fn email_content(object: &Map<String, Value>) -> Result<MessageContent, ApiError> {
+    EmailRequest::from_object(object).map(Into::into)
 }
 
 async fn accept(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
-    parse: fn(&Fields<'_>) -> Result<MessageContent, ApiError>,
+    parse: fn(&Map<String, Value>) -> Result<MessageContent, ApiError>,
 ) -> Result<HttpResponse, ApiError> {
     let object = read_object(req, payload, state.max_body_bytes).await?;
-    let content = parse(&Fields(&object))?;
-    let idempotency = idempotency_key(req)?.map(|key| IdempotencyKey {
-        key,
-        fingerprint: content.fingerprint(Direction::Outbound),
-    });
+    let content = parse(&object)?;
+    let idempotency = IdempotencyKeyHeader::from_request(req)?
+        .key
+        .map(|key| IdempotencyKey {
+            key,
+            fingerprint: content.fingerprint(Direction::Outbound),
+        });
     let accepted = state
         .router
         .send(AcceptOutbound {
@@ -121,12 +74,12 @@ async fn accept(
     path = "/api/messages/sms",
     tag = "messages",
     request_body(content = SmsRequest, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header,
-        description = "1 to 255 visible ASCII characters; a repeat returns the first answer")),
+    params(IdempotencyKeyHeader),
     responses(
         (status = 202, description = "Committed and tagged with its provider; dispatch follows",
             body = AcceptedBody,
             headers(("Location" = String, description = "/api/messages/{id}"))),
+        BodyErrors,
         OutboundErrors,
     )
 )]
@@ -143,12 +96,12 @@ pub async fn send_sms(
     path = "/api/messages/email",
     tag = "messages",
     request_body(content = EmailRequest, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header,
-        description = "1 to 255 visible ASCII characters; a repeat returns the first answer")),
+    params(IdempotencyKeyHeader),
     responses(
         (status = 202, description = "Committed and tagged with its provider; dispatch follows",
             body = AcceptedBody,
             headers(("Location" = String, description = "/api/messages/{id}"))),
+        BodyErrors,
         OutboundErrors,
     )
 )]
@@ -181,10 +134,7 @@ pub async fn get_message(
         .await
         .map_err(|e| store_unavailable(&state.log, e))?
         .ok_or_else(|| ApiError::NotFound(format!("message {id}")))?;
-    Ok(HttpResponse::Ok().json(MessageDetail {
-        message: message.into(),
-        attempts: attempts.into_iter().map(Into::into).collect(),
-    }))
+    Ok(HttpResponse::Ok().json(MessageDetail { message, attempts }))
 }
 
 #[cfg(test)]
@@ -289,23 +239,23 @@ mod tests {
             )
         ) {
             let object: Map<String, Value> = object.into_iter().collect();
-            if let Some(field) = field_of(sms_content(&Fields(&object))) {
+            if let Some(field) = field_of(sms_content(&object)) {
                 prop_assert!(SMS_FIELDS.contains(&field.as_str()), "{field}");
             }
-            if let Some(field) = field_of(email_content(&Fields(&object))) {
+            if let Some(field) = field_of(email_content(&object)) {
                 prop_assert!(EMAIL_FIELDS.contains(&field.as_str()), "{field}");
             }
         }
 
         #[test]
         fn valid_requests_are_parsed_exactly(sms in valid_sms(), email in valid_email()) {
-            let parsed = sms_content(&Fields(&sms));
+            let parsed = sms_content(&sms);
             prop_assert!(parsed.is_ok(), "{parsed:?} for {sms:?}");
             let content = parsed.expect("checked");
             prop_assert_eq!(&json!(content.from), &sms["from"]);
             prop_assert_eq!(&json!(content.body), &sms["body"]);
             prop_assert_eq!(&json!(content.attachments), &sms["attachments"]);
-            let parsed = email_content(&Fields(&email));
+            let parsed = email_content(&email);
             prop_assert!(parsed.is_ok(), "{parsed:?} for {email:?}");
         }
 
@@ -321,13 +271,13 @@ mod tests {
         ) {
             let mut sms = sms;
             sms.insert(sms_field.to_owned(), value.clone());
-            if let Some(named) = field_of(sms_content(&Fields(&sms))) {
+            if let Some(named) = field_of(sms_content(&sms)) {
                 let allowed = named == sms_field || (sms_field == "type" && named == "attachments");
                 prop_assert!(allowed, "{sms_field} = {value} was refused as {named}");
             }
             let mut email = email;
             email.insert(email_field.to_owned(), value.clone());
-            if let Some(named) = field_of(email_content(&Fields(&email))) {
+            if let Some(named) = field_of(email_content(&email)) {
                 prop_assert_eq!(named, email_field, "{} = {}", email_field, value);
             }
         }

@@ -10,6 +10,7 @@ mod messages;
 mod openapi;
 mod providers;
 mod webhooks;
+mod wire;
 
 use std::fmt::Display;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method};
 use actix_web::middleware::Next;
-use actix_web::{web, HttpRequest, ResponseError};
+use actix_web::{web, HttpMessage, HttpRequest, ResponseError};
 use messaging_actors::metrics::Metrics;
 use messaging_actors::router::RouterActor;
 use messaging_actors::store::Store;
@@ -68,94 +69,86 @@ impl HttpMetrics {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(only(
-        "/api/messages/sms",
-        Method::POST,
-        web::post().to(messages::send_sms),
-    ))
-    .service(only(
-        "/api/messages/email",
-        Method::POST,
-        web::post().to(messages::send_email),
-    ))
-    .service(only(
-        "/api/messages/{id}",
-        Method::GET,
-        web::get().to(messages::get_message),
-    ))
-    .service(only(
-        "/api/webhooks/sms",
-        Method::POST,
-        web::post().to(webhooks::receive_sms_webhook),
-    ))
-    .service(only(
-        "/api/webhooks/email",
-        Method::POST,
-        web::post().to(webhooks::receive_email_webhook),
-    ))
-    .service(only(
-        "/api/conversations",
-        Method::GET,
-        web::get().to(conversations::list_conversations),
-    ))
-    .service(only(
-        "/api/conversations/{id}/messages",
-        Method::GET,
-        web::get().to(conversations::list_conversation_messages),
-    ))
-    .service(only(
-        "/api/providers",
-        Method::GET,
-        web::get().to(providers::list_providers),
-    ))
-    .service(only(
-        "/healthz",
-        Method::GET,
-        web::get().to(health::healthz),
-    ))
-    .service(only("/readyz", Method::GET, web::get().to(health::readyz)))
-    .service(only(
-        "/metrics",
-        Method::GET,
-        web::get().to(health::metrics),
-    ))
-    .service(only(
-        "/api/openapi.json",
-        Method::GET,
-        web::get().to(openapi::openapi_json),
-    ))
-    .default_service(web::to(|req: HttpRequest| async move {
-        ApiError::NotFound(format!("route {}", req.path())).error_response()
-    }));
+    cfg.service(post("/api/messages/sms", messages::send_sms))
+        .service(post("/api/messages/email", messages::send_email))
+        .service(get("/api/messages/{id}", messages::get_message))
+        .service(post("/api/webhooks/sms", webhooks::receive_sms_webhook))
+        .service(post("/api/webhooks/email", webhooks::receive_email_webhook))
+        .service(get("/api/conversations", conversations::list_conversations))
+        .service(get(
+            "/api/conversations/{id}/messages",
+            conversations::list_conversation_messages,
+        ))
+        .service(get("/api/providers", providers::list_providers))
+        .service(get("/healthz", health::healthz))
+        .service(get("/readyz", health::readyz))
+        .service(get("/metrics", health::metrics))
+        .service(get("/api/openapi.json", openapi::openapi_json))
+        .default_service(web::to(|req: HttpRequest| async move {
+            ApiError::NotFound(format!("route {}", req.path())).error_response()
+        }));
 }
 
-/// A resource that answers one method and gives a JSON 405 (with `Allow`) for the others.
-fn only(path: &str, allow: Method, route: actix_web::Route) -> actix_web::Resource {
-    let allow: &'static str = if allow == Method::GET { "GET" } else { "POST" };
+/// A resource that answers POST, and a JSON 405 (with `Allow`) for any other method.
+fn post<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
     web::resource(path)
-        .route(route)
-        .default_service(web::to(move |req: HttpRequest| async move {
-            ApiError::MethodNotAllowed {
-                method: req.method().to_string(),
-                allow,
-            }
-            .error_response()
+        .route(web::post().to(handler))
+        .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "POST")))
+}
+
+/// A resource that answers GET, and HEAD as GET without the body (actix-http drops the
+/// body of an answer to HEAD and keeps its length); a JSON 405 for any other method.
+fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args> + Clone,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(|req: HttpRequest| {
+            method_not_allowed(req, "GET, HEAD")
         }))
 }
 
-/// Whether an `Accept` header admits `application/json` (absent means anything goes).
-fn accepts_json(accept: Option<&str>) -> bool {
-    let Some(accept) = accept else { return true };
-    accept.split(',').any(|range| {
-        let mut parts = range.split(';').map(str::trim);
-        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
-        let refused = parts.any(|p| {
-            p.strip_prefix("q=")
-                .and_then(|q| q.parse::<f32>().ok())
-                .is_some_and(|q| q <= 0.0)
-        });
-        !refused && matches!(media.as_str(), "*/*" | "application/*" | "application/json")
-    })
+async fn method_not_allowed(req: HttpRequest, allow: &'static str) -> actix_web::HttpResponse {
+    ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        allow,
+    }
+    .error_response()
+}
+
+/// Whether the request's `Accept` admits `application/json`, read with actix-web's typed
+/// header: the most specific range that matches JSON decides, by its quality, so
+/// `*/*;q=0.5, application/json;q=0` refuses it. No header means anything goes; a header
+/// that does not parse admits nothing.
+fn accepts_json(req: &impl HttpMessage) -> bool {
+    use actix_web::http::header::{Accept, Header as _, Quality};
+    use actix_web::mime;
+    if !req.headers().contains_key(header::ACCEPT) {
+        return true;
+    }
+    let Ok(Accept(ranges)) = Accept::parse(req) else {
+        return false;
+    };
+    let specificity = |range: &mime::Mime| match (range.type_(), range.subtype()) {
+        (mime::APPLICATION, mime::JSON) if range.suffix().is_none() => Some(2),
+        (mime::APPLICATION, mime::STAR) => Some(1),
+        (mime::STAR, mime::STAR) => Some(0),
+        _ => None,
+    };
+    ranges
+        .iter()
+        .filter_map(|range| specificity(&range.item).map(|s| (s, range.quality)))
+        .max_by_key(|(s, _)| *s)
+        .is_some_and(|(_, quality)| quality > Quality::ZERO)
 }
 
 /// 406 for a client that will not take JSON. `/metrics` speaks Prometheus text instead.
@@ -163,11 +156,7 @@ pub async fn require_json_accept(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let accept = req
-        .headers()
-        .get(header::ACCEPT)
-        .map(|v| v.to_str().unwrap_or(""));
-    if req.path() != "/metrics" && !accepts_json(accept) {
+    if req.path() != "/metrics" && !accepts_json(&req) {
         let response = ApiError::NotAcceptable.error_response();
         return Ok(req.into_response(response).map_into_right_body());
     }
@@ -228,7 +217,17 @@ fn store_unavailable(log: &Logger, cause: impl Display) -> ApiError {
 
 #[cfg(test)]
 mod tests {
+    use actix_web::test::TestRequest;
+
     use super::accepts_json;
+
+    fn accepts(accept: Option<&str>) -> bool {
+        let request = match accept {
+            Some(value) => TestRequest::default().insert_header(("Accept", value)),
+            None => TestRequest::default(),
+        };
+        accepts_json(&request.to_http_request())
+    }
 
     #[test]
     fn accept_headers_that_admit_json() {
@@ -239,8 +238,10 @@ mod tests {
             Some("application/*"),
             Some("text/html, application/json;q=0.5"),
             Some("Application/JSON; charset=utf-8"),
+            Some("*/*;q=0, application/json"),
+            Some("application/*;q=0, application/json;q=0.1"),
         ] {
-            assert!(accepts_json(accept), "{accept:?}");
+            assert!(accepts(accept), "{accept:?}");
         }
     }
 
@@ -251,9 +252,12 @@ mod tests {
             Some("application/xml"),
             Some("application/json;q=0"),
             Some("text/plain, application/json; q=0.0"),
+            Some("*/*;q=0.5, application/json;q=0"),
+            Some("application/json;Q=0"),
+            Some("application/*;q=0"),
             Some(""),
         ] {
-            assert!(!accepts_json(accept), "{accept:?}");
+            assert!(!accepts(accept), "{accept:?}");
         }
     }
 }

@@ -2,7 +2,7 @@
 //! percentages and pending messages, as its own actor reports them.
 
 use super::error::ApiError;
-use super::openapi::{ErrorBody, ProvidersBody};
+use super::wire::{ErrorBody, ProvidersBody};
 use super::{store_unavailable, AppState};
 use actix_web::{web, HttpResponse};
 use messaging_actors::router::ListProviders;

@@ -1,38 +1,32 @@
 //! Inbound messages from providers: `POST /api/webhooks/sms` and `/api/webhooks/email`.
 //! A repeated provider id answers with the first message and stores nothing new.
 
-use super::body::{read_object, Fields};
+use super::body::read_object;
 use super::error::ApiError;
-use super::messages::{email_content, sms_content};
-use super::openapi::{EmailWebhookRequest, ReceivedBody, SmsWebhookRequest, WebhookErrors};
+use super::wire::{BodyErrors, EmailWebhook, ReceivedBody, SmsWebhook, WebhookErrors};
 use super::{store_unavailable, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
 use messaging_actors::domain::MessageContent;
 use messaging_actors::store::{InboundStored, NewInbound};
+use serde_json::{Map, Value};
 
-/// Provider ids are opaque; bound them like idempotency keys.
-const MAX_PROVIDER_ID_LEN: usize = 255;
+/// A webhook body as the message it carries and the provider's id for it.
+type Parse = fn(&Map<String, Value>) -> Result<(MessageContent, String), ApiError>;
 
 async fn receive(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
-    id_field: &str,
-    parse: fn(&Fields<'_>) -> Result<MessageContent, ApiError>,
+    parse: Parse,
 ) -> Result<HttpResponse, ApiError> {
     let object = read_object(req, payload, state.max_body_bytes).await?;
-    let fields = Fields(&object);
-    let content = parse(&fields)?;
-    let provider_message_id = fields.non_empty(id_field)?;
-    if provider_message_id.len() > MAX_PROVIDER_ID_LEN {
-        return Err(ApiError::validation(id_field, "must be at most 255 bytes"));
-    }
+    let (content, provider_message_id) = parse(&object)?;
     let channel = content.channel;
     let stored = state
         .store
         .insert_inbound(NewInbound {
             content,
-            provider_message_id: provider_message_id.to_owned(),
+            provider_message_id,
         })
         .await
         .map_err(|e| store_unavailable(&state.log, e))?;
@@ -64,10 +58,11 @@ async fn receive(
     post,
     path = "/api/webhooks/sms",
     tag = "webhooks",
-    request_body(content = SmsWebhookRequest, content_type = "application/json"),
+    request_body(content = SmsWebhook, content_type = "application/json"),
     responses(
         (status = 202, description = "Stored, or the first message with this provider id",
             body = ReceivedBody),
+        BodyErrors,
         WebhookErrors,
     )
 )]
@@ -76,17 +71,22 @@ pub async fn receive_sms_webhook(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    receive(&state, &req, payload, "messaging_provider_id", sms_content).await
+    receive(&state, &req, payload, |object| {
+        let hook = SmsWebhook::from_object(object)?;
+        Ok((hook.message.into(), hook.id.messaging_provider_id.into()))
+    })
+    .await
 }
 
 #[utoipa::path(
     post,
     path = "/api/webhooks/email",
     tag = "webhooks",
-    request_body(content = EmailWebhookRequest, content_type = "application/json"),
+    request_body(content = EmailWebhook, content_type = "application/json"),
     responses(
         (status = 202, description = "Stored, or the first message with this provider id",
             body = ReceivedBody),
+        BodyErrors,
         WebhookErrors,
     )
 )]
@@ -95,5 +95,9 @@ pub async fn receive_email_webhook(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    receive(&state, &req, payload, "xillio_id", email_content).await
+    receive(&state, &req, payload, |object| {
+        let hook = EmailWebhook::from_object(object)?;
+        Ok((hook.message.into(), hook.id.xillio_id.into()))
+    })
+    .await
 }

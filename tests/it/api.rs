@@ -224,6 +224,39 @@ fn every_invalid_field_gets_a_400_naming_it_and_nothing_is_stored() {
             "timestamp",
         ),
         (
+            "/api/messages/sms",
+            set(sms.clone(), "timestamp", json!("9999-12-31T23:59:59-01:00")),
+            "timestamp",
+        ),
+        (
+            "/api/messages/sms",
+            set(sms.clone(), "timestamp", json!("0000-01-01T00:00:00+01:00")),
+            "timestamp",
+        ),
+        (
+            "/api/messages/sms",
+            set(
+                sms.clone(),
+                "attachments",
+                json!(["http://example.com:99999/x"]),
+            ),
+            "attachments[0]",
+        ),
+        (
+            "/api/messages/sms",
+            set(sms.clone(), "attachments", json!(["http://-"])),
+            "attachments[0]",
+        ),
+        (
+            "/api/messages/sms",
+            set(
+                sms.clone(),
+                "attachments",
+                json!(["http://exa\u{202E}mple.com/x"]),
+            ),
+            "attachments[0]",
+        ),
+        (
             "/api/messages/email",
             set(email.clone(), "from", json!("user")),
             "from",
@@ -514,8 +547,8 @@ fn unknown_ids_and_routes_are_json_404s_and_wrong_methods_json_405s() {
     for (method, path, allow) in [
         ("GET", "/api/messages/sms", "POST"),
         ("PUT", "/api/messages/email", "POST"),
-        ("DELETE", "/api/messages/1", "GET"),
-        ("POST", "/api/conversations", "GET"),
+        ("DELETE", "/api/messages/1", "GET, HEAD"),
+        ("POST", "/api/conversations", "GET, HEAD"),
         ("GET", "/api/webhooks/email", "POST"),
     ] {
         let response = app.request(method, path, &[], None);
@@ -549,6 +582,11 @@ fn content_negotiation_and_size_errors_use_the_contract_codes() {
         None,
     );
     assert_eq!(get.error_code(406), "not_acceptable");
+    // The most specific range decides, whatever the case of its parameter.
+    for accept in ["*/*;q=0.5, application/json;q=0", "application/json;Q=0"] {
+        let refused = app.request("GET", "/api/conversations", &[("Accept", accept)], None);
+        assert_eq!(refused.error_code(406), "not_acceptable", "{accept}");
+    }
     assert_eq!(
         app.request("GET", "/healthz", &[("Accept", "application/json")], None)
             .status,
@@ -672,4 +710,28 @@ fn a_nul_character_in_any_field_is_refused_naming_the_field_and_nothing_is_store
     }
     let listed = app.get("/api/conversations").json();
     assert_eq!(listed["meta"]["total"], 0, "nothing stored");
+}
+
+#[test]
+fn head_on_a_get_route_answers_as_get_without_a_body() {
+    let app = TestApp::spawn("");
+    for path in [
+        "/healthz",
+        "/api/conversations",
+        "/api/openapi.json",
+        "/metrics",
+    ] {
+        let get = app.get(path);
+        let head = app.request("HEAD", path, &[], None);
+        assert_eq!(head.status, get.status, "{path}");
+        assert!(head.text.is_empty(), "{path}: {}", head.text);
+        assert_eq!(
+            head.header("Content-Type"),
+            get.header("Content-Type"),
+            "{path}"
+        );
+    }
+    let missing = app.request("HEAD", "/api/messages/999", &[], None);
+    assert_eq!(missing.status, 404);
+    assert!(missing.text.is_empty());
 }

@@ -69,6 +69,19 @@ fn load(
         .collect()
 }
 
+/// Stops the clients and gathers their answers, each a 202 or a 503 and nothing else.
+fn finish(clients: Vec<std::thread::JoinHandle<Vec<Answer>>>, stop: &AtomicBool) -> Vec<Answer> {
+    stop.store(true, Ordering::Relaxed);
+    let answers: Vec<Answer> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client"))
+        .collect();
+    for (status, _) in &answers {
+        assert!(matches!(status, 202 | 503), "answered {status}");
+    }
+    answers
+}
+
 /// Polls `POST` until a 202, answering how long that took.
 fn time_to_202(app: &TestApp, n: usize) -> Duration {
     let started = Instant::now();
@@ -99,14 +112,7 @@ fn killed_database_connections_are_replaced_and_nothing_accepted_is_lost() {
         );
         recoveries.push(time_to_202(&app, round as usize));
     }
-    stop.store(true, Ordering::Relaxed);
-    let answers: Vec<Answer> = clients
-        .into_iter()
-        .flat_map(|c| c.join().expect("client"))
-        .collect();
-    for (status, _) in &answers {
-        assert!(matches!(status, 202 | 503), "answered {status}");
-    }
+    let answers = finish(clients, &stop);
     for took in &recoveries {
         assert!(*took < Duration::from_secs(5), "202 again after {took:?}");
     }
@@ -495,14 +501,7 @@ fn a_postgres_restart_under_load_loses_nothing_and_writes_come_back() {
         (app.metric(r#"messaging_messages_accepted_total{channel="sms"}"#) > before + 100.0)
             .then_some(())
     });
-    stop.store(true, Ordering::Relaxed);
-    let answers: Vec<Answer> = clients
-        .into_iter()
-        .flat_map(|c| c.join().expect("client"))
-        .collect();
-    for (status, _) in &answers {
-        assert!(matches!(status, 202 | 503), "answered {status}");
-    }
+    let answers = finish(clients, &stop);
     for id in answers
         .iter()
         .filter(|(s, _)| *s == 202)

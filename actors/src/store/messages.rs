@@ -73,36 +73,51 @@ pub struct Page<T> {
     pub total: i64,
 }
 
+/// A message as the API shows it (the response body itself, so nothing copies it).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessageView {
     pub id: i64,
     pub conversation_id: i64,
+    /// `outbound` or `inbound`.
+    #[cfg_attr(feature = "openapi", schema(example = "outbound"))]
     pub direction: String,
+    #[cfg_attr(feature = "openapi", schema(example = "sms"))]
     pub channel: String,
     pub from: String,
     pub to: String,
     pub body: String,
     pub attachments: Option<Vec<String>>,
     pub timestamp: String,
+    /// `queued`, `sent`, `failed` or `received`.
+    #[cfg_attr(feature = "openapi", schema(example = "sent"))]
     pub status: String,
+    /// Null for inbound messages and for outbound ones no provider served.
     pub provider: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
 
+/// One dispatch attempt, as `GET /api/messages/{id}` lists it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptView {
     pub attempt: i32,
     pub provider: String,
+    /// `success`, `rate_limited`, `error` or `timeout`.
     pub outcome: String,
     pub latency_ms: i64,
+    /// `500`, `429`, `timeout`, or null on success.
     pub error_code: Option<String>,
     pub at: String,
 }
 
+/// A conversation, as `GET /api/conversations` lists it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationView {
     pub id: i64,
+    /// The unordered pair, smaller address first; emails lower-cased.
     pub participants: [String; 2],
     pub message_count: i64,
     pub last_message_at: String,
