@@ -8,7 +8,7 @@ use super::wire::{
     AcceptedBody, BodyErrors, EmailRequest, IdempotencyKeyHeader, MessageDetail, OutboundErrors,
     ReadErrors, SmsRequest,
 };
-use super::{parse_id, store_unavailable, AppState};
+use super::{actor_unavailable, parse_id, store_unavailable, AppState};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use messaging_actors::domain::{Direction, IdempotencyKey, MessageContent};
@@ -49,7 +49,7 @@ async fn accept(
             idempotency,
         })
         .await
-        .map_err(|e| store_unavailable(&state.log, e))?
+        .map_err(|e| actor_unavailable(&state.log, e))?
         .map_err(|e| match e {
             RouteError::NoProvider { channel, .. } => ApiError::NoProvider { channel },
             RouteError::IdempotencyConflict => ApiError::IdempotencyConflict,

@@ -12,7 +12,6 @@ mod providers;
 mod webhooks;
 mod wire;
 
-use std::fmt::Display;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,7 +23,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest, ResponseError};
 use messaging_actors::metrics::Metrics;
 use messaging_actors::router::RouterActor;
-use messaging_actors::store::Store;
+use messaging_actors::store::{Store, StoreError};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use slog::{warn, Logger};
 
@@ -209,9 +208,15 @@ fn parse_id(raw: &str, what: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("{what} {raw}")))
 }
 
-/// The database (or the actors in front of it) failed: log the cause once, answer 503.
-fn store_unavailable(log: &Logger, cause: impl Display) -> ApiError {
-    warn!(log, "database unavailable"; "error" => cause.to_string());
+/// The database failed: log the cause once, with its kind, and answer 503.
+fn store_unavailable(log: &Logger, cause: StoreError) -> ApiError {
+    warn!(log, "database unavailable"; "kind" => cause.kind(), "error" => cause.to_string());
+    ApiError::NotReady
+}
+
+/// The actor that was to do the work is gone (a stop under way): not a database fault.
+fn actor_unavailable(log: &Logger, cause: actix::MailboxError) -> ApiError {
+    warn!(log, "actor unavailable"; "error" => cause.to_string());
     ApiError::NotReady
 }
 

@@ -3,7 +3,7 @@
 
 use super::error::ApiError;
 use super::wire::{ErrorBody, ProvidersBody};
-use super::{store_unavailable, AppState};
+use super::{actor_unavailable, AppState};
 use actix_web::{web, HttpResponse};
 use messaging_actors::router::ListProviders;
 
@@ -22,7 +22,7 @@ pub async fn list_providers(state: web::Data<AppState>) -> Result<HttpResponse, 
         .router
         .send(ListProviders)
         .await
-        .map_err(|e| store_unavailable(&state.log, e))?;
+        .map_err(|e| actor_unavailable(&state.log, e))?;
     Ok(HttpResponse::Ok().json(ProvidersBody {
         items: statuses.into_iter().map(Into::into).collect(),
     }))

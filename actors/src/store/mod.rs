@@ -80,6 +80,23 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The kind as a log field value, so operators can tell a lock from a lost server.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::ConnectionLost(_) => "connection_lost",
+            StoreError::Locked(_) => "locked",
+            StoreError::TimedOut(_) => "timed_out",
+            StoreError::ReadOnly(_) => "read_only",
+            StoreError::DiskFull(_) => "disk_full",
+            StoreError::Conflict(_) => "conflict",
+            StoreError::Superseded => "superseded",
+            StoreError::Refused(_) => "refused",
+            StoreError::Failed(_) => "failed",
+            StoreError::Closed => "closed",
+            StoreError::UnsupportedUrl(_) => "unsupported_url",
+        }
+    }
+
     /// Whether the error belongs to one write rather than to the database: a batch that
     /// fails with one is run again write by write, so that the others still land.
     pub fn is_per_write(&self) -> bool {
@@ -406,5 +423,44 @@ impl Store {
             Ok(answer) => answer.map_err(|_| StoreError::Closed)?,
             Err(_) => Err(self.timed_out()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    #[test]
+    fn driver_messages_keep_their_kind() {
+        for (message, kind) in [
+            ("database is locked", "locked"),
+            ("attempt to write a readonly database", "read_only"),
+            ("database or disk is full", "disk_full"),
+            ("canceling statement due to statement timeout", "timed_out"),
+            (
+                "terminating connection due to administrator command",
+                "connection_lost",
+            ),
+            (
+                "server closed the connection unexpectedly",
+                "connection_lost",
+            ),
+            ("attempt superseded by another instance", "superseded"),
+            ("a final status cannot change", "refused"),
+            ("syntax error at or near \"x\"", "failed"),
+        ] {
+            assert_eq!(StoreError::from_message(message).kind(), kind, "{message}");
+        }
+    }
+
+    #[test]
+    fn only_faults_of_one_write_rerun_a_batch_and_only_connection_faults_drop_it() {
+        let lost = StoreError::ConnectionLost("x".into());
+        let locked = StoreError::Locked("x".into());
+        let conflict = StoreError::Conflict("x".into());
+        assert!(conflict.is_per_write() && StoreError::Superseded.is_per_write());
+        assert!(!lost.is_per_write() && !locked.is_per_write());
+        assert!(lost.taints_connection());
+        assert!(!locked.taints_connection() && !conflict.taints_connection());
     }
 }
