@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Value};
 use figment::Figment;
+use messaging_actors::senders::Secret;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Environment variables that override one key each start with this.
@@ -42,6 +43,10 @@ pub struct Settings {
 pub struct ServerSettings {
     pub bind: String,
     pub max_body_bytes: usize,
+    /// The service's public base URL (`https://host`), which Twilio signs its webhooks
+    /// against; required once a Twilio provider is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -180,13 +185,74 @@ impl<'de> Deserialize<'de> for Seed {
     }
 }
 
-/// One provider, resolved: its own keys over the global sections.
+/// What a provider is: the seeded simulator, or a real API (CONTRACT section 8).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    #[default]
+    Simulated,
+    Twilio,
+    Sendgrid,
+}
+
+/// The keys of a real provider (`kind = "twilio"` or `"sendgrid"`); a simulated one
+/// ignores them. Secrets are named by `*_env` keys, never written here.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RealProviderSettings {
+    /// The API's base URL; defaults per kind. Tests point it at a local fake.
+    pub base_url: Option<String>,
+    pub account_sid: Option<String>,
+    pub auth_token_env: Option<String>,
+    pub api_key_env: Option<String>,
+    pub request_timeout_ms: u64,
+    pub max_in_flight: u32,
+    pub status_callback_url: Option<String>,
+    pub sender_interval_ms: u64,
+    pub default_subject: String,
+    /// SendGrid's signed event webhook public key (base64 DER, as SendGrid shows it).
+    pub event_webhook_public_key: Option<String>,
+}
+
+impl Default for RealProviderSettings {
+    fn default() -> Self {
+        RealProviderSettings {
+            base_url: None,
+            account_sid: None,
+            auth_token_env: None,
+            api_key_env: None,
+            request_timeout_ms: 10_000,
+            max_in_flight: 64,
+            status_callback_url: None,
+            sender_interval_ms: 0,
+            default_subject: "Message".to_owned(),
+            event_webhook_public_key: None,
+        }
+    }
+}
+
+/// One provider, resolved: its own keys over the global sections, its secret read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderSettings {
+    pub kind: ProviderKind,
     /// `None`: seeded from OS entropy.
     pub seed: Option<u64>,
     pub outcomes: OutcomeSettings,
     pub breaker: BreakerSettings,
+    pub real: RealProviderSettings,
+    /// The auth token (Twilio) or API key (SendGrid), from the variable `*_env` names.
+    pub secret: Option<Secret>,
+}
+
+impl ProviderSettings {
+    /// The API's base URL: the configured one, else the provider's own.
+    pub fn base_url(&self) -> &str {
+        match (&self.real.base_url, self.kind) {
+            (Some(url), _) => url,
+            (None, ProviderKind::Twilio) => "https://api.twilio.com",
+            (None, _) => "https://api.sendgrid.com",
+        }
+    }
 }
 
 impl Default for Settings {
@@ -214,6 +280,7 @@ impl Default for ServerSettings {
         ServerSettings {
             bind: "127.0.0.1:8080".to_owned(),
             max_body_bytes: 262_144,
+            public_url: None,
         }
     }
 }
@@ -378,6 +445,10 @@ pub fn from_toml(text: &str, source: &str) -> Result<Settings, SettingsError> {
     Ok(settings)
 }
 
+fn is_http_url(raw: &str) -> bool {
+    url::Url::parse(raw).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+}
+
 fn check(ok: bool, key: &str, problem: &str) -> Result<(), SettingsError> {
     if ok {
         Ok(())
@@ -456,6 +527,26 @@ impl Settings {
             .map_err(|e| SettingsError::from_figment(e, &prefix, source))?,
             None => Seed::Entropy,
         };
+        let kind = match table.remove("kind") {
+            Some(value) => Figment::from(Serialized::defaults(Dict::from([(
+                "kind".to_owned(),
+                value,
+            )])))
+            .extract_inner::<ProviderKind>("kind")
+            .map_err(|e| SettingsError::from_figment(e, &prefix, source))?,
+            None => ProviderKind::Simulated,
+        };
+        // The outcome keys are whatever `[outcomes]` has; every other key is a real
+        // provider's (and refused by name if it is neither).
+        let outcome_keys: Vec<String> = Figment::from(Serialized::defaults(&self.outcomes))
+            .extract::<Dict>()
+            .map(|d| d.into_keys().collect())
+            .unwrap_or_default();
+        let (outcome_table, real_table): (Dict, Dict) = table
+            .clone()
+            .into_iter()
+            .filter(|(key, _)| key != "breaker")
+            .partition(|(key, _)| outcome_keys.contains(key));
         let breaker = match table.remove("breaker") {
             Some(Value::Dict(_, dict)) => dict,
             Some(_) => {
@@ -467,20 +558,51 @@ impl Settings {
             None => Dict::new(),
         };
         let outcomes = Figment::from(Serialized::defaults(&self.outcomes))
-            .merge(Serialized::defaults(table))
+            .merge(Serialized::defaults(outcome_table))
             .extract()
             .map_err(|e| SettingsError::from_figment(e, &prefix, source))?;
+        let real: RealProviderSettings =
+            Figment::from(Serialized::defaults(RealProviderSettings::default()))
+                .merge(Serialized::defaults(real_table))
+                .extract()
+                .map_err(|e| SettingsError::from_figment(e, &prefix, source))?;
+        let secret_key = match kind {
+            ProviderKind::Simulated => None,
+            ProviderKind::Twilio => Some(("auth_token_env", &real.auth_token_env)),
+            ProviderKind::Sendgrid => Some(("api_key_env", &real.api_key_env)),
+        };
+        let secret = match secret_key {
+            None => None,
+            Some((key, None)) => {
+                return Err(SettingsError::new(
+                    format!("{prefix}.{key}"),
+                    "is required for this kind: the environment variable holding the secret",
+                ))
+            }
+            Some((key, Some(variable))) => match std::env::var(variable) {
+                Ok(value) if !value.is_empty() => Some(Secret::new(value)),
+                _ => {
+                    return Err(SettingsError::new(
+                        format!("{prefix}.{key}"),
+                        format!("the environment variable {variable} is not set"),
+                    ))
+                }
+            },
+        };
         let breaker = Figment::from(Serialized::defaults(&self.breaker))
             .merge(Serialized::defaults(breaker))
             .extract()
             .map_err(|e| SettingsError::from_figment(e, &format!("{prefix}.breaker"), source))?;
         Ok(ProviderSettings {
+            kind,
             seed: match seed {
                 Seed::Fixed(n) => Some(n),
                 Seed::Entropy => None,
             },
             outcomes,
             breaker,
+            real,
+            secret,
         })
     }
 
@@ -549,8 +671,79 @@ impl Settings {
             provider
                 .breaker
                 .validate(&format!("providers.{name}.breaker"))?;
+            self.validate_real(name, provider)?;
+        }
+        if let Some(url) = &self.server.public_url {
+            check(
+                is_http_url(url),
+                "server.public_url",
+                "must be an http or https URL",
+            )?;
         }
         Ok(())
+    }
+
+    fn validate_real(&self, name: &str, provider: &ProviderSettings) -> Result<(), SettingsError> {
+        let key = |k: &str| format!("providers.{name}.{k}");
+        let real = &provider.real;
+        match provider.kind {
+            ProviderKind::Simulated => return Ok(()),
+            ProviderKind::Twilio => {
+                check(
+                    real.account_sid.as_deref().is_some_and(|s| !s.is_empty()),
+                    &key("account_sid"),
+                    "is required for kind \"twilio\"",
+                )?;
+                check(
+                    self.server.public_url.is_some(),
+                    "server.public_url",
+                    "is required with a twilio provider: Twilio signs its webhooks against it",
+                )?;
+                if let Some(url) = &real.status_callback_url {
+                    check(
+                        is_http_url(url),
+                        &key("status_callback_url"),
+                        "must be an http or https URL",
+                    )?;
+                }
+            }
+            ProviderKind::Sendgrid => {
+                if let Some(public_key) = &real.event_webhook_public_key {
+                    check(
+                        crate::http::sendgrid_public_key(public_key).is_some(),
+                        &key("event_webhook_public_key"),
+                        "must be SendGrid's verification key: base64 of a DER P-256 public key",
+                    )?;
+                }
+            }
+        }
+        check(
+            is_http_url(provider.base_url()),
+            &key("base_url"),
+            "must be an http or https URL",
+        )?;
+        check(
+            (1..=600_000).contains(&real.request_timeout_ms),
+            &key("request_timeout_ms"),
+            "must be from 1 to 600000",
+        )?;
+        check(
+            (1..=8192).contains(&real.max_in_flight),
+            &key("max_in_flight"),
+            "must be from 1 to 8192",
+        )?;
+        check(
+            (1..=998).contains(&real.default_subject.chars().count()),
+            &key("default_subject"),
+            "must be 1 to 998 characters",
+        )
+    }
+
+    /// Whether any provider sends for real.
+    pub fn any_real_provider(&self) -> bool {
+        self.providers
+            .values()
+            .any(|p| p.kind != ProviderKind::Simulated)
     }
 }
 

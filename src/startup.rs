@@ -18,8 +18,10 @@ use messaging_actors::router::{Registry, ResumeQueued, RouterActor};
 use messaging_actors::store::{self, Store};
 use slog::{info, warn, Logger};
 
+use crate::http::WebhookKeys;
 use crate::http::{self, AppState, HttpMetrics};
-use crate::settings::Settings;
+use crate::settings::{ProviderKind, ProviderSettings, Settings};
+use messaging_actors::senders::{Api, HttpSender};
 
 /// How long in-flight requests get to finish after a stop signal: 8 s, leaving room for
 /// handing leases back and flushing the log within the 10 s the README promises (a client
@@ -38,8 +40,54 @@ fn registry(settings: &Settings) -> Registry {
     )
 }
 
+/// A real provider's sender, from its settings (the secret was read at load).
+fn http_sender(provider: &ProviderSettings) -> anyhow::Result<Option<Arc<HttpSender>>> {
+    let secret = || {
+        provider
+            .secret
+            .clone()
+            .context("a real provider's secret was not read")
+    };
+    let api = match provider.kind {
+        ProviderKind::Simulated => return Ok(None),
+        ProviderKind::Twilio => Api::Twilio {
+            account_sid: provider.real.account_sid.clone().unwrap_or_default(),
+            auth_token: secret()?,
+            status_callback: provider.real.status_callback_url.clone(),
+        },
+        ProviderKind::Sendgrid => Api::SendGrid {
+            api_key: secret()?,
+            default_subject: provider.real.default_subject.clone(),
+        },
+    };
+    let timeout = Duration::from_millis(provider.real.request_timeout_ms);
+    let sender = HttpSender::new(api, provider.base_url(), timeout)
+        .context("building the provider's HTTP client")?;
+    Ok(Some(Arc::new(sender)))
+}
+
+/// What verifies the real providers' webhooks.
+fn webhook_keys(settings: &Settings) -> WebhookKeys {
+    let providers = settings.providers.values();
+    WebhookKeys {
+        public_url: settings.server.public_url.clone(),
+        twilio_tokens: providers
+            .clone()
+            .filter(|p| p.kind == ProviderKind::Twilio)
+            .filter_map(|p| p.secret.clone())
+            .collect(),
+        sendgrid_keys: providers
+            .filter_map(|p| p.real.event_webhook_public_key.as_deref())
+            .filter_map(http::sendgrid_public_key)
+            .collect(),
+    }
+}
+
 /// Each `[providers.NAME]` with its settings resolved over the global defaults.
-fn provider_configs(settings: &Settings, registry: &Registry) -> Vec<ProviderConfig> {
+fn provider_configs(
+    settings: &Settings,
+    registry: &Registry,
+) -> anyhow::Result<Vec<ProviderConfig>> {
     let d = &settings.dispatch;
     let retry = RetryPolicy {
         max_attempts: d.max_attempts,
@@ -53,7 +101,11 @@ fn provider_configs(settings: &Settings, registry: &Registry) -> Vec<ProviderCon
         .filter_map(|(name, channels)| {
             let provider = settings.providers.get(&name)?;
             let (outcomes, breaker) = (&provider.outcomes, &provider.breaker);
-            Some(ProviderConfig {
+            let sender = match http_sender(provider) {
+                Ok(sender) => sender,
+                Err(e) => return Some(Err(e.context(format!("provider {name}")))),
+            };
+            Some(Ok(ProviderConfig {
                 breaker: BreakerConfig {
                     window_size: breaker.window_size,
                     minimum_calls: breaker.minimum_calls,
@@ -70,9 +122,12 @@ fn provider_configs(settings: &Settings, registry: &Registry) -> Vec<ProviderCon
                 latency: Duration::from_millis(outcomes.latency_ms),
                 timeout: Duration::from_millis(outcomes.timeout_ms),
                 retry,
+                sender,
+                max_in_flight: provider.real.max_in_flight as usize,
+                sender_interval: Duration::from_millis(provider.real.sender_interval_ms),
                 name,
                 channels,
-            })
+            }))
         })
         .collect()
 }
@@ -87,6 +142,19 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         warn!(log, "channel has no provider";
             "channel" => channel.as_str(), "provider" => provider);
     }
+    if settings.any_real_provider() {
+        // So that nobody believes a simulated provider has sent anything.
+        for (provider, channels) in registry.providers() {
+            let simulated = settings
+                .providers
+                .get(&provider)
+                .is_some_and(|p| p.kind == ProviderKind::Simulated);
+            for channel in channels.into_iter().filter(|_| simulated) {
+                warn!(log, "channel served by a simulator";
+                    "channel" => channel.as_str(), "provider" => &provider);
+            }
+        }
+    }
     let metrics = Arc::new(Metrics::new(&registry.providers()).context("building metrics")?);
     let http_metrics = HttpMetrics::new(metrics.registry()).context("building HTTP metrics")?;
     let store = Store::start(
@@ -100,7 +168,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
     }
     let backlog = Arc::new(Backlog::new(settings.dispatch.backlog_limit));
     let providers = Arc::new(provider::start_all(
-        provider_configs(&settings, &registry),
+        provider_configs(&settings, &registry)?,
         &store,
         &metrics,
         &backlog,
@@ -133,6 +201,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         metrics,
         http_metrics,
         max_body_bytes: settings.server.max_body_bytes,
+        webhook_keys: webhook_keys(&settings),
         log: log.clone(),
     });
     let server = HttpServer::new(move || {

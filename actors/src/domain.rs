@@ -30,10 +30,12 @@ pub enum InvalidValue {
     Empty,
     #[error("must not contain a NUL character")]
     Nul,
-    #[error("must be at most {0} bytes")]
+    #[error("is too long: at most {0}")]
     TooLong(usize),
     #[error("must hold at least one URL for an mms")]
     NoAttachments,
+    #[error("must not contain control characters")]
+    Control,
 }
 
 /// Longest provider message id the webhooks take: ids are opaque, bound them like keys.
@@ -119,6 +121,24 @@ checked_string!(
             Err(InvalidValue::Empty)
         } else if raw.len() > MAX_PROVIDER_ID_LEN {
             Err(InvalidValue::TooLong(MAX_PROVIDER_ID_LEN))
+        } else {
+            Ok(raw)
+        }
+    }
+);
+
+checked_string!(
+    /// An email subject: 1 to 998 characters (RFC 5322's line limit), not only
+    /// whitespace, no control characters (a header cannot hold a line break).
+    Subject,
+    |raw| {
+        let raw = without_nul(raw)?;
+        if raw.trim().is_empty() {
+            Err(InvalidValue::Empty)
+        } else if raw.chars().count() > 998 {
+            Err(InvalidValue::TooLong(998))
+        } else if raw.chars().any(char::is_control) {
+            Err(InvalidValue::Control)
         } else {
             Ok(raw)
         }
@@ -471,6 +491,8 @@ pub struct MessageContent {
     /// `None` when the client sent `null` or left it out; kept apart from `[]`.
     pub attachments: Option<Vec<String>>,
     pub timestamp: Timestamp,
+    /// An email's subject, when the request gave one.
+    pub subject: Option<String>,
 }
 
 impl MessageContent {
@@ -502,6 +524,12 @@ impl MessageContent {
             }
         }
         field(self.timestamp.to_storage().as_bytes());
+        // Only when present, so that every fingerprint stored before subjects existed
+        // still matches its replay.
+        if let Some(subject) = &self.subject {
+            field(b"subject");
+            field(subject.as_bytes());
+        }
         hasher
             .finalize()
             .iter()
@@ -672,6 +700,7 @@ mod tests {
             body: body.into(),
             attachments,
             timestamp: Timestamp::parse_rfc3339("2024-11-01T14:00:00Z").expect("valid"),
+            subject: None,
         }
     }
 

@@ -33,4 +33,5 @@ pub mod metrics;
 pub mod outcome;
 pub mod provider;
 pub mod router;
+pub mod senders;
 pub mod store;

@@ -10,7 +10,7 @@ use prometheus::{
 use crate::domain::Channel;
 
 /// Outcome labels, in the order the contract lists them.
-pub const OUTCOMES: [&str; 4] = ["success", "rate_limited", "error", "timeout"];
+pub const OUTCOMES: [&str; 5] = ["success", "rate_limited", "error", "timeout", "rejected"];
 /// Breaker state labels.
 pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
 

@@ -13,6 +13,9 @@ pub enum Outcome {
     RateLimited,
     Error,
     Timeout,
+    /// A real provider refused this very message for good (a 4xx other than 401, 403,
+    /// 429): failed at once, not a breaker failure. Simulated providers never draw it.
+    Rejected,
 }
 
 impl Outcome {
@@ -22,6 +25,7 @@ impl Outcome {
             Outcome::RateLimited => "rate_limited",
             Outcome::Error => "error",
             Outcome::Timeout => "timeout",
+            Outcome::Rejected => "rejected",
         }
     }
 
@@ -31,6 +35,7 @@ impl Outcome {
             "rate_limited" => Some(Outcome::RateLimited),
             "error" => Some(Outcome::Error),
             "timeout" => Some(Outcome::Timeout),
+            "rejected" => Some(Outcome::Rejected),
             _ => None,
         }
     }
@@ -42,6 +47,7 @@ impl Outcome {
             Outcome::RateLimited => Some("429"),
             Outcome::Error => Some("500"),
             Outcome::Timeout => Some("timeout"),
+            Outcome::Rejected => Some("400"),
         }
     }
 }
@@ -119,7 +125,7 @@ impl RetryPolicy {
     /// `None` when `attempt` (1-based, just finished) was the last one allowed or the
     /// outcome needs no retry; else the wait before the next attempt.
     pub fn next_delay(&self, attempt: u32, outcome: Outcome) -> Option<Duration> {
-        if outcome == Outcome::Success || attempt >= self.max_attempts {
+        if matches!(outcome, Outcome::Success | Outcome::Rejected) || attempt >= self.max_attempts {
             return None;
         }
         Some(match outcome {
@@ -231,6 +237,11 @@ mod tests {
         assert_eq!(ms(3, Outcome::Error), Some(350));
         assert_eq!(ms(2, Outcome::RateLimited), Some(1000));
         assert_eq!(ms(1, Outcome::Success), None);
+        assert_eq!(
+            ms(1, Outcome::Rejected),
+            None,
+            "a rejected message fails at once"
+        );
         assert_eq!(ms(6, Outcome::Error), None, "the last attempt is final");
         assert_eq!(ms(6, Outcome::RateLimited), None);
         let huge = RetryPolicy {

@@ -17,14 +17,14 @@
 //! restart the provider is as after a process start: breaker `closed`, outcome stream
 //! seeded afresh; an attempt the panic interrupted is made again (at-least-once).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{
-    Actor, ActorContext, Addr, Arbiter, AsyncContext, Context, Handler, Message, MessageResult,
-    SpawnHandle, Supervised, Supervisor,
+    Actor, ActorContext, ActorFutureExt, Addr, Arbiter, AsyncContext, Context, Handler, Message,
+    MessageResult, SpawnHandle, Supervised, Supervisor, WrapFuture,
 };
 use slog::{error, info, o, warn, Logger};
 
@@ -33,6 +33,7 @@ use crate::breaker::{Breaker, BreakerConfig, BreakerState, CallResult, Permit, T
 use crate::domain::{Channel, MessageStatus, Timestamp};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, OutcomeOdds, OutcomeStream, RetryPolicy};
+use crate::senders::{Answer, HttpSender};
 use crate::store::{AttemptRecord, Store, StoreError};
 
 /// Attempts one provider keeps in flight at most; the rest wait in its queue. High enough
@@ -40,6 +41,8 @@ use crate::store::{AttemptRecord, Store, StoreError};
 const MAX_IN_FLIGHT: usize = 8192;
 /// Wait before writing an attempt record again after the database refused it.
 const RECORD_RETRY: Duration = Duration::from_secs(1);
+/// "provider refused our credentials" is logged at most this often.
+const CREDENTIALS_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Everything that defines one provider, resolved from the settings.
 #[derive(Debug, Clone)]
@@ -54,6 +57,27 @@ pub struct ProviderConfig {
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub breaker: BreakerConfig,
+    /// A real provider's HTTP sender; `None` for the simulator (seed, odds, latency).
+    pub sender: Option<Arc<HttpSender>>,
+    /// Requests in flight to this provider at most.
+    pub max_in_flight: usize,
+    /// The least time between two messages from one sender (0: none).
+    pub sender_interval: Duration,
+}
+
+impl ProviderConfig {
+    /// `simulated`, `twilio` or `sendgrid`.
+    pub fn kind(&self) -> &'static str {
+        self.sender.as_ref().map_or("simulated", |s| s.kind())
+    }
+}
+
+/// Identifies a sender (`from`) for `sender_interval`, without holding its address.
+pub fn sender_key(from: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    from.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Hand a stored, queued message to its provider.
@@ -66,12 +90,16 @@ pub struct Dispatch {
     pub attempts_made: u32,
     /// When its next attempt is due; `None` means now.
     pub due: Option<Timestamp>,
+    /// `sender_key` of its `from`.
+    pub sender: u64,
 }
 
 /// A provider as `/api/providers` shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderStatus {
     pub name: String,
+    /// `simulated`, `twilio` or `sendgrid`.
+    pub kind: &'static str,
     pub channels: Vec<Channel>,
     pub seeded: bool,
     pub odds: OutcomeOdds,
@@ -126,14 +154,26 @@ pub fn start_all(
         .collect()
 }
 
-/// An attempt whose simulated latency has run out.
-#[derive(Debug, Clone, Copy)]
+/// An attempt that has its answer: drawn and waited out (simulated), or from the
+/// provider's API.
+#[derive(Debug, Clone)]
 struct Finished {
     job: Job,
     permit: Permit,
     attempt: u32,
-    outcome: Outcome,
+    answer: Answer,
     took: Duration,
+}
+
+/// A simulated outcome as a real provider would have answered it.
+fn simulated_answer(outcome: Outcome) -> Answer {
+    Answer {
+        outcome,
+        error_code: outcome.error_code().map(str::to_owned),
+        provider_message_id: None,
+        retry_after: None,
+        credentials_refused: false,
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -141,6 +181,7 @@ struct Job {
     message_id: i64,
     channel: Channel,
     attempts_made: u32,
+    sender: u64,
 }
 
 pub struct ProviderActor {
@@ -161,6 +202,10 @@ pub struct ProviderActor {
     unrecorded: HashSet<i64>,
     /// Taken over by another instance while held here: dropped when next met.
     superseded: HashSet<i64>,
+    /// Per sender, the earliest time its next message may leave (`sender_interval`).
+    sender_slots: HashMap<u64, Instant>,
+    /// When "provider refused our credentials" was last logged.
+    credentials_logged: Option<Instant>,
     store: Store,
     metrics: Arc<Metrics>,
     backlog: Arc<Backlog>,
@@ -188,6 +233,8 @@ impl ProviderActor {
             held: HashSet::new(),
             unrecorded: HashSet::new(),
             superseded: HashSet::new(),
+            sender_slots: HashMap::new(),
+            credentials_logged: None,
             store,
             metrics,
             backlog,
@@ -203,7 +250,8 @@ impl ProviderActor {
 
     /// Starts as many ready attempts as the in-flight bound and the breaker allow.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        while self.in_flight < MAX_IN_FLIGHT && !self.ready.is_empty() {
+        let limit = MAX_IN_FLIGHT.min(self.config.max_in_flight.max(1));
+        while self.in_flight < limit && !self.ready.is_empty() {
             let (permit, transition) = self.breaker.try_acquire(Instant::now());
             if let Some(transition) = transition {
                 self.on_transition(transition, ctx);
@@ -265,12 +313,13 @@ impl ProviderActor {
     }
 
     fn start_attempt(&mut self, job: Job, permit: Permit, ctx: &mut Context<Self>) {
+        if let Some(sender) = self.config.sender.clone() {
+            self.start_real_attempt(sender, job, permit, ctx);
+            return;
+        }
         let attempt = job.attempts_made + 1;
         let outcome = self.outcomes.draw();
-        self.metrics
-            .dispatch_attempts
-            .with_label_values(&[&self.config.name, job.channel.as_str()])
-            .inc();
+        self.count_attempt(job.channel);
         self.in_flight += 1;
         let took = if outcome == Outcome::Timeout {
             self.config.timeout
@@ -281,7 +330,7 @@ impl ProviderActor {
             job,
             permit,
             attempt,
-            outcome,
+            answer: simulated_answer(outcome),
             took,
         };
         if took.is_zero() {
@@ -294,6 +343,104 @@ impl ProviderActor {
                 provider.finish_attempt(finished, ctx);
             });
         }
+    }
+
+    fn count_attempt(&self, channel: Channel) {
+        self.metrics
+            .dispatch_attempts
+            .with_label_values(&[&self.config.name, channel.as_str()])
+            .inc();
+    }
+
+    /// One request to the provider's API, on this actor's context: the message is read
+    /// (the API needs its content), spaced from its sender's previous one if asked, sent,
+    /// and its answer finishes the attempt like a simulated one. While it runs the job is
+    /// parked, so a restart requeues it.
+    fn start_real_attempt(
+        &mut self,
+        sender: Arc<HttpSender>,
+        job: Job,
+        permit: Permit,
+        ctx: &mut Context<Self>,
+    ) {
+        let attempt = job.attempts_made + 1;
+        let wait = self.reserve_sender_slot(job.sender);
+        self.in_flight += 1;
+        let token = self.park(job);
+        let store = self.store.clone();
+        let request = async move {
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            let started = Instant::now();
+            let message = store.get_message(job.message_id).await?;
+            let answer = match message {
+                Some((message, _)) => sender.send(&message).await,
+                // Gone from the database: nothing to send, ever.
+                None => Answer {
+                    outcome: Outcome::Rejected,
+                    error_code: Some("not_found".into()),
+                    provider_message_id: None,
+                    retry_after: None,
+                    credentials_refused: false,
+                },
+            };
+            Ok::<_, StoreError>((answer, started.elapsed()))
+        };
+        ctx.spawn(request.into_actor(self).map(move |result, provider, ctx| {
+            provider.guarded(ctx, move |provider, ctx| {
+                if provider.parked.remove(&token).is_none() {
+                    // Restarted meanwhile: the job was requeued, this answer is stale.
+                    return;
+                }
+                match result {
+                    Ok((answer, took)) => {
+                        provider.count_attempt(job.channel);
+                        let finished = Finished {
+                            job,
+                            permit,
+                            attempt,
+                            answer,
+                            took,
+                        };
+                        provider.finish_attempt(finished, ctx);
+                    }
+                    // The message could not be read: no request was made, so no attempt
+                    // is counted and the breaker hears nothing; the job tries again.
+                    Err(e) => {
+                        warn!(provider.log, "message not read for sending; will retry";
+                            "message_id" => job.message_id, "error" => e.to_string());
+                        provider.in_flight -= 1;
+                        provider
+                            .breaker
+                            .record(permit, CallResult::Neutral, Instant::now());
+                        provider.hold(ctx, RECORD_RETRY, job, |provider, job, _| {
+                            provider.ready.push_back(job)
+                        });
+                    }
+                }
+                provider.pump(ctx);
+            });
+        }));
+    }
+
+    /// How long this sender's next message waits so that it leaves `sender_interval`
+    /// after the one before; reserving in queue order keeps a sender's messages in order.
+    fn reserve_sender_slot(&mut self, sender: u64) -> Duration {
+        let interval = self.config.sender_interval;
+        if interval.is_zero() {
+            return Duration::ZERO;
+        }
+        let now = Instant::now();
+        if self.sender_slots.len() > 10_000 {
+            self.sender_slots.retain(|_, next| *next > now);
+        }
+        let slot = self
+            .sender_slots
+            .get(&sender)
+            .map_or(now, |next| (*next).max(now));
+        self.sender_slots.insert(sender, slot + interval);
+        slot - now
     }
 
     fn park(&mut self, job: Job) -> u64 {
@@ -335,15 +482,25 @@ impl ProviderActor {
             job,
             permit,
             attempt,
-            outcome,
+            answer,
             took,
         } = finished;
+        let outcome = answer.outcome;
         self.in_flight -= 1;
         let result = match outcome {
             Outcome::Success => CallResult::Success,
-            Outcome::RateLimited => CallResult::Neutral,
+            Outcome::RateLimited | Outcome::Rejected => CallResult::Neutral,
             Outcome::Error | Outcome::Timeout => CallResult::Failure,
         };
+        if answer.credentials_refused
+            && self
+                .credentials_logged
+                .is_none_or(|at| at.elapsed() >= CREDENTIALS_LOG_EVERY)
+        {
+            self.credentials_logged = Some(Instant::now());
+            error!(self.log, "provider refused our credentials";
+                "error_code" => answer.error_code.as_deref().unwrap_or_default());
+        }
         if let Some(transition) = self.breaker.record(permit, result, Instant::now()) {
             self.on_transition(transition, ctx);
         }
@@ -362,7 +519,13 @@ impl ProviderActor {
             "outcome" => outcome.as_str(), "latency_ms" => latency_ms,
             "breaker" => self.breaker.state().as_str());
 
-        let retry = self.config.retry.next_delay(attempt, outcome);
+        let retry = self.config.retry.next_delay(attempt, outcome).map(|delay| {
+            match (outcome, answer.retry_after) {
+                // The provider said how long; it knows its limit better than our default.
+                (Outcome::RateLimited, Some(asked)) => asked,
+                _ => delay,
+            }
+        });
         let (status, next_attempt_at) = match (outcome, retry) {
             (Outcome::Success, _) => (MessageStatus::Sent, None),
             (_, Some(delay)) => (
@@ -380,7 +543,8 @@ impl ProviderActor {
                 attempt,
                 outcome: outcome.as_str(),
                 latency_ms,
-                error_code: outcome.error_code(),
+                error_code: answer.error_code,
+                provider_message_id: answer.provider_message_id,
                 status,
                 next_attempt_at: next_attempt_at.map(|(_, at)| at),
             },
@@ -493,6 +657,7 @@ impl Handler<Dispatch> for ProviderActor {
                 message_id: msg.message_id,
                 channel: msg.channel,
                 attempts_made: msg.attempts_made,
+                sender: msg.sender,
             };
             match msg.due.map(Timestamp::until).filter(|wait| !wait.is_zero()) {
                 Some(wait) => {
@@ -535,6 +700,7 @@ impl Handler<GetProviderStatus> for ProviderActor {
     fn handle(&mut self, _: GetProviderStatus, _: &mut Self::Context) -> Self::Result {
         MessageResult(ProviderStatus {
             name: self.config.name.clone(),
+            kind: self.config.kind(),
             channels: self.config.channels.clone(),
             seeded: self.outcomes.seeded(),
             odds: self.outcomes.odds(),
@@ -592,6 +758,9 @@ mod tests {
                 open: Duration::from_secs(30),
                 half_open_calls: 5,
             },
+            sender: None,
+            max_in_flight: 8192,
+            sender_interval: Duration::ZERO,
         }
     }
 
@@ -639,6 +808,7 @@ mod tests {
                         body: "hi".into(),
                         attachments: None,
                         timestamp: Timestamp::now(),
+                        subject: None,
                     },
                     provider: Some("sms-mms".into()),
                     idempotency: None,
@@ -655,6 +825,7 @@ mod tests {
                 channel: Channel::Sms,
                 attempts_made: 0,
                 due: None,
+                sender: 0,
             });
             ids.push(id);
         }

@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::admission::Backlog;
 use crate::domain::{Channel, IdempotencyKey, MessageContent};
 use crate::metrics::Metrics;
-use crate::provider::{Dispatch, GetProviderStatus, ProviderActor, ProviderStatus};
+use crate::provider::{sender_key, Dispatch, GetProviderStatus, ProviderActor, ProviderStatus};
 use crate::store::{NewOutbound, OutboundStored, QueuedMessage, Store, StoreError};
 
 /// Channel -> provider, built once at start-up. A route may name a provider that does not
@@ -164,6 +164,7 @@ impl Routes {
             channel,
             attempts_made: queued.attempts_made,
             due: queued.next_attempt_at,
+            sender: sender_key(&queued.from),
         });
     }
 
@@ -240,6 +241,7 @@ impl Handler<AcceptOutbound> for RouterActor {
 
     fn handle(&mut self, msg: AcceptOutbound, _: &mut Self::Context) -> Self::Result {
         let channel = msg.content.channel;
+        let sender = sender_key(&msg.content.from);
         let provider = self.registry.provider_for(channel).map(str::to_owned);
         let routes = self.routes.clone();
         // A message with a provider takes a backlog slot before it is stored, so that a
@@ -300,6 +302,7 @@ impl Handler<AcceptOutbound> for RouterActor {
                                 channel,
                                 attempts_made: 0,
                                 due: None,
+                                sender,
                             });
                         }
                         Ok(Accepted {

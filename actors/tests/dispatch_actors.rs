@@ -51,6 +51,9 @@ fn provider(
             open: Duration::from_secs(30),
             half_open_calls: 5,
         },
+        sender: None,
+        max_in_flight: 8192,
+        sender_interval: Duration::ZERO,
     }
 }
 
@@ -110,6 +113,7 @@ fn content(channel: Channel, n: usize) -> MessageContent {
         body: format!("message {n}"),
         attachments: (channel == Channel::Mms).then(|| vec!["https://a.io/x.png".to_owned()]),
         timestamp: Timestamp::parse_rfc3339("2024-11-01T14:00:00Z").expect("valid"),
+        subject: None,
     }
 }
 
@@ -276,6 +280,7 @@ async fn an_unknown_channel_is_skipped_counted_and_failed() {
             id,
             channel: "voice".to_owned(),
             provider: Some("sms-mms".to_owned()),
+            from: "+12016661234".to_owned(),
             attempts_made: 0,
             next_attempt_at: None,
         }))

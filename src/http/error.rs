@@ -31,6 +31,8 @@ pub enum ApiError {
     Overloaded { retry_after_secs: u64 },
     #[error("the database is not available; retry later")]
     NotReady,
+    #[error("the webhook's signature is missing, wrong or stale")]
+    InvalidSignature,
 }
 
 impl ApiError {
@@ -54,6 +56,7 @@ impl ApiError {
             ApiError::NoProvider { .. } => "no_provider",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::NotReady => "not_ready",
+            ApiError::InvalidSignature => "invalid_signature",
         }
     }
 }
@@ -70,6 +73,7 @@ impl ResponseError for ApiError {
             ApiError::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NoProvider { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Overloaded { .. } | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InvalidSignature => StatusCode::UNAUTHORIZED,
         }
     }
 

@@ -8,6 +8,7 @@ mod error;
 mod health;
 mod messages;
 mod openapi;
+mod provider_webhooks;
 mod providers;
 mod webhooks;
 mod wire;
@@ -28,6 +29,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use slog::{warn, Logger};
 
 pub use error::ApiError;
+pub use provider_webhooks::{sendgrid_public_key, WebhookKeys};
 
 /// What every handler shares.
 pub struct AppState {
@@ -36,6 +38,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub http_metrics: HttpMetrics,
     pub max_body_bytes: usize,
+    pub webhook_keys: WebhookKeys,
     pub log: Logger,
 }
 
@@ -73,6 +76,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get("/api/messages/{id}", messages::get_message))
         .service(post("/api/webhooks/sms", webhooks::receive_sms_webhook))
         .service(post("/api/webhooks/email", webhooks::receive_email_webhook))
+        .service(post(
+            "/api/webhooks/twilio",
+            provider_webhooks::receive_twilio_message,
+        ))
+        .service(post(
+            "/api/webhooks/twilio/status",
+            provider_webhooks::receive_twilio_status,
+        ))
+        .service(post(
+            "/api/webhooks/sendgrid/events",
+            provider_webhooks::receive_sendgrid_events,
+        ))
         .service(get("/api/conversations", conversations::list_conversations))
         .service(get(
             "/api/conversations/{id}/messages",
@@ -155,7 +170,9 @@ pub async fn require_json_accept(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    if req.path() != "/metrics" && !accepts_json(&req) {
+    // Prometheus text, and Twilio's webhooks (answered in TwiML), speak other types.
+    let other_types = req.path() == "/metrics" || req.path().starts_with("/api/webhooks/twilio");
+    if !other_types && !accepts_json(&req) {
         let response = ApiError::NotAcceptable.error_response();
         return Ok(req.into_response(response).map_into_right_body());
     }

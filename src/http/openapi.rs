@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use actix_web::HttpResponse;
 use utoipa::OpenApi;
 
-use super::{conversations, health, messages, providers, webhooks};
+use super::{conversations, health, messages, provider_webhooks, providers, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,9 @@ use super::{conversations, health, messages, providers, webhooks};
         messages::get_message,
         webhooks::receive_sms_webhook,
         webhooks::receive_email_webhook,
+        provider_webhooks::receive_twilio_message,
+        provider_webhooks::receive_twilio_status,
+        provider_webhooks::receive_sendgrid_events,
         conversations::list_conversations,
         conversations::list_conversation_messages,
         providers::list_providers,

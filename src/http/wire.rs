@@ -8,7 +8,7 @@ use actix_web::HttpRequest;
 use messaging_actors::domain::valid_idempotency_key;
 use messaging_actors::domain::{
     Attachments, Channel, EmailAddress, MediaAttachments, MessageContent, NonEmptyText,
-    PhoneNumber, ProviderId, Text, Timestamp, MAX_URL_LEN,
+    PhoneNumber, ProviderId, Subject, Text, Timestamp, MAX_URL_LEN,
 };
 use messaging_actors::provider::ProviderStatus;
 use messaging_actors::store::{AttemptView, ConversationView, MessageView, PageRequest};
@@ -221,6 +221,7 @@ impl From<SmsRequest> for MessageContent {
                 body: sms.body.into(),
                 attachments: sms.attachments.map(Into::into),
                 timestamp: sms.timestamp,
+                subject: None,
             },
             SmsRequest::Mms(mms) => MessageContent {
                 channel: Channel::Mms,
@@ -229,6 +230,7 @@ impl From<SmsRequest> for MessageContent {
                 body: mms.body.map(String::from).unwrap_or_default(),
                 attachments: Some(mms.attachments.into()),
                 timestamp: mms.timestamp,
+                subject: None,
             },
         }
     }
@@ -249,6 +251,10 @@ pub struct EmailRequest {
     pub attachments: Option<Attachments>,
     #[schema(value_type = String, format = DateTime, example = "2024-11-01T14:00:00Z")]
     pub timestamp: Timestamp,
+    /// Optional; the provider's `default_subject` otherwise.
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 998, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
+    #[serde(default)]
+    pub subject: Option<Subject>,
 }
 
 impl EmailRequest {
@@ -266,6 +272,7 @@ impl From<EmailRequest> for MessageContent {
             body: email.body.into(),
             attachments: email.attachments.map(Into::into),
             timestamp: email.timestamp,
+            subject: email.subject.map(Into::into),
         }
     }
 }
@@ -434,6 +441,9 @@ pub struct OddsBody {
 #[derive(Serialize, ToSchema)]
 pub struct ProviderBody {
     pub name: String,
+    /// `simulated`, `twilio` or `sendgrid`.
+    #[schema(example = "simulated")]
+    pub kind: &'static str,
     pub channels: Vec<&'static str>,
     pub seeded: bool,
     pub breaker: BreakerBody,
@@ -445,6 +455,7 @@ impl From<ProviderStatus> for ProviderBody {
     fn from(p: ProviderStatus) -> Self {
         ProviderBody {
             name: p.name,
+            kind: p.kind,
             channels: p.channels.iter().map(|c| c.as_str()).collect(),
             seeded: p.seeded,
             breaker: BreakerBody {

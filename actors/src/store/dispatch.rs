@@ -40,13 +40,14 @@ pub(crate) struct Renewal {
 /// How many ids one renewal statement names (SQLite binds each as a parameter).
 const RENEWAL_CHUNK: usize = 5_000;
 
-type QueuedRow = (i64, String, Option<String>, i32, Option<String>);
+type QueuedRow = (i64, String, Option<String>, i32, Option<String>, String);
 
-fn queued_message((id, channel, provider, attempts, next): QueuedRow) -> QueuedMessage {
+fn queued_message((id, channel, provider, attempts, next, from): QueuedRow) -> QueuedMessage {
     QueuedMessage {
         id,
         channel,
         provider,
+        from,
         attempts_made: u32::try_from(attempts).unwrap_or(0),
         next_attempt_at: next.as_deref().and_then(Timestamp::from_storage),
     }
@@ -60,7 +61,9 @@ pub struct AttemptRecord {
     pub attempt: u32,
     pub outcome: &'static str,
     pub latency_ms: u64,
-    pub error_code: Option<&'static str>,
+    pub error_code: Option<String>,
+    /// The provider's id of the message, from a successful real attempt.
+    pub provider_message_id: Option<String>,
     /// `Queued` while retries remain, then `Sent` or `Failed`.
     pub status: MessageStatus,
     /// When the next attempt is due, for a message still queued.
@@ -74,6 +77,8 @@ pub struct QueuedMessage {
     /// Raw: a stored row may hold a channel this build does not know.
     pub channel: String,
     pub provider: Option<String>,
+    /// Its sender, which `sender_interval` spaces.
+    pub from: String,
     pub attempts_made: u32,
     pub next_attempt_at: Option<Timestamp>,
 }
@@ -97,7 +102,8 @@ for_each_backend! {
                 dispatch_attempts::attempt.eq(attempt),
                 dispatch_attempts::outcome.eq(record.outcome),
                 dispatch_attempts::latency_ms.eq(i64::try_from(record.latency_ms).unwrap_or(i64::MAX)),
-                dispatch_attempts::error_code.eq(record.error_code),
+                dispatch_attempts::error_code.eq(&record.error_code),
+                dispatch_attempts::provider_message_id.eq(&record.provider_message_id),
                 dispatch_attempts::created_at.eq(&now),
                 dispatch_attempts::message_status.eq(record.status.as_str()),
                 dispatch_attempts::next_attempt_at
@@ -166,6 +172,7 @@ for_each_backend! {
                 messages::provider_name,
                 messages::attempt_count,
                 messages::next_attempt_at,
+                messages::from_addr,
             ))
             .get_results::<QueuedRow>(conn)?;
         rows.sort_by_key(|row| row.0);

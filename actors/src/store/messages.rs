@@ -54,6 +54,30 @@ pub enum InboundStored {
     Duplicate { id: i64, conversation_id: i64 },
 }
 
+/// What a provider's receipt says became of an outbound message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    Delivered,
+    Undelivered,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Undelivered => "undelivered",
+        }
+    }
+}
+
+/// A delivery receipt: the provider's id of the message, what became of it, its code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryReceipt {
+    pub provider_message_id: String,
+    pub status: DeliveryStatus,
+    pub error_code: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageRequest {
     /// 1-based.
@@ -96,6 +120,17 @@ pub struct MessageView {
     pub provider: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// An email's subject, where the request gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The provider's own id: Twilio's `sid`, SendGrid's `X-Message-Id`, or an inbound
+    /// webhook's id.
+    pub provider_message_id: Option<String>,
+    /// From the provider's delivery receipt: `delivered`, `undelivered`, or null.
+    pub delivery_status: Option<String>,
+    /// The provider's code for an undelivered message, where it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_error_code: Option<String>,
 }
 
 /// One dispatch attempt, as `GET /api/messages/{id}` lists it.
@@ -153,6 +188,10 @@ impl From<MessageRow> for MessageView {
             provider: row.provider_name,
             created_at: display_time(&row.created_at),
             updated_at: display_time(&row.updated_at),
+            subject: row.subject,
+            provider_message_id: row.provider_message_id,
+            delivery_status: row.delivery_status,
+            delivery_error_code: row.delivery_error_code,
         }
     }
 }
@@ -238,6 +277,7 @@ for_each_backend! {
             updated_at: now,
             lease_owner: None,
             lease_until: None,
+            subject: content.subject.as_deref(),
         };
         fill(&mut row);
         let id = diesel::insert_into(messages::table)
@@ -276,6 +316,25 @@ for_each_backend! {
                 OutboundStored::Conflict
             }
         }))
+    }
+
+    /// Applies a provider's delivery receipt to the outbound message it names; `None`
+    /// when no message has that provider id (a receipt for someone else's message).
+    pub(crate) fn record_delivery(
+        conn: &mut Conn,
+        receipt: &DeliveryReceipt,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(diesel::update(messages::table)
+            .filter(messages::direction.eq(Direction::Outbound.as_str()))
+            .filter(messages::provider_message_id.eq(&receipt.provider_message_id))
+            .set((
+                messages::delivery_status.eq(receipt.status.as_str()),
+                messages::delivery_error_code.eq(&receipt.error_code),
+                messages::updated_at.eq(Timestamp::now().to_storage()),
+            ))
+            .returning(messages::id)
+            .get_result(conn)
+            .optional()?)
     }
 
     /// The message an earlier request with the same key created, if any (a replay is

@@ -32,8 +32,8 @@ use crate::domain::{IdempotencyKey, Timestamp};
 pub use backend::{open, sqlite_path, Backend, DbPool, BUSY_TIMEOUT_MS};
 pub use dispatch::{AttemptRecord, Lease, QueuedMessage};
 pub use messages::{
-    AttemptView, ConversationView, InboundStored, MessageView, NewInbound, NewOutbound,
-    OutboundStored, Page, PageRequest,
+    AttemptView, ConversationView, DeliveryReceipt, DeliveryStatus, InboundStored, MessageView,
+    NewInbound, NewOutbound, OutboundStored, Page, PageRequest,
 };
 
 use backend::{runner, DbConn, Runner};
@@ -309,6 +309,15 @@ impl Store {
             runner!(dispatch::record_attempt),
         )
         .await
+    }
+
+    /// Applies a delivery receipt; the message id, or `None` for an unknown provider id.
+    pub async fn record_delivery(
+        &self,
+        receipt: DeliveryReceipt,
+    ) -> Result<Option<i64>, StoreError> {
+        self.write(receipt, runner!(messages::record_delivery))
+            .await
     }
 
     /// Marks a message `failed` without an attempt (it cannot be routed).

@@ -27,6 +27,7 @@ pub(super) struct NewMessageRow<'a> {
     pub updated_at: String,
     pub lease_owner: Option<&'a str>,
     pub lease_until: Option<String>,
+    pub subject: Option<&'a str>,
 }
 
 #[derive(Insertable)]
@@ -56,6 +57,10 @@ pub(super) struct MessageRow {
     pub status: String,
     pub created_at: String,
     pub updated_at: String,
+    pub subject: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub delivery_status: Option<String>,
+    pub delivery_error_code: Option<String>,
 }
 
 #[derive(Queryable, Selectable)]

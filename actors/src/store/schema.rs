@@ -34,6 +34,9 @@ diesel::table! {
         updated_at -> Text,
         lease_owner -> Nullable<Text>,
         lease_until -> Nullable<Text>,
+        subject -> Nullable<Text>,
+        delivery_status -> Nullable<Text>,
+        delivery_error_code -> Nullable<Text>,
     }
 }
 
@@ -50,6 +53,7 @@ diesel::table! {
         message_status -> Nullable<Text>,
         next_attempt_at -> Nullable<Text>,
         recorded_by -> Nullable<Text>,
+        provider_message_id -> Nullable<Text>,
     }
 }
 

@@ -1,0 +1,397 @@
+//! The real providers (CONTRACT section 8): one HTTP request per attempt to Twilio's
+//! Messages resource or SendGrid's v3 mail send, and the reading of each answer into an
+//! attempt's outcome (section 8.2's table). The `ProviderActor` keeps everything else
+//! (queue, breaker, retries, records); for a simulated provider the seeded `OutcomeStream`
+//! stands where this module stands for a real one.
+//!
+//! The client is reqwest over rustls with bundled webpki roots: no system OpenSSL, one
+//! connection pool per provider, `request_timeout` per request.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::domain::Channel;
+use crate::outcome::Outcome;
+use crate::store::MessageView;
+
+/// A secret read from the environment: shown as `***` wherever it might be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Which public API a real provider speaks, with what it needs to.
+#[derive(Debug, Clone)]
+pub enum Api {
+    Twilio {
+        account_sid: String,
+        auth_token: Secret,
+        /// Sent as `StatusCallback`, so Twilio reports delivery to us.
+        status_callback: Option<String>,
+    },
+    SendGrid {
+        api_key: Secret,
+        /// The subject of an email whose request had none.
+        default_subject: String,
+    },
+}
+
+impl Api {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Api::Twilio { .. } => "twilio",
+            Api::SendGrid { .. } => "sendgrid",
+        }
+    }
+}
+
+/// A real provider: its API, where it is, and its client.
+#[derive(Debug, Clone)]
+pub struct HttpSender {
+    api: Api,
+    base_url: String,
+    client: reqwest::Client,
+}
+
+/// What one real attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub outcome: Outcome,
+    /// The provider's own code (Twilio's `code`), else the HTTP status, `timeout` or
+    /// `connection`; `None` on success.
+    pub error_code: Option<String>,
+    /// Twilio's `sid` or SendGrid's `X-Message-Id`, on success.
+    pub provider_message_id: Option<String>,
+    /// How long the provider asked us to wait, after a 429.
+    pub retry_after: Option<Duration>,
+    /// A 401 or 403: our credentials were refused.
+    pub credentials_refused: bool,
+}
+
+impl HttpSender {
+    /// A client of its own (its own pool), every request bounded by `request_timeout`.
+    pub fn new(
+        api: Api,
+        base_url: &str,
+        request_timeout: Duration,
+    ) -> Result<HttpSender, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .connect_timeout(request_timeout)
+            .user_agent(concat!("messaging-service/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(HttpSender {
+            api,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            client,
+        })
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.api.kind()
+    }
+
+    /// Sends `message` once and reads the answer.
+    pub async fn send(&self, message: &MessageView) -> Answer {
+        let request = match &self.api {
+            Api::Twilio {
+                account_sid,
+                auth_token,
+                status_callback,
+            } => {
+                let mut form: Vec<(&str, &str)> = vec![
+                    ("To", &message.to),
+                    ("From", &message.from),
+                    ("Body", &message.body),
+                ];
+                for url in message.attachments.iter().flatten() {
+                    form.push(("MediaUrl", url));
+                }
+                if let Some(callback) = status_callback {
+                    form.push(("StatusCallback", callback));
+                }
+                self.client
+                    .post(format!(
+                        "{}/2010-04-01/Accounts/{account_sid}/Messages.json",
+                        self.base_url
+                    ))
+                    .basic_auth(account_sid, Some(auth_token.expose()))
+                    .form(&form)
+            }
+            Api::SendGrid {
+                api_key,
+                default_subject,
+            } => self
+                .client
+                .post(format!("{}/v3/mail/send", self.base_url))
+                .bearer_auth(api_key.expose())
+                .json(&sendgrid_mail(message, default_subject)),
+        };
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let headers = response.headers().clone();
+                // A body that cannot be read is read as none: the status still decides.
+                let body = response.bytes().await.unwrap_or_default();
+                read_answer(&self.api, status, &headers, &body, SystemTime::now())
+            }
+            Err(e) => Answer {
+                outcome: if e.is_timeout() {
+                    Outcome::Timeout
+                } else {
+                    Outcome::Error
+                },
+                error_code: Some(
+                    if e.is_timeout() {
+                        "timeout"
+                    } else {
+                        "connection"
+                    }
+                    .into(),
+                ),
+                provider_message_id: None,
+                retry_after: None,
+                credentials_refused: false,
+            },
+        }
+    }
+}
+
+/// SendGrid's v3 mail send body. SendGrid takes inline content only, so attachment URLs
+/// are appended to the HTML body as links.
+fn sendgrid_mail(message: &MessageView, default_subject: &str) -> Value {
+    let mut html = message.body.clone();
+    for url in message.attachments.iter().flatten() {
+        let escaped = url
+            .replace('&', "&amp;")
+            .replace('"', "&quot;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        html.push_str(&format!("<p><a href=\"{escaped}\">{escaped}</a></p>"));
+    }
+    json!({
+        "personalizations": [{"to": [{"email": message.to}]}],
+        "from": {"email": message.from},
+        "subject": message.subject.as_deref().unwrap_or(default_subject),
+        "content": [{"type": "text/html", "value": html}],
+    })
+}
+
+/// Section 8.2: what an answer means.
+fn read_answer(
+    api: &Api,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+) -> Answer {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let provider_code = json
+        .as_ref()
+        .and_then(|v| v.get("code"))
+        .and_then(|c| match c {
+            Value::Number(n) => Some(n.to_string()),
+            Value::String(s) => Some(s.clone()),
+            _ => None,
+        });
+    let error_code = || {
+        Some(
+            provider_code
+                .clone()
+                .unwrap_or_else(|| status.as_u16().to_string()),
+        )
+    };
+    let answer = |outcome, error_code| Answer {
+        outcome,
+        error_code,
+        provider_message_id: None,
+        retry_after: None,
+        credentials_refused: false,
+    };
+    if status.is_success() {
+        let provider_message_id = match api {
+            Api::Twilio { .. } => json
+                .as_ref()
+                .and_then(|v| v.get("sid"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            Api::SendGrid { .. } => headers
+                .get("X-Message-Id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        return Answer {
+            provider_message_id,
+            ..answer(Outcome::Success, None)
+        };
+    }
+    match status.as_u16() {
+        429 => Answer {
+            retry_after: retry_after(headers, now),
+            ..answer(Outcome::RateLimited, error_code())
+        },
+        401 | 403 => Answer {
+            credentials_refused: true,
+            ..answer(Outcome::Error, error_code())
+        },
+        400..=499 => answer(Outcome::Rejected, error_code()),
+        _ => answer(Outcome::Error, error_code()),
+    }
+}
+
+/// `Retry-After` as seconds or as an HTTP date, else SendGrid's `X-RateLimit-Reset` (the
+/// Unix time the limit resets).
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(value) = text(RETRY_AFTER.as_str()) {
+        if let Ok(secs) = value.parse::<u64>() {
+            return Some(Duration::from_secs(secs));
+        }
+        if let Ok(at) = httpdate::parse_http_date(value) {
+            return Some(at.duration_since(now).unwrap_or_default());
+        }
+    }
+    let reset = text("X-RateLimit-Reset")?.parse::<u64>().ok()?;
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(reset);
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+/// A channel a real kind can carry.
+pub fn carries(api: &Api, channel: Channel) -> bool {
+    match api {
+        Api::Twilio { .. } => matches!(channel, Channel::Sms | Channel::Mms),
+        Api::SendGrid { .. } => channel == Channel::Email,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn twilio() -> Api {
+        Api::Twilio {
+            account_sid: "AC1".into(),
+            auth_token: Secret::new("t".into()),
+            status_callback: None,
+        }
+    }
+
+    fn sendgrid() -> Api {
+        Api::SendGrid {
+            api_key: Secret::new("k".into()),
+            default_subject: "Message".into(),
+        }
+    }
+
+    fn read(api: &Api, status: u16, headers: &[(&'static str, &str)], body: &str) -> Answer {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, HeaderValue::from_str(value).expect("header"));
+        }
+        let status = StatusCode::from_u16(status).expect("status");
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        read_answer(api, status, &map, body.as_bytes(), now)
+    }
+
+    #[test]
+    fn each_row_of_the_table_becomes_its_outcome() {
+        let created = read(
+            &twilio(),
+            201,
+            &[],
+            r#"{"sid": "SM123", "status": "queued"}"#,
+        );
+        assert_eq!(created.outcome, Outcome::Success);
+        assert_eq!(created.provider_message_id.as_deref(), Some("SM123"));
+        let accepted = read(&sendgrid(), 202, &[("X-Message-Id", "abc")], "");
+        assert_eq!(accepted.provider_message_id.as_deref(), Some("abc"));
+
+        let invalid = read(
+            &twilio(),
+            400,
+            &[],
+            r#"{"code": 21211, "message": "Invalid 'To'", "status": 400}"#,
+        );
+        assert_eq!(invalid.outcome, Outcome::Rejected);
+        assert_eq!(invalid.error_code.as_deref(), Some("21211"));
+        let not_found = read(&sendgrid(), 404, &[], "");
+        assert_eq!(
+            (not_found.outcome, not_found.error_code.as_deref()),
+            (Outcome::Rejected, Some("404"))
+        );
+
+        for status in [500, 502, 503] {
+            let answer = read(&twilio(), status, &[], "");
+            assert_eq!(answer.outcome, Outcome::Error, "{status}");
+            assert!(!answer.credentials_refused);
+        }
+        for status in [401, 403] {
+            let answer = read(&sendgrid(), status, &[], r#"{"errors": []}"#);
+            assert_eq!(answer.outcome, Outcome::Error, "{status}");
+            assert!(answer.credentials_refused);
+        }
+        let limited = read(
+            &twilio(),
+            429,
+            &[("Retry-After", "7")],
+            r#"{"code": 20429}"#,
+        );
+        assert_eq!(limited.outcome, Outcome::RateLimited);
+        assert_eq!(limited.error_code.as_deref(), Some("20429"));
+        assert_eq!(limited.retry_after, Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_an_http_date_or_sendgrids_reset() {
+        let at = |headers: &[(&'static str, &str)]| read(&sendgrid(), 429, headers, "").retry_after;
+        assert_eq!(
+            at(&[("Retry-After", "120")]),
+            Some(Duration::from_secs(120))
+        );
+        // 1_700_000_000 is Tue, 14 Nov 2023 22:13:20 GMT.
+        assert_eq!(
+            at(&[("Retry-After", "Tue, 14 Nov 2023 22:13:50 GMT")]),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            at(&[("X-RateLimit-Reset", "1700000045")]),
+            Some(Duration::from_secs(45))
+        );
+        assert_eq!(
+            at(&[("Retry-After", "Mon, 13 Nov 2023 00:00:00 GMT")]),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(at(&[]), None);
+    }
+
+    #[test]
+    fn a_secret_never_prints() {
+        let api = twilio();
+        assert!(!format!("{api:?}").contains("\"t\""));
+        assert_eq!(format!("{:?}", Secret::new("hunter2".into())), "***");
+    }
+}
