@@ -26,6 +26,24 @@ fn a_bad_configuration_exits_2_with_one_line_naming_the_key() {
             "providers.email.error_pct",
         ),
         ("[server\n", "settings.toml"),
+        // A real provider whose secret variable is not set (nor named).
+        (
+            "[server]\npublic_url = \"https://example.com\"\n[providers.sms-mms]\nkind = \"twilio\"\n\
+             account_sid = \"AC1\"\nauth_token_env = \"MESSAGING_TEST_UNSET_TOKEN\"\n",
+            "providers.sms-mms.auth_token_env",
+        ),
+        (
+            "[providers.email]\nkind = \"sendgrid\"\n",
+            "providers.email.api_key_env",
+        ),
+        (
+            "[providers.email]\nkind = \"carrier-pigeon\"\n",
+            "providers.email.kind",
+        ),
+        (
+            "[providers.email]\nkind = \"sendgrid\"\napi_key_env = \"PATH\"\nbase_urll = \"x\"\n",
+            "providers.email.base_urll",
+        ),
     ] {
         let path = dir.path().join("settings.toml");
         std::fs::write(&path, settings).expect("write settings");

@@ -14,4 +14,5 @@ mod faults;
 mod instances;
 mod lifecycle;
 mod monitoring;
+mod providers;
 mod schema;

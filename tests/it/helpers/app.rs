@@ -96,9 +96,21 @@ impl TestApp {
 
     /// A server on the database `url`, its settings file in `dir`.
     pub fn spawn_with_url(dir: Arc<TestDir>, url: &str, settings: &str) -> TestApp {
+        TestApp::launch(dir, url, settings, &[])
+    }
+
+    /// A fresh server with `env` in its environment (the secrets real providers read).
+    pub fn spawn_with_env(settings: &str, env: &[(&str, &str)]) -> TestApp {
+        let dir = Arc::new(TestDir::new());
+        let url = dir.database_url();
+        TestApp::launch(dir, &url, settings, env)
+    }
+
+    fn launch(dir: Arc<TestDir>, url: &str, settings: &str, env: &[(&str, &str)]) -> TestApp {
         let config = dir.path().join("settings.toml");
         std::fs::write(&config, settings).expect("write settings");
         let mut command = Command::new(BIN);
+        command.envs(env.iter().copied());
         if !settings.contains("lease_ms") {
             // Short leases, so that a restart after a kill takes the work over quickly on
             // PostgreSQL (SQLite ignores them); a test that sets lease_ms keeps its own.

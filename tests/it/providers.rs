@@ -1,0 +1,767 @@
+//! Real providers (CONTRACT section 8) against local fakes that speak Twilio's Messages
+//! resource and SendGrid's v3 mail send as their documentation describes them (wiremock):
+//! the requests each receives, every row of the answer table, breaker isolation, delivery
+//! receipts and Twilio's inbound messages with their signatures, sender spacing, and logs
+//! that hold no secret.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use p256::ecdsa::signature::Signer as _;
+use serde_json::{json, Value};
+use wiremock::matchers::{body_string_contains, header, method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::helpers::*;
+
+const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "twilio-test-auth-token-7d1f";
+const API_KEY: &str = "SG.sendgrid-test-api-key-93be";
+const PUBLIC_URL: &str = "https://messaging.example";
+/// SendGrid's published test key pair (its SDKs' tests): events signed in the test with
+/// the private half verify with the public half configured in the service.
+const SENDGRID_PUBLIC_KEY: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEEDr2LjtURuePQzplybdC+u4CwrqDqBaWjcMMsTbhdbcwHBcepxo7yAQGhHPTnlvFYPAZFceEu/1FwCM/QmGUhA==";
+const SENDGRID_PRIVATE_KEY: &str = "MHcCAQEEIEQmZgBEh9DcU9zMl34czK3xov4AYvm9P3r7rNB2dNXtoAoGCCqGSM49AwEHoUQDQgAEEDr2LjtURuePQzplybdC+u4CwrqDqBaWjcMMsTbhdbcwHBcepxo7yAQGhHPTnlvFYPAZFceEu/1FwCM/QmGUhA==";
+
+fn secrets() -> [(&'static str, &'static str); 2] {
+    [("TEST_TWILIO_TOKEN", TOKEN), ("TEST_SENDGRID_KEY", API_KEY)]
+}
+
+/// A local fake API on a runtime of its own (the tests themselves are synchronous).
+struct Fake {
+    runtime: tokio::runtime::Runtime,
+    server: MockServer,
+}
+
+impl Fake {
+    fn start() -> Fake {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let server = runtime.block_on(MockServer::start());
+        Fake { runtime, server }
+    }
+
+    fn uri(&self) -> String {
+        self.server.uri()
+    }
+
+    fn mount(&self, mock: Mock) {
+        self.runtime.block_on(mock.mount(&self.server));
+    }
+
+    fn received(&self) -> Vec<Request> {
+        self.runtime
+            .block_on(self.server.received_requests())
+            .unwrap_or_default()
+    }
+}
+
+fn messages_path() -> String {
+    format!("/2010-04-01/Accounts/{ACCOUNT}/Messages.json")
+}
+
+/// Twilio's 201 for a created message, with a new `sid` each time.
+struct TwilioCreated(AtomicU64);
+
+impl Respond for TwilioCreated {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let n = self.0.fetch_add(1, Ordering::Relaxed);
+        let form = form_of(request);
+        let field = |name: &str| {
+            form.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let sid = format!("SM{n:032x}");
+        ResponseTemplate::new(201).set_body_json(json!({
+            "account_sid": ACCOUNT, "api_version": "2010-04-01", "body": field("Body"),
+            "direction": "outbound-api", "error_code": null, "error_message": null,
+            "from": field("From"), "to": field("To"), "num_media": "0", "num_segments": "1",
+            "sid": sid, "status": "queued",
+            "uri": format!("/2010-04-01/Accounts/{ACCOUNT}/Messages/{sid}.json"),
+        }))
+    }
+}
+
+/// Twilio's error body (its REST API's documented shape).
+fn twilio_error(status: u16, code: u32, message: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(json!({
+        "code": code, "message": message, "status": status,
+        "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
+    }))
+}
+
+/// SendGrid's 202: no body, the message's id in `X-Message-Id`.
+struct SendGridAccepted(AtomicU64);
+
+impl Respond for SendGridAccepted {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let n = self.0.fetch_add(1, Ordering::Relaxed);
+        ResponseTemplate::new(202).insert_header("X-Message-Id", format!("sgmsg{n:06}"))
+    }
+}
+
+fn form_of(request: &Request) -> Vec<(String, String)> {
+    serde_urlencoded::from_bytes(&request.body).expect("a form body")
+}
+
+fn twilio_created() -> Mock {
+    Mock::given(method("POST"))
+        .and(path(messages_path()))
+        .respond_with(TwilioCreated(AtomicU64::new(0)))
+}
+
+fn sendgrid_accepted() -> Mock {
+    Mock::given(method("POST"))
+        .and(path("/v3/mail/send"))
+        .respond_with(SendGridAccepted(AtomicU64::new(0)))
+}
+
+fn settings(twilio: &str, sendgrid: &str, extra: &str) -> String {
+    format!(
+        "[server]\npublic_url = \"{PUBLIC_URL}\"\n\
+         [dispatch]\nmax_attempts = 3\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n\
+         [providers.sms-mms]\nkind = \"twilio\"\nbase_url = \"{twilio}\"\naccount_sid = \"{ACCOUNT}\"\n\
+         auth_token_env = \"TEST_TWILIO_TOKEN\"\nrequest_timeout_ms = 500\n\
+         status_callback_url = \"{PUBLIC_URL}/api/webhooks/twilio/status\"\n\
+         [providers.email]\nkind = \"sendgrid\"\nbase_url = \"{sendgrid}\"\n\
+         api_key_env = \"TEST_SENDGRID_KEY\"\nevent_webhook_public_key = \"{SENDGRID_PUBLIC_KEY}\"\n\
+         {extra}"
+    )
+}
+
+fn sms_to(n: usize) -> Value {
+    let mut body = sms(n);
+    body["to"] = json!(format!("+1804555{n:04}"));
+    body
+}
+
+/// Twilio's signature, computed here on its own: HMAC-SHA1 over the URL and the sorted
+/// parameters, keyed with the auth token, base64.
+fn sign_twilio(url: &str, form: &[(&str, &str)]) -> String {
+    let mut sorted = form.to_vec();
+    sorted.sort();
+    let mut data = url.to_owned();
+    for (k, v) in sorted {
+        data.push_str(k);
+        data.push_str(v);
+    }
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(TOKEN.as_bytes()).expect("key");
+    mac.update(data.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+fn post_form(
+    app: &TestApp,
+    route: &str,
+    form: &[(&str, &str)],
+    signature: Option<&str>,
+) -> Response {
+    let body = serde_urlencoded::to_string(form).expect("form");
+    let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+    if let Some(signature) = signature {
+        headers.push(("X-Twilio-Signature", signature));
+    }
+    app.request("POST", route, &headers, Some(body.as_bytes()))
+}
+
+fn sign_sendgrid(timestamp: &str, body: &str) -> String {
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(SENDGRID_PRIVATE_KEY)
+        .expect("base64");
+    let key = p256::SecretKey::from_sec1_der(&der).expect("SEC1 key");
+    let signing = p256::ecdsa::SigningKey::from(key);
+    let signature: p256::ecdsa::Signature = signing.sign(format!("{timestamp}{body}").as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes())
+}
+
+fn attempt_times(message: &Value) -> Vec<SystemTime> {
+    message["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| {
+            let at = a["at"].as_str().expect("at");
+            let parsed = chrono::DateTime::parse_from_rfc3339(at).expect("rfc3339");
+            SystemTime::UNIX_EPOCH + Duration::from_micros(parsed.timestamp_micros() as u64)
+        })
+        .collect()
+}
+
+#[test]
+fn each_provider_receives_the_request_its_api_describes_and_its_id_is_kept() {
+    let (twilio, sendgrid) = (Fake::start(), Fake::start());
+    twilio.mount(twilio_created());
+    sendgrid.mount(sendgrid_accepted());
+    let app = TestApp::spawn_with_env(&settings(&twilio.uri(), &sendgrid.uri(), ""), &secrets());
+
+    let sms_id = app.accept("/api/messages/sms", &sample_sms());
+    let mut mms = sample_mms();
+    mms["attachments"] = json!(["https://a.example/1.png", "https://a.example/2.png"]);
+    let mms_id = app.accept("/api/messages/sms", &mms);
+    let mail_id = app.accept("/api/messages/email", &sample_email());
+    let mut titled = sample_email();
+    titled["subject"] = json!("Your order");
+    titled["attachments"] = json!(["https://a.example/invoice.pdf"]);
+    let titled_id = app.accept("/api/messages/email", &titled);
+    for id in [sms_id, mms_id, mail_id, titled_id] {
+        let sent = finished(&app, id);
+        assert_eq!(sent["status"], "sent", "{sent}");
+        assert!(sent["provider_message_id"].is_string(), "{sent}");
+        assert_eq!(sent["delivery_status"], Value::Null);
+    }
+    assert!(app.message(sms_id)["provider_message_id"]
+        .as_str()
+        .is_some_and(|sid| sid.starts_with("SM")));
+
+    let requests = twilio.received();
+    assert_eq!(requests.len(), 2);
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT}:{TOKEN}"));
+    for request in &requests {
+        assert_eq!(request.url.path(), messages_path());
+        assert_eq!(
+            request
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+            Some(format!("Basic {basic}").as_str())
+        );
+        assert!(request
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded")));
+    }
+    let sms_form = form_of(&requests[0]);
+    let value = |form: &[(String, String)], name: &str| -> Vec<String> {
+        form.iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(
+        value(&sms_form, "To"),
+        [sample_sms()["to"].as_str().expect("to")]
+    );
+    assert_eq!(
+        value(&sms_form, "From"),
+        [sample_sms()["from"].as_str().expect("from")]
+    );
+    assert_eq!(
+        value(&sms_form, "Body"),
+        [sample_sms()["body"].as_str().expect("body")]
+    );
+    assert_eq!(
+        value(&sms_form, "StatusCallback"),
+        [format!("{PUBLIC_URL}/api/webhooks/twilio/status")]
+    );
+    assert!(value(&sms_form, "MediaUrl").is_empty());
+    assert_eq!(
+        value(&form_of(&requests[1]), "MediaUrl"),
+        ["https://a.example/1.png", "https://a.example/2.png"]
+    );
+
+    let mails = sendgrid.received();
+    assert_eq!(mails.len(), 2);
+    for mail in &mails {
+        assert_eq!(mail.url.path(), "/v3/mail/send");
+        assert_eq!(
+            mail.headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+            Some(format!("Bearer {API_KEY}").as_str())
+        );
+    }
+    let bodies: Vec<Value> = mails
+        .iter()
+        .map(|m| serde_json::from_slice(&m.body).expect("json"))
+        .collect();
+    let by_subject = |subject: &str| {
+        bodies
+            .iter()
+            .find(|b| b["subject"] == subject)
+            .unwrap_or_else(|| panic!("no mail with subject {subject}: {bodies:?}"))
+    };
+    let first = by_subject("Message"); // the default subject
+    let email = sample_email();
+    assert_eq!(first["personalizations"][0]["to"][0]["email"], email["to"]);
+    assert_eq!(first["from"]["email"], email["from"]);
+    assert_eq!(first["content"][0]["type"], "text/html");
+    let html = first["content"][0]["value"].as_str().expect("html");
+    assert!(
+        html.starts_with(email["body"].as_str().expect("body")),
+        "{html}"
+    );
+    let second = by_subject("Your order");
+    assert!(second["content"][0]["value"]
+        .as_str()
+        .is_some_and(|html| html.contains("href=\"https://a.example/invoice.pdf\"")));
+    assert!(app.message(mail_id)["provider_message_id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("sgmsg")));
+
+    let providers = app.get("/api/providers").json();
+    let kinds: Vec<(&str, &str)> = providers["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or(""),
+                p["kind"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(kinds, [("email", "sendgrid"), ("sms-mms", "twilio")]);
+    assert!(app.logs_with("channel served by a simulator").is_empty());
+}
+
+#[test]
+fn every_answer_of_the_table_leads_to_its_outcome_and_no_secret_is_logged() {
+    let twilio = Fake::start();
+    let fail_then = |to: usize, responses: Vec<ResponseTemplate>| {
+        for (i, response) in responses.into_iter().enumerate() {
+            twilio.mount(
+                Mock::given(method("POST"))
+                    .and(path(messages_path()))
+                    .and(body_string_contains(format!("To=%2B1804555{to:04}")))
+                    .respond_with(response)
+                    .up_to_n_times(1)
+                    .with_priority(u8::try_from(i + 1).unwrap_or(u8::MAX)),
+            );
+        }
+    };
+    fail_then(
+        1,
+        vec![twilio_error(429, 20429, "Too Many Requests").insert_header("Retry-After", "1")],
+    );
+    fail_then(
+        2,
+        vec![twilio_error(400, 21211, "Invalid 'To' Phone Number")],
+    );
+    fail_then(
+        3,
+        vec![ResponseTemplate::new(500), ResponseTemplate::new(503)],
+    );
+    fail_then(
+        5,
+        vec![ResponseTemplate::new(201)
+            .set_delay(Duration::from_secs(2))
+            .set_body_json(json!({"sid": "SMlate"}))],
+    );
+    twilio.mount(
+        Mock::given(method("POST"))
+            .and(path(messages_path()))
+            .and(body_string_contains("To=%2B18045550004"))
+            .respond_with(twilio_error(401, 20003, "Authenticate"))
+            .with_priority(1),
+    );
+    twilio.mount(twilio_created().with_priority(100));
+    // Nothing listens on the SendGrid side: connection refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let refused = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let app = TestApp::spawn_with_env(&settings(&twilio.uri(), &refused, ""), &secrets());
+
+    let ids: Vec<i64> = (1..=5)
+        .map(|n| app.accept("/api/messages/sms", &sms_to(n)))
+        .collect();
+    let mail = app.accept("/api/messages/email", &sample_email());
+    let outcomes_and_codes = |id: i64| {
+        let message = finished(&app, id);
+        let codes: Vec<Value> = message["attempts"]
+            .as_array()
+            .expect("attempts")
+            .iter()
+            .map(|a| a["error_code"].clone())
+            .collect();
+        (message["status"].clone(), outcomes(&message), codes)
+    };
+
+    // 429 with Retry-After: 1 -> rate_limited, the next attempt no sooner, then sent.
+    let (status, outcomes_1, codes) = outcomes_and_codes(ids[0]);
+    assert_eq!(
+        (status, outcomes_1),
+        (
+            json!("sent"),
+            vec!["rate_limited".to_owned(), "success".to_owned()]
+        )
+    );
+    assert_eq!(codes[0], "20429");
+    let times = attempt_times(&app.message(ids[0]));
+    let gap = times[1].duration_since(times[0]).unwrap_or_default();
+    assert!(
+        gap >= Duration::from_millis(950),
+        "retried after {gap:?}, asked 1 s"
+    );
+
+    // 400 with Twilio's 21211 -> rejected, failed at once.
+    let (status, outcomes_2, codes) = outcomes_and_codes(ids[1]);
+    assert_eq!(
+        (status, outcomes_2),
+        (json!("failed"), vec!["rejected".to_owned()])
+    );
+    assert_eq!(codes, [json!("21211")]);
+
+    // 500, 503 -> errors retried with backoff, then sent.
+    let (status, outcomes_3, codes) = outcomes_and_codes(ids[2]);
+    assert_eq!(status, "sent");
+    assert_eq!(outcomes_3, ["error", "error", "success"]);
+    assert_eq!(codes[..2], [json!("500"), json!("503")]);
+
+    // 401 on every attempt -> errors until failed; the credentials line once.
+    let (status, outcomes_4, codes) = outcomes_and_codes(ids[3]);
+    assert_eq!(status, "failed");
+    assert_eq!(outcomes_4, ["error", "error", "error"]);
+    assert_eq!(codes[0], "20003");
+    assert_eq!(app.logs_with("provider refused our credentials").len(), 1);
+
+    // No answer within request_timeout_ms -> timeout, retried.
+    let (status, outcomes_5, codes) = outcomes_and_codes(ids[4]);
+    assert_eq!(status, "sent");
+    assert_eq!(outcomes_5, ["timeout", "success"]);
+    assert_eq!(codes[0], "timeout");
+
+    // Connection refused -> error on every attempt.
+    let (status, mail_outcomes, codes) = outcomes_and_codes(mail);
+    assert_eq!(status, "failed");
+    assert_eq!(mail_outcomes, ["error", "error", "error"]);
+    assert_eq!(codes[0], "connection");
+
+    let rejected = app.metric(
+        r#"messaging_dispatch_outcomes_total{channel="sms",outcome="rejected",provider="sms-mms"}"#,
+    );
+    assert_eq!(rejected, 1.0);
+    // A rejection is not a breaker failure: 2 + 3 + 1 failures of 11 recorded calls.
+    let sms_mms = provider(&app, "sms-mms");
+    assert_eq!(sms_mms["breaker"]["state"], "closed");
+
+    let logs = app
+        .all_logs()
+        .iter()
+        .map(Value::to_string)
+        .collect::<String>();
+    for secret in [TOKEN, API_KEY] {
+        assert!(!logs.contains(secret), "a secret in the log");
+    }
+    assert!(!app.get("/api/providers").text.contains(TOKEN));
+}
+
+#[test]
+fn sendgrids_rate_limit_reset_is_waited_out() {
+    let sendgrid = Fake::start();
+    let reset = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() + 2)
+        .unwrap_or_default();
+    sendgrid.mount(
+        Mock::given(method("POST"))
+            .and(path("/v3/mail/send"))
+            .respond_with(
+                ResponseTemplate::new(429)
+                    .insert_header("X-RateLimit-Limit", "600")
+                    .insert_header("X-RateLimit-Remaining", "0")
+                    .insert_header("X-RateLimit-Reset", reset.to_string().as_str())
+                    .set_body_json(
+                        json!({"errors": [{"field": null, "message": "too many requests"}]}),
+                    ),
+            )
+            .up_to_n_times(1)
+            .with_priority(1),
+    );
+    sendgrid.mount(sendgrid_accepted());
+    let twilio = Fake::start();
+    let app = TestApp::spawn_with_env(&settings(&twilio.uri(), &sendgrid.uri(), ""), &secrets());
+    let id = app.accept("/api/messages/email", &sample_email());
+    let sent = finished(&app, id);
+    assert_eq!(outcomes(&sent), ["rate_limited", "success"]);
+    let times = attempt_times(&sent);
+    let second = times[1]
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    assert!(
+        second >= reset - 1,
+        "sent at {second}, the limit reset at {reset}"
+    );
+}
+
+#[test]
+fn a_failing_twilio_opens_only_its_breaker_while_sendgrid_keeps_sending() {
+    let (twilio, sendgrid) = (Fake::start(), Fake::start());
+    twilio.mount(
+        Mock::given(method("POST"))
+            .and(path(messages_path()))
+            .respond_with(twilio_error(503, 20500, "Service Unavailable")),
+    );
+    sendgrid.mount(sendgrid_accepted());
+    let extra =
+        "[providers.sms-mms.breaker]\nwindow_size = 4\nminimum_calls = 4\nopen_ms = 60000\n";
+    let app = TestApp::spawn_with_env(&settings(&twilio.uri(), &sendgrid.uri(), extra), &secrets());
+    for n in 0..4 {
+        app.accept("/api/messages/sms", &sms_to(n));
+    }
+    app.eventually("the sms-mms breaker open", || {
+        (provider(&app, "sms-mms")["breaker"]["state"] == "open").then_some(())
+    });
+    let mails: Vec<i64> = (0..5)
+        .map(|n| app.accept("/api/messages/email", &email(n)))
+        .collect();
+    for id in mails {
+        assert_eq!(finished(&app, id)["status"], "sent");
+    }
+    let email_provider = provider(&app, "email");
+    assert_eq!(email_provider["breaker"]["state"], "closed");
+    assert_eq!(email_provider["breaker"]["failure_rate"], 0.0);
+    assert_eq!(provider(&app, "sms-mms")["breaker"]["state"], "open");
+}
+
+#[test]
+fn receipts_set_the_delivery_status_and_a_bad_signature_changes_nothing() {
+    let (twilio, sendgrid) = (Fake::start(), Fake::start());
+    twilio.mount(twilio_created());
+    sendgrid.mount(sendgrid_accepted());
+    let app = TestApp::spawn_with_env(&settings(&twilio.uri(), &sendgrid.uri(), ""), &secrets());
+    let sms_ids: Vec<i64> = (0..2)
+        .map(|n| app.accept("/api/messages/sms", &sms_to(n)))
+        .collect();
+    let mail_ids: Vec<i64> = (0..2)
+        .map(|n| app.accept("/api/messages/email", &email(n)))
+        .collect();
+    let sid = |id: i64| {
+        finished(&app, id)["provider_message_id"]
+            .as_str()
+            .expect("sid")
+            .to_owned()
+    };
+    let (delivered_sid, failed_sid) = (sid(sms_ids[0]), sid(sms_ids[1]));
+
+    let route = "/api/webhooks/twilio/status";
+    let url = format!("{PUBLIC_URL}{route}");
+    let delivered = [
+        ("MessageSid", delivered_sid.as_str()),
+        ("MessageStatus", "delivered"),
+        ("AccountSid", ACCOUNT),
+    ];
+    // Wrong and missing signatures first: refused, nothing changes.
+    let forged = post_form(&app, route, &delivered, Some("bm90IGEgc2lnbmF0dXJl"));
+    assert_eq!(forged.error_code(401), "invalid_signature");
+    assert_eq!(
+        post_form(&app, route, &delivered, None).error_code(401),
+        "invalid_signature"
+    );
+    let tampered = [
+        ("MessageSid", delivered_sid.as_str()),
+        ("MessageStatus", "undelivered"),
+    ];
+    let signed_for_other = sign_twilio(&url, &delivered);
+    assert_eq!(
+        post_form(&app, route, &tampered, Some(&signed_for_other)).error_code(401),
+        "invalid_signature"
+    );
+    assert_eq!(app.message(sms_ids[0])["delivery_status"], Value::Null);
+
+    let ok = post_form(
+        &app,
+        route,
+        &delivered,
+        Some(&sign_twilio(&url, &delivered)),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(app.message(sms_ids[0])["delivery_status"], "delivered");
+    let undelivered = [
+        ("MessageSid", failed_sid.as_str()),
+        ("MessageStatus", "undelivered"),
+        ("ErrorCode", "30003"),
+    ];
+    let ok = post_form(
+        &app,
+        route,
+        &undelivered,
+        Some(&sign_twilio(&url, &undelivered)),
+    );
+    assert_eq!(ok.status, 200);
+    let message = app.message(sms_ids[1]);
+    assert_eq!(message["delivery_status"], "undelivered");
+    assert_eq!(message["delivery_error_code"], "30003");
+    // Statuses on the way and unknown sids are accepted and change nothing.
+    let unknown = [("MessageSid", "SMunknown"), ("MessageStatus", "delivered")];
+    assert_eq!(
+        post_form(&app, route, &unknown, Some(&sign_twilio(&url, &unknown))).status,
+        200
+    );
+    let sending = [
+        ("MessageSid", failed_sid.as_str()),
+        ("MessageStatus", "sending"),
+    ];
+    assert_eq!(
+        post_form(&app, route, &sending, Some(&sign_twilio(&url, &sending))).status,
+        200
+    );
+    assert_eq!(app.message(sms_ids[1])["delivery_status"], "undelivered");
+
+    // SendGrid's event webhook, signed with ECDSA.
+    let (first, second) = (sid(mail_ids[0]), sid(mail_ids[1]));
+    let events = json!([
+        {"email": "contact@gmail.com", "event": "processed", "sg_message_id": format!("{first}.filter0001.1"), "timestamp": 1700000000},
+        {"email": "contact@gmail.com", "event": "delivered", "sg_message_id": format!("{first}.filter0001.2"), "timestamp": 1700000001},
+        {"email": "b1@example.com", "event": "bounce", "status": "5.0.0", "sg_message_id": format!("{second}.filter0002.1"), "timestamp": 1700000002},
+    ])
+    .to_string();
+    let timestamp = "1700000003";
+    let post_events = |signature: &str, stamp: &str| {
+        app.request(
+            "POST",
+            "/api/webhooks/sendgrid/events",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-Twilio-Email-Event-Webhook-Signature", signature),
+                ("X-Twilio-Email-Event-Webhook-Timestamp", stamp),
+            ],
+            Some(events.as_bytes()),
+        )
+    };
+    let good = sign_sendgrid(timestamp, &events);
+    assert_eq!(
+        post_events(&good, "1700000004").error_code(401),
+        "invalid_signature"
+    );
+    assert_eq!(
+        post_events("", timestamp).error_code(401),
+        "invalid_signature"
+    );
+    assert_eq!(app.message(mail_ids[0])["delivery_status"], Value::Null);
+    let ok = post_events(&good, timestamp);
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(app.message(mail_ids[0])["delivery_status"], "delivered");
+    let bounced = app.message(mail_ids[1]);
+    assert_eq!(bounced["delivery_status"], "undelivered");
+    assert_eq!(bounced["delivery_error_code"], "5.0.0");
+}
+
+#[test]
+fn twilios_inbound_messages_are_stored_once_and_answered_in_twiml() {
+    let twilio = Fake::start();
+    let app = TestApp::spawn_with_env(&settings(&twilio.uri(), &twilio.uri(), ""), &secrets());
+    let route = "/api/webhooks/twilio";
+    let url = format!("{PUBLIC_URL}{route}");
+    let form = [
+        ("MessageSid", "SMinbound0001"),
+        ("AccountSid", ACCOUNT),
+        ("From", "+18045551234"),
+        ("To", "+12016661234"),
+        ("Body", "a photo"),
+        ("NumMedia", "1"),
+        ("MediaUrl0", "https://api.twilio.example/media/ME1"),
+        ("MediaContentType0", "image/jpeg"),
+    ];
+    assert_eq!(
+        post_form(&app, route, &form, None).error_code(401),
+        "invalid_signature"
+    );
+    let signature = sign_twilio(&url, &form);
+    for _ in 0..2 {
+        let answer = post_form(&app, route, &form, Some(&signature));
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(answer.header("Content-Type"), Some("text/xml"));
+        assert_eq!(answer.text, "<Response/>");
+    }
+    let conversations = app.get("/api/conversations").json();
+    assert_eq!(conversations["meta"]["total"], 1);
+    let id = conversations["items"][0]["id"].as_i64().expect("id");
+    let messages = app.get(&format!("/api/conversations/{id}/messages")).json();
+    assert_eq!(messages["meta"]["total"], 1, "stored once");
+    let stored = &messages["items"][0];
+    assert_eq!(stored["direction"], "inbound");
+    assert_eq!(stored["channel"], "mms");
+    assert_eq!(stored["status"], "received");
+    assert_eq!(
+        stored["attachments"],
+        json!(["https://api.twilio.example/media/ME1"])
+    );
+    assert_eq!(stored["provider_message_id"], "SMinbound0001");
+}
+
+#[test]
+fn messages_from_one_sender_leave_spaced_and_in_order() {
+    let twilio = Fake::start();
+    let arrivals: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    struct Clock(Arc<Mutex<Vec<(String, Instant)>>>, TwilioCreated);
+    impl Respond for Clock {
+        fn respond(&self, request: &Request) -> ResponseTemplate {
+            let to = form_of(request)
+                .into_iter()
+                .find(|(k, _)| k == "To")
+                .map(|(_, v)| v)
+                .unwrap_or_default();
+            if let Ok(mut list) = self.0.lock() {
+                list.push((to, Instant::now()));
+            }
+            self.1.respond(request)
+        }
+    }
+    twilio.mount(
+        Mock::given(method("POST"))
+            .and(path(messages_path()))
+            .and(header("content-type", "application/x-www-form-urlencoded"))
+            .respond_with(Clock(arrivals.clone(), TwilioCreated(AtomicU64::new(0)))),
+    );
+    let with_interval = settings(&twilio.uri(), &twilio.uri(), "").replace(
+        "request_timeout_ms = 500\n",
+        "request_timeout_ms = 500\nsender_interval_ms = 400\n",
+    );
+    let app = TestApp::spawn_with_env(&with_interval, &secrets());
+    let ids: Vec<i64> = (0..3)
+        .map(|n| app.accept("/api/messages/sms", &sms_to(n)))
+        .collect();
+    let mut other = sms_to(9);
+    other["from"] = json!("+12025550199");
+    let other_id = app.accept("/api/messages/sms", &other);
+    for id in ids.iter().chain([&other_id]) {
+        assert_eq!(finished(&app, *id)["status"], "sent");
+    }
+    let arrivals = arrivals.lock().expect("arrivals").clone();
+    let of = |to: &str| {
+        arrivals
+            .iter()
+            .find(|(t, _)| t == to)
+            .map(|(_, at)| *at)
+            .expect(to)
+    };
+    let (a, b, c) = (of("+18045550000"), of("+18045550001"), of("+18045550002"));
+    assert!(a < b && b < c, "in order");
+    for (earlier, later) in [(a, b), (b, c)] {
+        let gap = later.duration_since(earlier);
+        assert!(
+            gap >= Duration::from_millis(350),
+            "spaced {gap:?}, asked 400 ms"
+        );
+    }
+    assert!(
+        of("+18045550009") < c,
+        "another sender does not wait behind the first"
+    );
+}
+
+#[test]
+fn a_channel_still_on_the_simulator_is_named_at_start() {
+    let twilio = Fake::start();
+    let only_twilio = settings(&twilio.uri(), "http://unused", "")
+        .split("[providers.email]")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let app = TestApp::spawn_with_env(&only_twilio, &secrets());
+    let warnings = app.logs_with("channel served by a simulator");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0]["channel"], "email");
+    assert_eq!(warnings[0]["provider"], "email");
+    assert_eq!(provider(&app, "email")["kind"], "simulated");
+}
