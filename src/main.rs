@@ -9,6 +9,7 @@ use clap::Parser;
 use slog::{error, info};
 
 mod http;
+mod keygen;
 mod settings;
 mod startup;
 mod telemetry;
@@ -19,10 +20,24 @@ struct Cli {
     /// Settings file; else $MESSAGING_CONFIG, else ./settings.toml if present, else defaults.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Prints a new random API key once, and the [auth.keys.NAME] lines that admit it.
+    Keygen {
+        /// The key's name, as logs will show it (letters, digits, '-', '_', '.').
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Keygen { name }) = cli.command {
+        return keygen::run(&name);
+    }
     let env_path = std::env::var_os("MESSAGING_CONFIG").map(PathBuf::from);
     let file = settings::config_path(cli.config, env_path);
     let settings = match settings::load(file.as_deref()) {

@@ -10,6 +10,7 @@ use std::fmt;
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Value};
 use figment::Figment;
@@ -29,6 +30,8 @@ pub struct Settings {
     pub outcomes: OutcomeSettings,
     pub breaker: BreakerSettings,
     pub routing: RoutingSettings,
+    pub auth: AuthSettings,
+    pub webhooks: WebhookSettings,
     /// Each `[providers.NAME]` table as layered; `provider(NAME)` resolves it over the
     /// global `[outcomes]` and `[breaker]`.
     #[serde(rename = "providers")]
@@ -137,6 +140,47 @@ fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         Text::Float(n) => n.to_string(),
         Text::Bool(b) => b.to_string(),
     })
+}
+
+/// What an API key may do (CONTRACT section 9).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// `POST /api/messages/*`.
+    Send,
+    /// `GET /api/*`.
+    Read,
+    /// The operator controls of section 11.
+    Admin,
+}
+
+/// `[auth]`: with no keys the API is open.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    pub keys: BTreeMap<String, ApiKeySettings>,
+}
+
+/// `[auth.keys.NAME]`: the key's SHA-256 (never the key), its scopes and its rate.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    pub sha256: String,
+    pub scopes: Vec<Scope>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_min: Option<u32>,
+}
+
+/// `[webhooks]`: the Standard Webhooks secret the inbound webhooks are signed with.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// The environment variable holding the secret (`whsec_` + base64).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+    /// Read from `secret_env` by `load`.
+    #[serde(skip)]
+    pub secret: Option<Secret>,
 }
 
 /// How a simulated provider seeds its outcome stream: a fixed `u64`, or `"entropy"` (the
@@ -266,6 +310,8 @@ impl Default for Settings {
             outcomes: OutcomeSettings::default(),
             breaker: BreakerSettings::default(),
             routing: RoutingSettings::default(),
+            auth: AuthSettings::default(),
+            webhooks: WebhookSettings::default(),
             provider_tables: BTreeMap::from([
                 ("sms-mms".to_owned(), seeded(42)),
                 ("email".to_owned(), seeded(7)),
@@ -441,8 +487,31 @@ pub fn from_toml(text: &str, source: &str) -> Result<Settings, SettingsError> {
         .iter()
         .map(|(name, table)| Ok((name.clone(), settings.resolve(name, table, source)?)))
         .collect::<Result<_, SettingsError>>()?;
+    if let Some(variable) = &settings.webhooks.secret_env {
+        settings.webhooks.secret = Some(secret_from_env("webhooks.secret_env", variable)?);
+    }
     settings.validate()?;
     Ok(settings)
+}
+
+/// A secret from the variable a `*_env` key names; missing or empty stops start-up.
+fn secret_from_env(key: &str, variable: &str) -> Result<Secret, SettingsError> {
+    match std::env::var(variable) {
+        Ok(value) if !value.is_empty() => Ok(Secret::new(value)),
+        _ => Err(SettingsError::new(
+            key,
+            format!("the environment variable {variable} is not set"),
+        )),
+    }
+}
+
+/// Provider and key names: 1 to 64 letters, digits, '-', '_' or '.'.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 fn is_http_url(raw: &str) -> bool {
@@ -579,15 +648,9 @@ impl Settings {
                     "is required for this kind: the environment variable holding the secret",
                 ))
             }
-            Some((key, Some(variable))) => match std::env::var(variable) {
-                Ok(value) if !value.is_empty() => Some(Secret::new(value)),
-                _ => {
-                    return Err(SettingsError::new(
-                        format!("{prefix}.{key}"),
-                        format!("the environment variable {variable} is not set"),
-                    ))
-                }
-            },
+            Some((key, Some(variable))) => {
+                Some(secret_from_env(&format!("{prefix}.{key}"), variable)?)
+            }
         };
         let breaker = Figment::from(Serialized::defaults(&self.breaker))
             .merge(Serialized::defaults(breaker))
@@ -657,13 +720,8 @@ impl Settings {
         self.outcomes.validate("outcomes")?;
         self.breaker.validate("breaker")?;
         for (name, provider) in &self.providers {
-            let valid = !name.is_empty()
-                && name.len() <= 64
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
             check(
-                valid,
+                valid_name(name),
                 &format!("providers.{name}"),
                 "a provider name is 1 to 64 letters, digits, '-', '_' or '.'",
             )?;
@@ -672,6 +730,41 @@ impl Settings {
                 .breaker
                 .validate(&format!("providers.{name}.breaker"))?;
             self.validate_real(name, provider)?;
+        }
+        for (name, key) in &self.auth.keys {
+            let prefix = format!("auth.keys.{name}");
+            check(
+                valid_name(name),
+                &prefix,
+                "a key name is 1 to 64 letters, digits, '-', '_' or '.'",
+            )?;
+            check(
+                key.sha256.len() == 64 && key.sha256.bytes().all(|b| b.is_ascii_hexdigit()),
+                &format!("{prefix}.sha256"),
+                "must be 64 hex digits: the SHA-256 of the key (messaging-service keygen NAME)",
+            )?;
+            check(
+                !key.scopes.is_empty(),
+                &format!("{prefix}.scopes"),
+                "must name at least one of send, read, admin",
+            )?;
+            if let Some(rate) = key.rate_limit_per_min {
+                check(
+                    (1..=1_000_000).contains(&rate),
+                    &format!("{prefix}.rate_limit_per_min"),
+                    "must be from 1 to 1000000",
+                )?;
+            }
+        }
+        if let Some(secret) = &self.webhooks.secret {
+            check(
+                secret.expose().starts_with("whsec_")
+                    && base64::engine::general_purpose::STANDARD
+                        .decode(&secret.expose()["whsec_".len()..])
+                        .is_ok_and(|key| !key.is_empty()),
+                "webhooks.secret_env",
+                "the variable must hold a Standard Webhooks secret: whsec_ and base64",
+            )?;
         }
         if let Some(url) = &self.server.public_url {
             check(

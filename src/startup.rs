@@ -18,8 +18,8 @@ use messaging_actors::router::{Registry, ResumeQueued, RouterActor};
 use messaging_actors::store::{self, Store};
 use slog::{info, warn, Logger};
 
-use crate::http::WebhookKeys;
 use crate::http::{self, AppState, HttpMetrics};
+use crate::http::{Auth, WebhookKeys};
 use crate::settings::{ProviderKind, ProviderSettings, Settings};
 use messaging_actors::senders::{Api, HttpSender};
 
@@ -157,6 +157,13 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
     }
     let metrics = Arc::new(Metrics::new(&registry.providers()).context("building metrics")?);
     let http_metrics = HttpMetrics::new(metrics.registry()).context("building HTTP metrics")?;
+    let auth =
+        Arc::new(Auth::new(&settings, metrics.registry()).context("building access control")?);
+    if auth.is_open() {
+        warn!(log, "api is open"; "why" => "no [auth.keys] configured: anyone who reaches the port may send and read");
+    } else if !auth.webhooks_are_signed() {
+        warn!(log, "webhooks are open"; "why" => "API keys are configured but [webhooks] secret_env is not");
+    }
     let store = Store::start(
         pool,
         settings.database.pool_size as usize,
@@ -187,6 +194,8 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
     if store.shares_work() {
         info!(log, "sharing work"; "instance" => store.instance());
     }
+    // Operators' breaker settings hold across a restart and on every instance.
+    LeaseKeeper::sync_breakers(&store, &providers, &log).await;
     let resumed = router
         .send(ResumeQueued)
         .await
@@ -202,12 +211,14 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         http_metrics,
         max_body_bytes: settings.server.max_body_bytes,
         webhook_keys: webhook_keys(&settings),
+        auth: auth.clone(),
         log: log.clone(),
     });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .configure(http::routes)
+            .wrap(actix_web::middleware::from_fn(http::authenticate))
             .wrap(actix_web::middleware::from_fn(http::require_json_accept))
             .wrap(actix_web::middleware::from_fn(http::observe))
     })

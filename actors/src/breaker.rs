@@ -33,13 +33,19 @@ pub enum BreakerState {
     Closed,
     Open,
     HalfOpen,
+    /// An operator's: admits nothing until set back (CONTRACT section 11).
+    ForcedOpen,
+    /// An operator's: admits everything and records nothing.
+    Disabled,
 }
 
 impl BreakerState {
-    pub const ALL: [BreakerState; 3] = [
+    pub const ALL: [BreakerState; 5] = [
         BreakerState::Closed,
         BreakerState::Open,
         BreakerState::HalfOpen,
+        BreakerState::ForcedOpen,
+        BreakerState::Disabled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +53,40 @@ impl BreakerState {
             BreakerState::Closed => "closed",
             BreakerState::Open => "open",
             BreakerState::HalfOpen => "half_open",
+            BreakerState::ForcedOpen => "forced_open",
+            BreakerState::Disabled => "disabled",
+        }
+    }
+
+    fn forced(self) -> bool {
+        matches!(self, BreakerState::ForcedOpen | BreakerState::Disabled)
+    }
+}
+
+/// What an operator sets a breaker to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Override {
+    ForcedOpen,
+    Disabled,
+    /// Back to normal operation, with a fresh window.
+    Closed,
+}
+
+impl Override {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Override::ForcedOpen => "forced_open",
+            Override::Disabled => "disabled",
+            Override::Closed => "closed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Override> {
+        match raw {
+            "forced_open" => Some(Override::ForcedOpen),
+            "disabled" => Some(Override::Disabled),
+            "closed" => Some(Override::Closed),
+            _ => None,
         }
     }
 }
@@ -123,7 +163,7 @@ impl Breaker {
         match self.state {
             BreakerState::Closed => self.window.len() as u32,
             BreakerState::HalfOpen => self.trials_finished,
-            BreakerState::Open => 0,
+            BreakerState::Open | BreakerState::ForcedOpen | BreakerState::Disabled => 0,
         }
     }
 
@@ -132,7 +172,7 @@ impl Breaker {
         let (failures, recorded) = match self.state {
             BreakerState::Closed => (self.window_failures, self.window.len() as u32),
             BreakerState::HalfOpen => (self.trial_failures, self.trials_finished),
-            BreakerState::Open => (0, 0),
+            BreakerState::Open | BreakerState::ForcedOpen | BreakerState::Disabled => (0, 0),
         };
         if recorded == 0 {
             0.0
@@ -144,7 +184,7 @@ impl Breaker {
     /// When time alone will next change something (open ends, or half-open gives up).
     pub fn deadline(&self) -> Option<Instant> {
         match self.state {
-            BreakerState::Closed => None,
+            BreakerState::Closed | BreakerState::ForcedOpen | BreakerState::Disabled => None,
             BreakerState::Open => Some(self.since + self.config.open),
             BreakerState::HalfOpen => self.trials_since.map(|t| t + self.config.open),
         }
@@ -171,8 +211,8 @@ impl Breaker {
     pub fn try_acquire(&mut self, now: Instant) -> (Option<Permit>, Option<Transition>) {
         let transition = self.tick(now);
         let permit = match self.state {
-            BreakerState::Closed => Some(self.permit()),
-            BreakerState::Open => None,
+            BreakerState::Closed | BreakerState::Disabled => Some(self.permit()),
+            BreakerState::Open | BreakerState::ForcedOpen => None,
             BreakerState::HalfOpen if self.trials_admitted < self.config.half_open_calls => {
                 self.trials_admitted += 1;
                 self.trials_since.get_or_insert(now);
@@ -194,6 +234,8 @@ impl Breaker {
             return None;
         }
         match (self.state, result) {
+            // Disabled records nothing; forced open admitted nothing of this generation.
+            (BreakerState::Disabled | BreakerState::ForcedOpen, _) => None,
             (BreakerState::Closed, CallResult::Neutral) => None,
             (BreakerState::Closed, result) => {
                 let failed = result == CallResult::Failure;
@@ -228,6 +270,23 @@ impl Breaker {
             // No permit of the current generation exists while open.
             (BreakerState::Open, _) => None,
         }
+    }
+
+    /// An operator's setting: `forced_open` and `disabled` hold until set back; `closed`
+    /// returns to normal with a fresh window (also from a tripped `open`). `None` when the
+    /// breaker is in that state already.
+    pub fn force(&mut self, to: Override, now: Instant) -> Option<Transition> {
+        let target = match to {
+            Override::ForcedOpen => BreakerState::ForcedOpen,
+            Override::Disabled => BreakerState::Disabled,
+            Override::Closed => BreakerState::Closed,
+        };
+        (self.state != target).then(|| self.move_to(target, now))
+    }
+
+    /// Whether an operator holds this breaker where it is.
+    pub fn is_forced(&self) -> bool {
+        self.state.forced()
     }
 
     fn permit(&self) -> Permit {
@@ -462,6 +521,52 @@ mod tests {
             b.record(trial, CallResult::Success, t1 + 101 * MS),
             None,
             "too late"
+        );
+    }
+
+    #[test]
+    fn an_operator_forces_open_disables_and_closes_with_a_fresh_window() {
+        let t = Instant::now();
+        let mut b = Breaker::new(config(), t);
+        let before = b.try_acquire(t).0.expect("closed admits");
+        let forced = b.force(Override::ForcedOpen, t).map(|t| (t.from, t.to));
+        assert_eq!(
+            forced,
+            Some((BreakerState::Closed, BreakerState::ForcedOpen))
+        );
+        assert_eq!(
+            b.try_acquire(t + 1_000_000 * MS).0,
+            None,
+            "holds however long"
+        );
+        assert_eq!(b.tick(t + 1_000_000 * MS), None);
+        assert_eq!(b.deadline(), None);
+        assert_eq!(
+            b.record(before, CallResult::Failure, t),
+            None,
+            "a stale result"
+        );
+        assert_eq!(b.force(Override::ForcedOpen, t), None, "already there");
+
+        b.force(Override::Disabled, t);
+        for _ in 0..50 {
+            let permit = b.try_acquire(t).0.expect("disabled admits all");
+            assert_eq!(
+                b.record(permit, CallResult::Failure, t),
+                None,
+                "records nothing"
+            );
+        }
+        assert_eq!(b.state(), BreakerState::Disabled);
+
+        let closed = b.force(Override::Closed, t).map(|t| t.to);
+        assert_eq!(closed, Some(BreakerState::Closed));
+        assert_eq!(b.recorded_calls(), 0, "a fresh window");
+        open_it(&mut b, t);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(
+            b.force(Override::Closed, t).map(|t| t.to),
+            Some(BreakerState::Closed)
         );
     }
 

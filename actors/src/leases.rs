@@ -4,7 +4,8 @@
 //! and sweeps twice per lease for messages whose lease lapsed: an instance that died, a
 //! message this one lost track of (a write that timed out after committing), or one
 //! whose renewal failed. Claimed messages go to the router. Renewals also resync the
-//! database's clock, which every lease is read and written in.
+//! database's clock, which every lease is read and written in, and the operators' breaker
+//! settings, so that every instance obeys them within one renewal period.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use std::sync::Arc;
 use actix::{Actor, Addr, AsyncContext, Context};
 use slog::{info, warn, Logger};
 
-use crate::provider::{GetHeldIds, ProviderActor};
+use crate::breaker::Override;
+use crate::provider::{ForceBreaker, GetHeldIds, ProviderActor};
 use crate::router::{RouteQueued, RouterActor, CLAIM_BATCH};
 use crate::store::Store;
 
@@ -38,6 +40,31 @@ impl LeaseKeeper {
         }
     }
 
+    /// Hands every provider the operator's setting stored for it, so that a setting made
+    /// through another instance holds here within one renewal period.
+    pub async fn sync_breakers(
+        store: &Store,
+        providers: &BTreeMap<String, Addr<ProviderActor>>,
+        log: &Logger,
+    ) {
+        match store.breaker_overrides().await {
+            Ok(overrides) => {
+                for (name, state) in overrides {
+                    let (Some(provider), Some(to)) =
+                        (providers.get(&name), Override::parse(&state))
+                    else {
+                        continue;
+                    };
+                    provider.do_send(ForceBreaker {
+                        to,
+                        from_operator: false,
+                    });
+                }
+            }
+            Err(e) => warn!(log, "could not read breaker settings"; "error" => e.to_string()),
+        }
+    }
+
     async fn renew(
         store: Store,
         providers: Arc<BTreeMap<String, Addr<ProviderActor>>>,
@@ -46,6 +73,7 @@ impl LeaseKeeper {
         if let Err(e) = store.sync_clock().await {
             warn!(log, "could not read the database clock"; "error" => e.to_string());
         }
+        Self::sync_breakers(&store, &providers, &log).await;
         let mut held = Vec::new();
         for provider in providers.values() {
             if let Ok(ids) = provider.send(GetHeldIds).await {

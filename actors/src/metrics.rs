@@ -12,7 +12,7 @@ use crate::domain::Channel;
 /// Outcome labels, in the order the contract lists them.
 pub const OUTCOMES: [&str; 5] = ["success", "rate_limited", "error", "timeout", "rejected"];
 /// Breaker state labels.
-pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
+pub const BREAKER_STATES: [&str; 5] = ["closed", "open", "half_open", "forced_open", "disabled"];
 
 /// Buckets from 1 ms to 10 s: provider latency is simulated anywhere in that range.
 const DURATION_BUCKETS: [f64; 14] = [

@@ -29,7 +29,9 @@ use actix::{
 use slog::{error, info, o, warn, Logger};
 
 use crate::admission::Backlog;
-use crate::breaker::{Breaker, BreakerConfig, BreakerState, CallResult, Permit, Transition};
+use crate::breaker::{
+    Breaker, BreakerConfig, BreakerState, CallResult, Override, Permit, Transition,
+};
 use crate::domain::{Channel, MessageStatus, Timestamp};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, OutcomeOdds, OutcomeStream, RetryPolicy};
@@ -113,6 +115,17 @@ pub struct ProviderStatus {
 #[derive(Debug, Message)]
 #[rtype(result = "ProviderStatus")]
 pub struct GetProviderStatus;
+
+/// An operator's breaker setting (CONTRACT section 11). From the operator it applies
+/// whatever was applied before (a `closed` resets a tripped breaker); from the database
+/// sync it applies only when it differs from the last one applied, so a stored `closed`
+/// does not reset a breaker at every lease renewal.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "ProviderStatus")]
+pub struct ForceBreaker {
+    pub to: Override,
+    pub from_operator: bool,
+}
 
 /// The ids of the messages this provider holds (queued, waiting, in flight, or finished
 /// but not yet recorded): the leases worth renewing.
@@ -206,6 +219,8 @@ pub struct ProviderActor {
     sender_slots: HashMap<u64, Instant>,
     /// When "provider refused our credentials" was last logged.
     credentials_logged: Option<Instant>,
+    /// The operator's last setting, kept across a restart.
+    applied_override: Override,
     store: Store,
     metrics: Arc<Metrics>,
     backlog: Arc<Backlog>,
@@ -235,6 +250,7 @@ impl ProviderActor {
             superseded: HashSet::new(),
             sender_slots: HashMap::new(),
             credentials_logged: None,
+            applied_override: Override::Closed,
             store,
             metrics,
             backlog,
@@ -631,6 +647,10 @@ impl Supervised for ProviderActor {
     fn restarting(&mut self, _: &mut Self::Context) {
         warn!(self.log, "provider restarted"; "requeued" => self.parked.len());
         self.breaker = Breaker::new(self.config.breaker, Instant::now());
+        // An operator's forced state outlives a restart; the breaker's own does not.
+        if self.applied_override != Override::Closed {
+            self.breaker.force(self.applied_override, Instant::now());
+        }
         self.breaker_timer = None;
         self.outcomes = OutcomeStream::new(self.config.seed, self.config.odds);
         self.in_flight = 0;
@@ -674,6 +694,21 @@ impl Handler<Dispatch> for ProviderActor {
     }
 }
 
+impl Handler<ForceBreaker> for ProviderActor {
+    type Result = MessageResult<ForceBreaker>;
+
+    fn handle(&mut self, msg: ForceBreaker, ctx: &mut Self::Context) -> Self::Result {
+        if msg.from_operator || msg.to != self.applied_override {
+            self.applied_override = msg.to;
+            if let Some(transition) = self.breaker.force(msg.to, Instant::now()) {
+                self.on_transition(transition, ctx);
+            }
+            self.pump(ctx);
+        }
+        MessageResult(self.status())
+    }
+}
+
 impl Handler<GetHeldIds> for ProviderActor {
     type Result = MessageResult<GetHeldIds>;
 
@@ -698,7 +733,13 @@ impl Handler<GetProviderStatus> for ProviderActor {
     type Result = MessageResult<GetProviderStatus>;
 
     fn handle(&mut self, _: GetProviderStatus, _: &mut Self::Context) -> Self::Result {
-        MessageResult(ProviderStatus {
+        MessageResult(self.status())
+    }
+}
+
+impl ProviderActor {
+    fn status(&self) -> ProviderStatus {
+        ProviderStatus {
             name: self.config.name.clone(),
             kind: self.config.kind(),
             channels: self.config.channels.clone(),
@@ -708,7 +749,7 @@ impl Handler<GetProviderStatus> for ProviderActor {
             breaker_state: self.breaker.state(),
             failure_rate: self.breaker.failure_rate(),
             recorded_calls: self.breaker.recorded_calls(),
-        })
+        }
     }
 }
 

@@ -13,9 +13,12 @@ use slog::{error, warn, Logger};
 use thiserror::Error;
 
 use crate::admission::Backlog;
+use crate::breaker::Override;
 use crate::domain::{Channel, IdempotencyKey, MessageContent};
 use crate::metrics::Metrics;
-use crate::provider::{sender_key, Dispatch, GetProviderStatus, ProviderActor, ProviderStatus};
+use crate::provider::{
+    sender_key, Dispatch, ForceBreaker, GetProviderStatus, ProviderActor, ProviderStatus,
+};
 use crate::store::{NewOutbound, OutboundStored, QueuedMessage, Store, StoreError};
 
 /// Channel -> provider, built once at start-up. A route may name a provider that does not
@@ -119,6 +122,14 @@ pub struct ResumeQueued;
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<ProviderStatus>")]
 pub struct ListProviders;
+
+/// An operator's breaker setting for one provider; `None` for an unknown provider.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<ProviderStatus>")]
+pub struct OverrideBreaker {
+    pub provider: String,
+    pub to: Override,
+}
 
 /// Answers when the router runs; readiness asks it.
 #[derive(Debug, Message)]
@@ -383,6 +394,21 @@ impl Handler<ResumeQueued> for RouterActor {
                     return Ok(count);
                 }
             }
+        })
+    }
+}
+
+impl Handler<OverrideBreaker> for RouterActor {
+    type Result = ResponseFuture<Option<ProviderStatus>>;
+
+    fn handle(&mut self, msg: OverrideBreaker, _: &mut Self::Context) -> Self::Result {
+        let provider = self.routes.providers.get(&msg.provider).cloned();
+        Box::pin(async move {
+            let force = ForceBreaker {
+                to: msg.to,
+                from_operator: true,
+            };
+            provider?.send(force).await.ok()
         })
     }
 }

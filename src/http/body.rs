@@ -19,9 +19,20 @@ fn is_json_content_type(req: &HttpRequest) -> bool {
 /// The body as a JSON object, or the contract's error for why not.
 pub async fn read_object(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
 ) -> Result<Map<String, Value>, ApiError> {
+    let body = read_json_body(req, payload, limit).await?;
+    parse_object(&body)
+}
+
+/// The raw bytes of a JSON body (for a signature over them), checked as `read_object`
+/// checks them, before they are parsed.
+pub async fn read_json_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
     if !is_json_content_type(req) {
         return Err(ApiError::UnsupportedMediaType);
     }
@@ -55,7 +66,12 @@ pub async fn read_object(
                 BODY_TIMEOUT.as_secs()
             ))
         })??;
-    match serde_json::from_slice::<Value>(&body) {
+    Ok(body)
+}
+
+/// A JSON object, or `invalid_json`.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::InvalidJson(
             "the body must be a JSON object".into(),

@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use messaging_actors::store::PageRequest;
 
 use super::error::ApiError;
-use super::wire::{ConversationPage, MessagePage, PageMeta, PageQuery, ReadErrors};
+use super::wire::{AuthErrors, ConversationPage, MessagePage, PageMeta, PageQuery, ReadErrors};
 use super::{parse_id, store_unavailable, AppState};
 
 fn page_request(req: &HttpRequest) -> Result<PageRequest, ApiError> {
@@ -24,11 +24,13 @@ fn meta(request: PageRequest, total: i64) -> PageMeta {
 #[utoipa::path(
     get,
     path = "/api/conversations",
+    security(("bearer" = ["read"])),
     tag = "conversations",
     params(
         PageQuery,
     ),
     responses(
+        AuthErrors,
         (status = 200, description = "Conversations, most recent first", body = ConversationPage),
         ReadErrors,
     )
@@ -52,12 +54,14 @@ pub async fn list_conversations(
 #[utoipa::path(
     get,
     path = "/api/conversations/{id}/messages",
+    security(("bearer" = ["read"])),
     tag = "conversations",
     params(
         ("id" = i64, Path, description = "The conversation id"),
         PageQuery,
     ),
     responses(
+        AuthErrors,
         (status = 200, description = "The conversation's messages, oldest first",
             body = MessagePage),
         ReadErrors,

@@ -33,6 +33,12 @@ pub enum ApiError {
     NotReady,
     #[error("the webhook's signature is missing, wrong or stale")]
     InvalidSignature,
+    #[error("send a valid API key as Authorization: Bearer KEY")]
+    Unauthorized,
+    #[error("this API key may not use this route")]
+    Forbidden,
+    #[error("this API key is over its rate; retry later")]
+    RateLimited { retry_after_secs: u64 },
 }
 
 impl ApiError {
@@ -57,6 +63,9 @@ impl ApiError {
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::NotReady => "not_ready",
             ApiError::InvalidSignature => "invalid_signature",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
+            ApiError::RateLimited { .. } => "rate_limited",
         }
     }
 }
@@ -73,7 +82,9 @@ impl ResponseError for ApiError {
             ApiError::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NoProvider { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Overloaded { .. } | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::InvalidSignature => StatusCode::UNAUTHORIZED,
+            ApiError::InvalidSignature | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -99,6 +110,12 @@ impl ResponseError for ApiError {
             }
             ApiError::NotReady => {
                 response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::RateLimited { retry_after_secs } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.max(&1).to_string()));
             }
             _ => {}
         }

@@ -5,8 +5,8 @@
 use super::body::read_object;
 use super::error::ApiError;
 use super::wire::{
-    AcceptedBody, BodyErrors, EmailRequest, IdempotencyKeyHeader, MessageDetail, OutboundErrors,
-    ReadErrors, SmsRequest,
+    AcceptedBody, AuthErrors, BodyErrors, EmailRequest, IdempotencyKeyHeader, MessageDetail,
+    OutboundErrors, ReadErrors, SmsRequest,
 };
 use super::{actor_unavailable, parse_id, store_unavailable, AppState};
 use actix_web::http::header;
@@ -72,10 +72,12 @@ async fn accept(
 #[utoipa::path(
     post,
     path = "/api/messages/sms",
+    security(("bearer" = ["send"])),
     tag = "messages",
     request_body(content = SmsRequest, content_type = "application/json"),
     params(IdempotencyKeyHeader),
     responses(
+        AuthErrors,
         (status = 202, description = "Committed and tagged with its provider; dispatch follows",
             body = AcceptedBody,
             headers(("Location" = String, description = "/api/messages/{id}"))),
@@ -94,10 +96,12 @@ pub async fn send_sms(
 #[utoipa::path(
     post,
     path = "/api/messages/email",
+    security(("bearer" = ["send"])),
     tag = "messages",
     request_body(content = EmailRequest, content_type = "application/json"),
     params(IdempotencyKeyHeader),
     responses(
+        AuthErrors,
         (status = 202, description = "Committed and tagged with its provider; dispatch follows",
             body = AcceptedBody,
             headers(("Location" = String, description = "/api/messages/{id}"))),
@@ -116,9 +120,11 @@ pub async fn send_email(
 #[utoipa::path(
     get,
     path = "/api/messages/{id}",
+    security(("bearer" = ["read"])),
     tag = "messages",
     params(("id" = i64, Path, description = "The message id")),
     responses(
+        AuthErrors,
         (status = 200, description = "The message and its dispatch attempts", body = MessageDetail),
         ReadErrors,
     )

@@ -2,6 +2,7 @@
 //! and JSON 404/405 for unknown routes and methods. Handlers live one file per resource
 //! and only translate between JSON and the core's messages.
 
+mod auth;
 mod body;
 mod conversations;
 mod error;
@@ -28,6 +29,7 @@ use messaging_actors::store::{Store, StoreError};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use slog::{warn, Logger};
 
+pub use auth::{authenticate, Auth};
 pub use error::ApiError;
 pub use provider_webhooks::{sendgrid_public_key, WebhookKeys};
 
@@ -39,6 +41,7 @@ pub struct AppState {
     pub http_metrics: HttpMetrics,
     pub max_body_bytes: usize,
     pub webhook_keys: WebhookKeys,
+    pub auth: Arc<Auth>,
     pub log: Logger,
 }
 
@@ -94,6 +97,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             conversations::list_conversation_messages,
         ))
         .service(get("/api/providers", providers::list_providers))
+        .service(post(
+            "/api/providers/{name}/breaker",
+            providers::set_breaker,
+        ))
         .service(get("/healthz", health::healthz))
         .service(get("/readyz", health::readyz))
         .service(get("/metrics", health::metrics))

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use actix_web::HttpResponse;
-use utoipa::OpenApi;
+use utoipa::{Modify, OpenApi};
 
 use super::{conversations, health, messages, provider_webhooks, providers, webhooks};
 
@@ -29,13 +29,38 @@ use super::{conversations, health, messages, provider_webhooks, providers, webho
         conversations::list_conversations,
         conversations::list_conversation_messages,
         providers::list_providers,
+        providers::set_breaker,
         health::healthz,
         health::readyz,
         health::metrics,
         openapi_json,
-    )
+    ),
+    modifiers(&BearerKeys)
 )]
 pub struct ApiDoc;
+
+/// Declares the API keys (CONTRACT section 9): `Authorization: Bearer KEY`. Each
+/// operation names the scope it needs; with no keys configured the API is open.
+struct BearerKeys;
+
+impl Modify for BearerKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key from `messaging-service keygen`; its scopes (send, read, \
+                         admin) are listed on each operation.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The document, built once.
 #[utoipa::path(

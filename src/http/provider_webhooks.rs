@@ -17,7 +17,6 @@ use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey as _;
 use serde::Deserialize;
-use slog::warn;
 use subtle::ConstantTimeEq as _;
 use utoipa::ToSchema;
 
@@ -93,7 +92,7 @@ async fn signed_twilio_form(
             })
         });
     if !valid {
-        warn!(state.log, "request refused"; "reason" => "signature", "path" => req.path());
+        state.auth.refused(&state.log, "signature", req.path());
         return Err(ApiError::InvalidSignature);
     }
     Ok(params)
@@ -356,7 +355,7 @@ pub async fn receive_sendgrid_events(
                 .any(|key| key.verify(&signed, &signature).is_ok())
         });
         if !valid {
-            warn!(state.log, "request refused"; "reason" => "signature", "path" => req.path());
+            state.auth.refused(&state.log, "signature", req.path());
             return Err(ApiError::InvalidSignature);
         }
     }

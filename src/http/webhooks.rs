@@ -1,7 +1,7 @@
 //! Inbound messages from providers: `POST /api/webhooks/sms` and `/api/webhooks/email`.
 //! A repeated provider id answers with the first message and stores nothing new.
 
-use super::body::read_object;
+use super::body::{parse_object, read_json_body};
 use super::error::ApiError;
 use super::wire::{BodyErrors, EmailWebhook, ReceivedBody, SmsWebhook, WebhookErrors};
 use super::{store_unavailable, AppState};
@@ -19,7 +19,12 @@ async fn receive(
     payload: web::Payload,
     parse: Parse,
 ) -> Result<HttpResponse, ApiError> {
-    let object = read_object(req, payload, state.max_body_bytes).await?;
+    let body = read_json_body(req, payload, state.max_body_bytes).await?;
+    if let Err(e) = state.auth.verify_webhook(req.headers(), &body) {
+        state.auth.refused(&state.log, "signature", req.path());
+        return Err(e);
+    }
+    let object = parse_object(&body)?;
     let (content, provider_message_id) = parse(&object)?;
     let channel = content.channel;
     let stored = state

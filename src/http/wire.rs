@@ -5,6 +5,7 @@
 //! parsing a body is validating it, and the schema's patterns say what the parser accepts.
 
 use actix_web::HttpRequest;
+use messaging_actors::breaker::Override;
 use messaging_actors::domain::valid_idempotency_key;
 use messaging_actors::domain::{
     Attachments, Channel, EmailAddress, MediaAttachments, MessageContent, NonEmptyText,
@@ -424,7 +425,7 @@ pub struct MessageDetail {
 
 #[derive(Serialize, ToSchema)]
 pub struct BreakerBody {
-    /// `closed`, `open` or `half_open`.
+    /// `closed`, `open`, `half_open`, or an operator's `forced_open` or `disabled`.
     pub state: &'static str,
     pub failure_rate: f64,
     pub recorded_calls: u32,
@@ -469,6 +470,32 @@ impl From<ProviderStatus> for ProviderBody {
                 ratelimit_pct: p.odds.ratelimit_pct,
             },
             pending: p.pending,
+        }
+    }
+}
+
+/// `POST /api/providers/{name}/breaker`.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct BreakerOverrideRequest {
+    pub state: BreakerOverride,
+}
+
+/// `forced_open` admits nothing until set back (messages wait queued); `disabled` admits
+/// everything and records nothing; `closed` returns to normal with a fresh window.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerOverride {
+    ForcedOpen,
+    Disabled,
+    Closed,
+}
+
+impl From<BreakerOverride> for Override {
+    fn from(state: BreakerOverride) -> Self {
+        match state {
+            BreakerOverride::ForcedOpen => Override::ForcedOpen,
+            BreakerOverride::Disabled => Override::Disabled,
+            BreakerOverride::Closed => Override::Closed,
         }
     }
 }
@@ -520,10 +547,33 @@ pub enum OutboundErrors {
 #[expect(dead_code, reason = "documents responses; ApiError writes them")]
 pub enum WebhookErrors {
     #[response(
+        status = 401,
+        description = "`invalid_signature`: with `[webhooks] secret_env`, a missing, wrong or stale Standard Webhooks signature"
+    )]
+    InvalidSignature(ErrorBody),
+    #[response(
         status = 503,
         description = "`not_ready`: the database cannot take the write"
     )]
     Unavailable(ErrorBody),
+}
+
+/// Errors any operation that needs an API key can answer with (CONTRACT section 9).
+#[derive(IntoResponses)]
+#[expect(dead_code, reason = "documents responses; ApiError writes them")]
+pub enum AuthErrors {
+    #[response(
+        status = 401,
+        description = "`unauthorized`: no key or an unknown one; see WWW-Authenticate"
+    )]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "`forbidden`: the key lacks the scope")]
+    Forbidden(ErrorBody),
+    #[response(
+        status = 429,
+        description = "`rate_limited`: the key is over its rate; see Retry-After"
+    )]
+    RateLimited(ErrorBody),
 }
 
 /// Errors a read can answer with.

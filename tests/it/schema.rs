@@ -14,7 +14,7 @@ fn every_documented_operation_is_served() {
     let doc = doc.json();
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
     let paths = doc["paths"].as_object().expect("paths");
-    assert_eq!(paths.len(), 15);
+    assert_eq!(paths.len(), 16);
     for (path, operations) in paths {
         let concrete = path.replace("{id}", "1");
         for method in operations.as_object().expect("operations").keys() {
@@ -35,12 +35,18 @@ fn every_documented_operation_is_served() {
     }
 }
 
+const SCHEMATHESIS_KEY: &str = "msk_schemathesis-key-4e21";
+
 #[test]
 fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     if !have("schemathesis", "schemathesis_finds_no_server_error...") {
         return;
     }
-    let app = TestApp::spawn("");
+    // With a key of every scope, as a real deployment runs (CONTRACT section 9).
+    let app = TestApp::spawn(&format!(
+        "[auth.keys.schemathesis]\nsha256 = \"{}\"\nscopes = [\"send\", \"read\", \"admin\"]\n",
+        sha256_hex(SCHEMATHESIS_KEY)
+    ));
     // A schema-valid request may rightly get 422: schemathesis reuses short
     // Idempotency-Keys with other bodies, which the contract answers idempotency_conflict.
     std::fs::write(
@@ -55,6 +61,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         // Every check, positive_data_acceptance included: the schema's patterns and shapes
         // (sms and mms apart) say what the parsers accept.
         .args(["--checks", "all"])
+        .args(["-H", &format!("Authorization: Bearer {SCHEMATHESIS_KEY}")])
         .args([
             "--max-examples",
             "100",

@@ -5,7 +5,7 @@
 use diesel::prelude::*;
 
 use super::backend::for_each_backend;
-use super::schema::{dispatch_attempts, messages, readiness_probe};
+use super::schema::{breaker_overrides, dispatch_attempts, messages, readiness_probe};
 use super::StoreError;
 use crate::domain::{Direction, MessageStatus, Timestamp};
 
@@ -177,6 +177,36 @@ for_each_backend! {
             .get_results::<QueuedRow>(conn)?;
         rows.sort_by_key(|row| row.0);
         Ok(rows.into_iter().map(queued_message).collect())
+    }
+
+    /// Stores an operator's breaker setting for every instance to read.
+    pub(crate) fn set_breaker_override(
+        conn: &mut Conn,
+        (provider, state): &(String, &'static str),
+    ) -> Result<(), StoreError> {
+        let now = Timestamp::now().to_storage();
+        diesel::insert_into(breaker_overrides::table)
+            .values((
+                breaker_overrides::provider_name.eq(provider),
+                breaker_overrides::state.eq(*state),
+                breaker_overrides::updated_at.eq(&now),
+            ))
+            .on_conflict(breaker_overrides::provider_name)
+            .do_update()
+            .set((
+                breaker_overrides::state.eq(*state),
+                breaker_overrides::updated_at.eq(&now),
+            ))
+            .execute(conn)?;
+        Ok(())
+    }
+
+    pub(crate) fn breaker_overrides(
+        conn: &mut Conn,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(breaker_overrides::table
+            .select((breaker_overrides::provider_name, breaker_overrides::state))
+            .load(conn)?)
     }
 
     /// One small write: readiness means the database takes writes, not only reads.

@@ -320,6 +320,22 @@ impl Store {
             .await
     }
 
+    /// Stores an operator's breaker setting (`forced_open`, `disabled`, `closed`).
+    pub async fn set_breaker_override(
+        &self,
+        provider: String,
+        state: &'static str,
+    ) -> Result<(), StoreError> {
+        self.write((provider, state), runner!(dispatch::set_breaker_override))
+            .await
+    }
+
+    /// Every stored breaker setting, by provider name.
+    pub async fn breaker_overrides(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|conn| on_backend!(conn, dispatch::breaker_overrides()))
+            .await
+    }
+
     /// Marks a message `failed` without an attempt (it cannot be routed).
     pub async fn mark_failed(&self, message_id: i64) -> Result<(), StoreError> {
         self.write(message_id, runner!(dispatch::mark_failed)).await

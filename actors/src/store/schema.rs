@@ -72,3 +72,11 @@ diesel::allow_tables_to_appear_in_same_query!(
     dispatch_attempts,
     readiness_probe
 );
+
+diesel::table! {
+    breaker_overrides (provider_name) {
+        provider_name -> Text,
+        state -> Text,
+        updated_at -> Text,
+    }
+}

@@ -117,3 +117,12 @@ pub fn provider(app: &TestApp, name: &str) -> Value {
         .cloned()
         .unwrap_or_else(|| panic!("provider {name} is not listed: {providers}"))
 }
+
+/// The SHA-256 of an API key, in hex: what `[auth.keys.NAME] sha256` holds.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

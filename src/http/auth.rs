@@ -1,0 +1,310 @@
+//! Access control (CONTRACT section 9): API keys with scopes and a rate each, checked by a
+//! middleware in front of every `/api/*` route, and the Standard Webhooks signature of the
+//! inbound webhooks. With no keys configured the API stays open. A refusal is counted in
+//! `messaging_auth_failures_total{reason}` and logged once as `request refused`, with the
+//! key's name when known and never a secret, hash or signature.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderMap, AUTHORIZATION};
+use actix_web::http::Method;
+use actix_web::middleware::Next;
+use actix_web::{web, ResponseError};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use prometheus::{IntCounterVec, Opts, Registry};
+use sha2::{Digest, Sha256};
+use slog::{warn, Logger};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::settings::{ApiKeySettings, Scope, Settings};
+
+/// Why a request was refused: the `reason` label.
+pub const REASONS: [&str; 5] = ["missing", "unknown_key", "scope", "rate", "signature"];
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Health, readiness, metrics, the OpenAPI document, and the webhooks (which carry
+    /// signatures of their own).
+    Open,
+    Needs(Scope),
+}
+
+/// The scope each route needs: reads need `read`, sending needs `send`, the operator
+/// controls `admin`; anything under `/api/` not named here needs `admin`, so a new route
+/// is closed until someone decides otherwise.
+pub fn required_access(method: &Method, path: &str) -> Access {
+    let open = !path.starts_with("/api/")
+        || path == "/api/openapi.json"
+        || path.starts_with("/api/webhooks/");
+    if open {
+        return Access::Open;
+    }
+    match *method {
+        Method::GET | Method::HEAD => Access::Needs(Scope::Read),
+        Method::POST if path.starts_with("/api/messages/") => Access::Needs(Scope::Send),
+        _ => Access::Needs(Scope::Admin),
+    }
+}
+
+struct ApiKey {
+    name: String,
+    sha256: [u8; 32],
+    scopes: Vec<Scope>,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+/// The configured keys, the webhook secret, and the refusal counter.
+pub struct Auth {
+    keys: Vec<ApiKey>,
+    webhook: Option<standardwebhooks::Webhook>,
+    pub failures: IntCounterVec,
+}
+
+fn sha256(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+fn decode_hex(hex: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = hex
+            .get(i * 2..i * 2 + 2)
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+            .unwrap_or_default();
+    }
+    out
+}
+
+impl Auth {
+    /// Settings were validated: hashes are 64 hex digits, rates at least 1, the secret a
+    /// Standard Webhooks one.
+    pub fn new(settings: &Settings, registry: &Registry) -> Result<Auth, prometheus::Error> {
+        let keys = settings
+            .auth
+            .keys
+            .iter()
+            .map(|(name, key): (&String, &ApiKeySettings)| ApiKey {
+                name: name.clone(),
+                sha256: decode_hex(&key.sha256.to_ascii_lowercase()),
+                scopes: key.scopes.clone(),
+                limiter: key
+                    .rate_limit_per_min
+                    .and_then(NonZeroU32::new)
+                    .map(|rate| RateLimiter::direct(Quota::per_minute(rate))),
+            })
+            .collect();
+        let webhook = settings
+            .webhooks
+            .secret
+            .as_ref()
+            .and_then(|secret| standardwebhooks::Webhook::new(secret.expose()).ok());
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "messaging_auth_failures_total",
+                "Requests refused by access control, by reason.",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(failures.clone()))?;
+        for reason in REASONS {
+            failures.with_label_values(&[reason]);
+        }
+        Ok(Auth {
+            keys,
+            webhook,
+            failures,
+        })
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn webhooks_are_signed(&self) -> bool {
+        self.webhook.is_some()
+    }
+
+    /// The key the request carries, if it needs one: `Ok(None)` when the route is open.
+    fn check(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Option<&str>, Refusal> {
+        let Access::Needs(scope) = required_access(method, path) else {
+            return Ok(None);
+        };
+        if self.is_open() {
+            return Ok(None);
+        }
+        let presented = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .filter(|token| !token.is_empty())
+            .ok_or(Refusal::missing())?;
+        let digest = sha256(presented);
+        // Every key is compared, in constant time, whichever matches.
+        let mut found = None;
+        for key in &self.keys {
+            if bool::from(key.sha256.ct_eq(&digest)) {
+                found = Some(key);
+            }
+        }
+        let key = found.ok_or(Refusal {
+            reason: "unknown_key",
+            key: None,
+            error: ApiError::Unauthorized,
+        })?;
+        if !key.scopes.contains(&scope) {
+            return Err(Refusal {
+                reason: "scope",
+                key: Some(key.name.clone()),
+                error: ApiError::Forbidden,
+            });
+        }
+        if let Some(limiter) = &key.limiter {
+            if let Err(not_until) = limiter.check() {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err(Refusal {
+                    reason: "rate",
+                    key: Some(key.name.clone()),
+                    error: ApiError::RateLimited {
+                        retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                    },
+                });
+            }
+        }
+        Ok(Some(&key.name))
+    }
+
+    /// Checks a Standard Webhooks signature (`webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature`, 5 minutes of tolerance) when a secret is configured.
+    pub fn verify_webhook(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+        let Some(webhook) = &self.webhook else {
+            return Ok(());
+        };
+        let mut converted = http1::HeaderMap::new();
+        for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+            if let Some(value) = headers
+                .get(name)
+                .and_then(|v| http1::HeaderValue::from_bytes(v.as_bytes()).ok())
+            {
+                converted.insert(name, value);
+            }
+        }
+        webhook
+            .verify(body, &converted)
+            .map_err(|_| ApiError::InvalidSignature)
+    }
+
+    /// Counts and logs a refusal that happened elsewhere (a provider webhook's signature).
+    pub fn refused(&self, log: &Logger, reason: &'static str, path: &str) {
+        self.failures.with_label_values(&[reason]).inc();
+        warn!(log, "request refused"; "reason" => reason, "path" => path);
+    }
+}
+
+struct Refusal {
+    reason: &'static str,
+    key: Option<String>,
+    error: ApiError,
+}
+
+impl Refusal {
+    fn missing() -> Refusal {
+        Refusal {
+            reason: "missing",
+            key: None,
+            error: ApiError::Unauthorized,
+        }
+    }
+}
+
+/// The middleware: every request passes here before its handler.
+pub async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    };
+    let auth: &Arc<Auth> = &state.auth;
+    match auth.check(req.method(), req.path(), req.headers()) {
+        Ok(_) => next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body),
+        Err(refusal) => {
+            auth.failures.with_label_values(&[refusal.reason]).inc();
+            warn!(state.log, "request refused";
+                "reason" => refusal.reason, "key" => refusal.key.as_deref().unwrap_or(""),
+                "method" => req.method().as_str(), "path" => req.path());
+            let response = refusal.error.error_response();
+            Ok(req.into_response(response).map_into_right_body())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_need_their_scope_and_new_ones_are_closed() {
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(required_access(&get, "/healthz"), Access::Open);
+        assert_eq!(required_access(&get, "/metrics"), Access::Open);
+        assert_eq!(required_access(&get, "/api/openapi.json"), Access::Open);
+        assert_eq!(required_access(&post, "/api/webhooks/sms"), Access::Open);
+        assert_eq!(
+            required_access(&get, "/api/conversations"),
+            Access::Needs(Scope::Read)
+        );
+        assert_eq!(
+            required_access(&Method::HEAD, "/api/messages/1"),
+            Access::Needs(Scope::Read)
+        );
+        assert_eq!(
+            required_access(&post, "/api/messages/sms"),
+            Access::Needs(Scope::Send)
+        );
+        assert_eq!(
+            required_access(&post, "/api/providers/sms-mms/breaker"),
+            Access::Needs(Scope::Admin)
+        );
+        assert_eq!(
+            required_access(&Method::DELETE, "/api/messages/1"),
+            Access::Needs(Scope::Admin)
+        );
+        assert_eq!(
+            required_access(&post, "/api/anything-new"),
+            Access::Needs(Scope::Admin)
+        );
+    }
+
+    #[test]
+    fn hex_hashes_decode_to_their_bytes() {
+        let digest = sha256("password");
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"
+        );
+        assert_eq!(decode_hex(&hex), digest);
+    }
+}
