@@ -32,6 +32,7 @@ pub struct Settings {
     pub routing: RoutingSettings,
     pub auth: AuthSettings,
     pub webhooks: WebhookSettings,
+    pub callbacks: CallbackSettings,
     /// Each `[providers.NAME]` table as layered; `provider(NAME)` resolves it over the
     /// global `[outcomes]` and `[breaker]`.
     #[serde(rename = "providers")]
@@ -183,6 +184,36 @@ pub struct WebhookSettings {
     pub secret: Option<Secret>,
 }
 
+/// `[callbacks]` (CONTRACT section 10): where final statuses go when a request names no
+/// `status_callback`, how they are signed, and for how long they are tried.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallbackSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The variable holding the Standard Webhooks secret callbacks are signed with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+    pub max_age_ms: u64,
+    /// One try's limit (the contract's 10 s).
+    pub request_timeout_ms: u64,
+    /// Read from `secret_env` by `load`.
+    #[serde(skip)]
+    pub secret: Option<Secret>,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        CallbackSettings {
+            url: None,
+            secret_env: None,
+            max_age_ms: 86_400_000,
+            request_timeout_ms: 10_000,
+            secret: None,
+        }
+    }
+}
+
 /// How a simulated provider seeds its outcome stream: a fixed `u64`, or `"entropy"` (the
 /// OS generator at every start). A provider that names no seed at any layer uses entropy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,6 +343,7 @@ impl Default for Settings {
             routing: RoutingSettings::default(),
             auth: AuthSettings::default(),
             webhooks: WebhookSettings::default(),
+            callbacks: CallbackSettings::default(),
             provider_tables: BTreeMap::from([
                 ("sms-mms".to_owned(), seeded(42)),
                 ("email".to_owned(), seeded(7)),
@@ -489,6 +521,9 @@ pub fn from_toml(text: &str, source: &str) -> Result<Settings, SettingsError> {
         .collect::<Result<_, SettingsError>>()?;
     if let Some(variable) = &settings.webhooks.secret_env {
         settings.webhooks.secret = Some(secret_from_env("webhooks.secret_env", variable)?);
+    }
+    if let Some(variable) = &settings.callbacks.secret_env {
+        settings.callbacks.secret = Some(secret_from_env("callbacks.secret_env", variable)?);
     }
     settings.validate()?;
     Ok(settings)
@@ -756,16 +791,38 @@ impl Settings {
                 )?;
             }
         }
-        if let Some(secret) = &self.webhooks.secret {
+        for (key, secret) in [
+            ("webhooks.secret_env", &self.webhooks.secret),
+            ("callbacks.secret_env", &self.callbacks.secret),
+        ] {
+            if let Some(secret) = secret {
+                check(
+                    secret.expose().starts_with("whsec_")
+                        && base64::engine::general_purpose::STANDARD
+                            .decode(&secret.expose()["whsec_".len()..])
+                            .is_ok_and(|key| !key.is_empty()),
+                    key,
+                    "the variable must hold a Standard Webhooks secret: whsec_ and base64",
+                )?;
+            }
+        }
+        if let Some(url) = &self.callbacks.url {
             check(
-                secret.expose().starts_with("whsec_")
-                    && base64::engine::general_purpose::STANDARD
-                        .decode(&secret.expose()["whsec_".len()..])
-                        .is_ok_and(|key| !key.is_empty()),
-                "webhooks.secret_env",
-                "the variable must hold a Standard Webhooks secret: whsec_ and base64",
+                is_http_url(url) && url.len() <= 2048,
+                "callbacks.url",
+                "must be an http or https URL of at most 2048 characters",
             )?;
         }
+        check(
+            self.callbacks.max_age_ms >= 1,
+            "callbacks.max_age_ms",
+            "must be at least 1",
+        )?;
+        check(
+            (1..=600_000).contains(&self.callbacks.request_timeout_ms),
+            "callbacks.request_timeout_ms",
+            "must be from 1 to 600000",
+        )?;
         if let Some(url) = &self.server.public_url {
             check(
                 is_http_url(url),

@@ -9,6 +9,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use messaging_actors::admission::Backlog;
 use messaging_actors::breaker::BreakerConfig;
+use messaging_actors::callbacks::{CallbackConfig, CallbackWorker};
 use messaging_actors::domain::Channel;
 use messaging_actors::leases::LeaseKeeper;
 use messaging_actors::metrics::Metrics;
@@ -203,6 +204,15 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         .context("loading queued messages")?;
     info!(log, "resumed queued messages"; "count" => resumed);
     LeaseKeeper::new(store.clone(), providers, router.clone(), &log).start();
+    let callbacks = CallbackConfig {
+        secret: settings.callbacks.secret.clone(),
+        max_age: Duration::from_millis(settings.callbacks.max_age_ms),
+        request_timeout: Duration::from_millis(settings.callbacks.request_timeout_ms),
+        max_in_flight: 64,
+    };
+    CallbackWorker::new(store.clone(), metrics.clone(), callbacks, &log)
+        .context("building the callback client")?
+        .start();
 
     let state = web::Data::new(AppState {
         router,
@@ -212,6 +222,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         max_body_bytes: settings.server.max_body_bytes,
         webhook_keys: webhook_keys(&settings),
         auth: auth.clone(),
+        default_callback: settings.callbacks.url.clone(),
         log: log.clone(),
     });
     let server = HttpServer::new(move || {

@@ -145,6 +145,24 @@ checked_string!(
     }
 );
 
+checked_string!(
+    /// Where a message's final statuses are POSTed: an absolute http(s) URL with a host,
+    /// at most 2048 characters.
+    CallbackUrl,
+    |raw| {
+        let raw = without_nul(raw)?;
+        let valid = raw.len() <= MAX_URL_LEN
+            && !raw.chars().any(|c| c.is_whitespace() || c.is_control())
+            && url::Url::parse(&raw)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+        if valid {
+            Ok(raw)
+        } else {
+            Err(InvalidValue::Url)
+        }
+    }
+);
+
 /// Up to `MAX_ATTACHMENTS` attachment URLs (possibly none).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(try_from = "Vec<AttachmentUrl>", into = "Vec<String>")]
@@ -413,6 +431,11 @@ impl Timestamp {
         DateTime::<Utc>::from_timestamp_micros(micros).map(Timestamp)
     }
 
+    /// Seconds since the Unix epoch (a Standard Webhooks timestamp).
+    pub fn unix_seconds(self) -> i64 {
+        self.0.timestamp()
+    }
+
     /// Microseconds from `other` to this moment (negative if this is earlier).
     pub fn micros_since(self, other: Timestamp) -> i64 {
         (self.0 - other.0).num_microseconds().unwrap_or(0)
@@ -504,6 +527,12 @@ impl MessageContent {
     /// the same fields (whatever their JSON key order or spacing) share it. Each field is
     /// length-prefixed so that no two different messages can concatenate alike.
     pub fn fingerprint(&self, direction: Direction) -> String {
+        self.fingerprint_with(direction, &[])
+    }
+
+    /// `fingerprint`, covering also the request's other named values (`status_callback`,
+    /// `send_at`) where present, so that a replay with another of them is a conflict.
+    pub fn fingerprint_with(&self, direction: Direction, extra: &[(&str, &str)]) -> String {
         let mut hasher = Sha256::new();
         let mut field = |bytes: &[u8]| {
             hasher.update((bytes.len() as u64).to_le_bytes());
@@ -529,6 +558,10 @@ impl MessageContent {
         if let Some(subject) = &self.subject {
             field(b"subject");
             field(subject.as_bytes());
+        }
+        for (name, value) in extra {
+            field(name.as_bytes());
+            field(value.as_bytes());
         }
         hasher
             .finalize()

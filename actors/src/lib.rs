@@ -27,6 +27,7 @@
 
 pub mod admission;
 pub mod breaker;
+pub mod callbacks;
 pub mod domain;
 pub mod leases;
 pub mod metrics;

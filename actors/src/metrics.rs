@@ -3,8 +3,8 @@
 //! counters. The HTTP layer registers its two series on the same registry.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::domain::Channel;
@@ -33,7 +33,14 @@ pub struct Metrics {
     pub invalid_routing: IntCounter,
     pub routing_missing_provider: IntCounterVec,
     pub pending_messages: IntGaugeVec,
+    /// Status callbacks tried, by outcome (`delivered`, `retried`, `given_up`).
+    pub callbacks: IntCounterVec,
+    /// Status callbacks not yet delivered nor given up.
+    pub callbacks_pending: IntGauge,
 }
+
+/// Callback outcome labels.
+pub const CALLBACK_OUTCOMES: [&str; 3] = ["delivered", "retried", "given_up"];
 
 impl Metrics {
     /// Builds every series. `providers` pairs each configured provider with the channels
@@ -116,6 +123,20 @@ impl Metrics {
             &["provider"],
         )?;
 
+        let callbacks = counter(
+            "messaging_callbacks_total",
+            "Status callback tries, by outcome.",
+            &["outcome"],
+        )?;
+        let callbacks_pending = IntGauge::new(
+            "messaging_callbacks_pending",
+            "Status callbacks waiting to be delivered.",
+        )?;
+        registry.register(Box::new(callbacks_pending.clone()))?;
+        for outcome in CALLBACK_OUTCOMES {
+            callbacks.with_label_values(&[outcome]);
+        }
+
         let metrics = Metrics {
             registry,
             dispatch_attempts,
@@ -130,6 +151,8 @@ impl Metrics {
             invalid_routing,
             routing_missing_provider,
             pending_messages,
+            callbacks,
+            callbacks_pending,
         };
         metrics.touch_all(providers);
         Ok(metrics)

@@ -94,6 +94,8 @@ pub struct Dispatch {
     pub due: Option<Timestamp>,
     /// `sender_key` of its `from`.
     pub sender: u64,
+    /// Attempts made before its latest retry; `max_attempts` counts from here.
+    pub retry_base: u32,
 }
 
 /// A provider as `/api/providers` shows it.
@@ -195,6 +197,7 @@ struct Job {
     channel: Channel,
     attempts_made: u32,
     sender: u64,
+    retry_base: u32,
 }
 
 pub struct ProviderActor {
@@ -535,13 +538,19 @@ impl ProviderActor {
             "outcome" => outcome.as_str(), "latency_ms" => latency_ms,
             "breaker" => self.breaker.state().as_str());
 
-        let retry = self.config.retry.next_delay(attempt, outcome).map(|delay| {
-            match (outcome, answer.retry_after) {
-                // The provider said how long; it knows its limit better than our default.
-                (Outcome::RateLimited, Some(asked)) => asked,
-                _ => delay,
-            }
-        });
+        // A retried message has max_attempts of its own, counted from its retry.
+        let round_attempt = attempt.saturating_sub(job.retry_base);
+        let retry = self
+            .config
+            .retry
+            .next_delay(round_attempt, outcome)
+            .map(|delay| {
+                match (outcome, answer.retry_after) {
+                    // The provider said how long; it knows its limit better than our default.
+                    (Outcome::RateLimited, Some(asked)) => asked,
+                    _ => delay,
+                }
+            });
         let (status, next_attempt_at) = match (outcome, retry) {
             (Outcome::Success, _) => (MessageStatus::Sent, None),
             (_, Some(delay)) => (
@@ -678,6 +687,7 @@ impl Handler<Dispatch> for ProviderActor {
                 channel: msg.channel,
                 attempts_made: msg.attempts_made,
                 sender: msg.sender,
+                retry_base: msg.retry_base,
             };
             match msg.due.map(Timestamp::until).filter(|wait| !wait.is_zero()) {
                 Some(wait) => {
@@ -854,6 +864,8 @@ mod tests {
                     provider: Some("sms-mms".into()),
                     idempotency: None,
                     lease: None,
+                    status_callback: None,
+                    send_at: None,
                 })
                 .await
                 .expect("stored");
@@ -867,6 +879,7 @@ mod tests {
                 attempts_made: 0,
                 due: None,
                 sender: 0,
+                retry_base: 0,
             });
             ids.push(id);
         }

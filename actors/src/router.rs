@@ -14,12 +14,14 @@ use thiserror::Error;
 
 use crate::admission::Backlog;
 use crate::breaker::Override;
-use crate::domain::{Channel, IdempotencyKey, MessageContent};
+use crate::domain::{Channel, IdempotencyKey, MessageContent, Timestamp};
 use crate::metrics::Metrics;
 use crate::provider::{
     sender_key, Dispatch, ForceBreaker, GetProviderStatus, ProviderActor, ProviderStatus,
 };
-use crate::store::{NewOutbound, OutboundStored, QueuedMessage, Store, StoreError};
+use crate::store::{
+    NewOutbound, OutboundStored, QueuedMessage, RequeueTarget, Requeued, Store, StoreError,
+};
 
 /// Channel -> provider, built once at start-up. A route may name a provider that does not
 /// exist (or be empty): that is served as `NoProvider`, not refused at start.
@@ -104,7 +106,23 @@ pub struct Accepted {
 pub struct AcceptOutbound {
     pub content: MessageContent,
     pub idempotency: Option<IdempotencyKey>,
+    pub options: DeliveryOptions,
 }
+
+/// How the client wants to hear of the message and when it should leave (section 10).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryOptions {
+    /// Where its final statuses are POSTed.
+    pub status_callback: Option<String>,
+    /// Not before this time; `None` or a past time means now.
+    pub send_at: Option<Timestamp>,
+}
+
+/// Sends failed messages again (section 10's retry): the store requeues them, the router
+/// hands them to their providers.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Requeued, StoreError>")]
+pub struct RequeueFailed(pub RequeueTarget);
 
 /// A dispatch event for a stored, queued message (recovery hands every one over this
 /// way). Its channel is raw: an unknown one is an invalid route.
@@ -176,6 +194,7 @@ impl Routes {
             attempts_made: queued.attempts_made,
             due: queued.next_attempt_at,
             sender: sender_key(&queued.from),
+            retry_base: queued.retry_base,
         });
     }
 
@@ -285,11 +304,14 @@ impl Handler<AcceptOutbound> for RouterActor {
             });
         }
         Box::pin(async move {
+            let send_at = msg.options.send_at.filter(|at| *at > Timestamp::now());
             let new = NewOutbound {
                 content: msg.content,
                 provider: provider.clone(),
                 idempotency: msg.idempotency,
                 lease: None,
+                status_callback: msg.options.status_callback,
+                send_at,
             };
             let stored = routes.store.insert_outbound(new).await;
             let handed_over = matches!(stored, Ok(OutboundStored::Created { .. }));
@@ -312,8 +334,9 @@ impl Handler<AcceptOutbound> for RouterActor {
                                 message_id: id,
                                 channel,
                                 attempts_made: 0,
-                                due: None,
+                                due: send_at,
                                 sender,
+                                retry_base: 0,
                             });
                         }
                         Ok(Accepted {
@@ -394,6 +417,27 @@ impl Handler<ResumeQueued> for RouterActor {
                     return Ok(count);
                 }
             }
+        })
+    }
+}
+
+impl Handler<RequeueFailed> for RouterActor {
+    type Result = ResponseFuture<Result<Requeued, StoreError>>;
+
+    fn handle(
+        &mut self,
+        RequeueFailed(target): RequeueFailed,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        let routes = self.routes.clone();
+        Box::pin(async move {
+            let requeued = routes.store.requeue(target).await?;
+            if let Requeued::Messages(messages) = &requeued {
+                for message in messages.clone() {
+                    routes.route_queued(message).await;
+                }
+            }
+            Ok(requeued)
         })
     }
 }

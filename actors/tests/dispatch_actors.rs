@@ -123,6 +123,7 @@ impl Harness {
             .send(AcceptOutbound {
                 content: content(channel, n),
                 idempotency: None,
+                options: Default::default(),
             })
             .await
             .expect("router answers")
@@ -281,6 +282,7 @@ async fn an_unknown_channel_is_skipped_counted_and_failed() {
             channel: "voice".to_owned(),
             provider: Some("sms-mms".to_owned()),
             from: "+12016661234".to_owned(),
+            retry_base: 0,
             attempts_made: 0,
             next_attempt_at: None,
         }))

@@ -39,6 +39,8 @@ pub enum ApiError {
     Forbidden,
     #[error("this API key is over its rate; retry later")]
     RateLimited { retry_after_secs: u64 },
+    #[error("only a failed outbound message can be retried; this one is {status}")]
+    NotRetryable { status: String },
 }
 
 impl ApiError {
@@ -66,6 +68,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
             ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::NotRetryable { .. } => "not_retryable",
         }
     }
 }
@@ -84,6 +87,7 @@ impl ResponseError for ApiError {
             ApiError::Overloaded { .. } | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InvalidSignature | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotRetryable { .. } => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }

@@ -5,14 +5,16 @@
 use super::body::read_object;
 use super::error::ApiError;
 use super::wire::{
-    AcceptedBody, AuthErrors, BodyErrors, EmailRequest, IdempotencyKeyHeader, MessageDetail,
-    OutboundErrors, ReadErrors, SmsRequest,
+    parse, AcceptedBody, AuthErrors, BodyErrors, DeliveryFields, EmailRequest, ErrorBody,
+    IdempotencyKeyHeader, MessageDetail, OutboundErrors, ReadErrors, RequeuedBody,
+    RetryFailedRequest, SendEmail, SendSms, SmsRequest,
 };
 use super::{actor_unavailable, parse_id, store_unavailable, AppState};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use messaging_actors::domain::{Direction, IdempotencyKey, MessageContent};
-use messaging_actors::router::{AcceptOutbound, RouteError};
+use messaging_actors::router::{AcceptOutbound, RequeueFailed, RouteError};
+use messaging_actors::store::{RequeueTarget, Requeued};
 use serde_json::{Map, Value};
 
 /// What a client refused for a full backlog is told to wait: providers finish thousands
@@ -36,17 +38,27 @@ async fn accept(
 ) -> Result<HttpResponse, ApiError> {
     let object = read_object(req, payload, state.max_body_bytes).await?;
     let content = parse(&object)?;
+    let options = DeliveryFields::options(&object, state.default_callback.as_deref())?;
+    let send_at = options.send_at.map(|at| at.to_storage());
+    let mut extra = Vec::new();
+    if let Some(url) = &options.status_callback {
+        extra.push(("status_callback", url.as_str()));
+    }
+    if let Some(at) = &send_at {
+        extra.push(("send_at", at.as_str()));
+    }
     let idempotency = IdempotencyKeyHeader::from_request(req)?
         .key
         .map(|key| IdempotencyKey {
             key,
-            fingerprint: content.fingerprint(Direction::Outbound),
+            fingerprint: content.fingerprint_with(Direction::Outbound, &extra),
         });
     let accepted = state
         .router
         .send(AcceptOutbound {
             content,
             idempotency,
+            options,
         })
         .await
         .map_err(|e| actor_unavailable(&state.log, e))?
@@ -74,7 +86,7 @@ async fn accept(
     path = "/api/messages/sms",
     security(("bearer" = ["send"])),
     tag = "messages",
-    request_body(content = SmsRequest, content_type = "application/json"),
+    request_body(content = SendSms, content_type = "application/json"),
     params(IdempotencyKeyHeader),
     responses(
         AuthErrors,
@@ -98,7 +110,7 @@ pub async fn send_sms(
     path = "/api/messages/email",
     security(("bearer" = ["send"])),
     tag = "messages",
-    request_body(content = EmailRequest, content_type = "application/json"),
+    request_body(content = SendEmail, content_type = "application/json"),
     params(IdempotencyKeyHeader),
     responses(
         AuthErrors,
@@ -134,13 +146,98 @@ pub async fn get_message(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id, "message")?;
+    Ok(HttpResponse::Ok().json(message_detail(&state, id).await?))
+}
+
+/// The message as `GET /api/messages/{id}` shows it.
+async fn message_detail(state: &AppState, id: i64) -> Result<MessageDetail, ApiError> {
     let (message, attempts) = state
         .store
         .get_message(id)
         .await
         .map_err(|e| store_unavailable(&state.log, e))?
         .ok_or_else(|| ApiError::NotFound(format!("message {id}")))?;
-    Ok(HttpResponse::Ok().json(MessageDetail { message, attempts }))
+    let callbacks = state
+        .store
+        .callbacks_of(id)
+        .await
+        .map_err(|e| store_unavailable(&state.log, e))?;
+    Ok(MessageDetail {
+        message,
+        attempts,
+        callbacks,
+    })
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/messages/{id}/retry",
+    security(("bearer" = ["send"])),
+    tag = "messages",
+    params(("id" = i64, Path, description = "A failed outbound message")),
+    responses(
+        AuthErrors,
+        (status = 202, description = "Queued again; its attempt numbers continue", body = MessageDetail),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`not_retryable`: the message is not a failed outbound one", body = ErrorBody),
+        (status = 503, description = "`not_ready`", body = ErrorBody),
+    )
+)]
+pub async fn retry_message(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id, "message")?;
+    match requeue(&state, RequeueTarget::One(id)).await? {
+        Requeued::Messages(_) => {
+            Ok(HttpResponse::Accepted().json(message_detail(&state, id).await?))
+        }
+        Requeued::NotFound => Err(ApiError::NotFound(format!("message {id}"))),
+        Requeued::NotRetryable => {
+            let status = message_detail(&state, id).await?.message.status;
+            Err(ApiError::NotRetryable { status })
+        }
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/messages/retry",
+    security(("bearer" = ["send"])),
+    tag = "messages",
+    request_body(content = RetryFailedRequest, content_type = "application/json"),
+    responses(
+        AuthErrors,
+        (status = 202, description = "How many failed messages were queued again", body = RequeuedBody),
+        BodyErrors,
+        (status = 503, description = "`not_ready`", body = ErrorBody),
+    )
+)]
+pub async fn retry_failed(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let object = read_object(&req, payload, state.max_body_bytes).await?;
+    let request: RetryFailedRequest = parse(&object)?;
+    let target = RequeueTarget::Provider {
+        name: request.provider.into(),
+        since: request.failed_since,
+    };
+    let requeued = match requeue(&state, target).await? {
+        Requeued::Messages(messages) => messages.len(),
+        Requeued::NotFound | Requeued::NotRetryable => 0,
+    };
+    Ok(HttpResponse::Accepted().json(RequeuedBody { requeued }))
+}
+
+async fn requeue(state: &AppState, target: RequeueTarget) -> Result<Requeued, ApiError> {
+    state
+        .router
+        .send(RequeueFailed(target))
+        .await
+        .map_err(|e| actor_unavailable(&state.log, e))?
+        .map_err(|e| store_unavailable(&state.log, e))
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub webhook_keys: WebhookKeys,
     pub auth: Arc<Auth>,
+    /// `[callbacks] url`: where final statuses go when a request names no callback.
+    pub default_callback: Option<String>,
     pub log: Logger,
 }
 
@@ -76,6 +78,9 @@ impl HttpMetrics {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(post("/api/messages/sms", messages::send_sms))
         .service(post("/api/messages/email", messages::send_email))
+        // Before `/api/messages/{id}`, which would otherwise take the path and answer 405.
+        .service(post("/api/messages/retry", messages::retry_failed))
+        .service(post("/api/messages/{id}/retry", messages::retry_message))
         .service(get("/api/messages/{id}", messages::get_message))
         .service(post("/api/webhooks/sms", webhooks::receive_sms_webhook))
         .service(post("/api/webhooks/email", webhooks::receive_email_webhook))

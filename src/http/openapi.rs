@@ -21,6 +21,8 @@ use super::{conversations, health, messages, provider_webhooks, providers, webho
         messages::send_sms,
         messages::send_email,
         messages::get_message,
+        messages::retry_message,
+        messages::retry_failed,
         webhooks::receive_sms_webhook,
         webhooks::receive_email_webhook,
         provider_webhooks::receive_twilio_message,

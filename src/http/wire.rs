@@ -8,11 +8,14 @@ use actix_web::HttpRequest;
 use messaging_actors::breaker::Override;
 use messaging_actors::domain::valid_idempotency_key;
 use messaging_actors::domain::{
-    Attachments, Channel, EmailAddress, MediaAttachments, MessageContent, NonEmptyText,
-    PhoneNumber, ProviderId, Subject, Text, Timestamp, MAX_URL_LEN,
+    Attachments, CallbackUrl, Channel, EmailAddress, MediaAttachments, MessageContent,
+    NonEmptyText, PhoneNumber, ProviderId, Subject, Text, Timestamp, MAX_URL_LEN,
 };
 use messaging_actors::provider::ProviderStatus;
-use messaging_actors::store::{AttemptView, ConversationView, MessageView, PageRequest};
+use messaging_actors::router::DeliveryOptions;
+use messaging_actors::store::{
+    AttemptView, CallbackView, ConversationView, MessageView, PageRequest,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -303,6 +306,81 @@ impl utoipa::PartialSchema for AttachmentUrlSchema {
 
 impl ToSchema for AttachmentUrlSchema {}
 
+/// How a sender wants to hear of its message, and when it should leave (section 10).
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+pub struct DeliveryFields {
+    /// POSTed each final status (`sent`, `failed`, `delivered`, `undelivered`); else
+    /// `[callbacks] url`.
+    #[schema(value_type = Option<String>, max_length = 2048, pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(:[0-9]{1,4})?(/[A-Za-z0-9._~!$&'()*+,;=:@/-]*)?$", example = "https://client.example/hooks/messages")]
+    #[serde(default)]
+    pub status_callback: Option<CallbackUrl>,
+    /// Not before this time (RFC 3339); past means now; at most 35 days ahead.
+    #[schema(value_type = Option<String>, format = DateTime, example = "2024-11-01T14:00:00Z")]
+    #[serde(default)]
+    pub send_at: Option<Timestamp>,
+}
+
+/// How far ahead `send_at` may be.
+const MAX_SEND_AHEAD: std::time::Duration = std::time::Duration::from_secs(35 * 24 * 3600);
+
+impl DeliveryFields {
+    /// The options for the router: the request's callback, else `default_callback`;
+    /// `send_at` no more than 35 days ahead.
+    pub fn options(
+        object: &Map<String, Value>,
+        default_callback: Option<&str>,
+    ) -> Result<DeliveryOptions, ApiError> {
+        let fields: DeliveryFields = parse(object)?;
+        if let Some(at) = fields.send_at {
+            if at > Timestamp::after(MAX_SEND_AHEAD) {
+                return Err(ApiError::validation(
+                    "send_at",
+                    "must be at most 35 days ahead",
+                ));
+            }
+        }
+        Ok(DeliveryOptions {
+            status_callback: fields
+                .status_callback
+                .map(String::from)
+                .or_else(|| default_callback.map(str::to_owned)),
+            send_at: fields.send_at,
+        })
+    }
+}
+
+/// `POST /api/messages/sms`: the message, and how to follow it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SendSms {
+    #[serde(flatten)]
+    pub message: SmsRequest,
+    #[serde(flatten)]
+    pub delivery: DeliveryFields,
+}
+
+/// `POST /api/messages/email`: the message, and how to follow it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SendEmail {
+    #[serde(flatten)]
+    pub message: EmailRequest,
+    #[serde(flatten)]
+    pub delivery: DeliveryFields,
+}
+
+/// `POST /api/messages/retry`: every failed message of a provider since a time.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct RetryFailedRequest {
+    #[schema(value_type = String, min_length = 1, max_length = 255, pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", example = "sms-mms")]
+    pub provider: ProviderId,
+    #[schema(value_type = String, format = DateTime, example = "2024-11-01T00:00:00Z")]
+    pub failed_since: Timestamp,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RequeuedBody {
+    pub requeued: usize,
+}
+
 /// The provider's id of an inbound SMS or MMS.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct SmsProviderId {
@@ -421,6 +499,8 @@ pub struct MessageDetail {
     #[serde(flatten)]
     pub message: MessageView,
     pub attempts: Vec<AttemptView>,
+    /// Its status callbacks, oldest first.
+    pub callbacks: Vec<CallbackView>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -167,7 +167,13 @@ fn every_refusal_of_section_9_comes_from_a_real_request_and_no_secret_is_logged(
 /// The scope each documented operation needs; a route missing here fails the test.
 fn expected_scope(method: &str, path: &str) -> Option<&'static str> {
     match (method, path) {
-        ("POST", "/api/messages/sms" | "/api/messages/email") => Some("send"),
+        (
+            "POST",
+            "/api/messages/sms"
+            | "/api/messages/email"
+            | "/api/messages/retry"
+            | "/api/messages/{id}/retry",
+        ) => Some("send"),
         (
             "GET",
             "/api/messages/{id}"

@@ -40,14 +40,25 @@ pub(crate) struct Renewal {
 /// How many ids one renewal statement names (SQLite binds each as a parameter).
 const RENEWAL_CHUNK: usize = 5_000;
 
-type QueuedRow = (i64, String, Option<String>, i32, Option<String>, String);
+pub(crate) type QueuedRow = (
+    i64,
+    String,
+    Option<String>,
+    i32,
+    Option<String>,
+    String,
+    i32,
+);
 
-fn queued_message((id, channel, provider, attempts, next, from): QueuedRow) -> QueuedMessage {
+pub(crate) fn queued_message(
+    (id, channel, provider, attempts, next, from, retry_base): QueuedRow,
+) -> QueuedMessage {
     QueuedMessage {
         id,
         channel,
         provider,
         from,
+        retry_base: u32::try_from(retry_base).unwrap_or(0),
         attempts_made: u32::try_from(attempts).unwrap_or(0),
         next_attempt_at: next.as_deref().and_then(Timestamp::from_storage),
     }
@@ -79,6 +90,9 @@ pub struct QueuedMessage {
     pub provider: Option<String>,
     /// Its sender, which `sender_interval` spaces.
     pub from: String,
+    /// Attempts made before its latest retry (section 10): the retry's own budget of
+    /// `max_attempts` counts from here.
+    pub retry_base: u32,
     pub attempts_made: u32,
     pub next_attempt_at: Option<Timestamp>,
 }
@@ -173,6 +187,7 @@ for_each_backend! {
                 messages::attempt_count,
                 messages::next_attempt_at,
                 messages::from_addr,
+                messages::retry_base,
             ))
             .get_results::<QueuedRow>(conn)?;
         rows.sort_by_key(|row| row.0);

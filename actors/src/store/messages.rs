@@ -20,9 +20,13 @@ pub struct NewOutbound {
     pub content: MessageContent,
     pub provider: Option<String>,
     pub idempotency: Option<IdempotencyKey>,
-    /// Set by the store when instances share the database: the accepting instance works
-    /// the message it stored, so it takes the lease at once.
+    /// Set by the store: the accepting instance works the message it stored, so it takes
+    /// the lease at once.
     pub lease: Option<Lease>,
+    /// Where its final statuses are POSTed (CONTRACT section 10).
+    pub status_callback: Option<String>,
+    /// Not before this time (`send_at`); `None` means now.
+    pub send_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,6 +282,7 @@ for_each_backend! {
             lease_owner: None,
             lease_until: None,
             subject: content.subject.as_deref(),
+            status_callback: None,
         };
         fill(&mut row);
         let id = diesel::insert_into(messages::table)
@@ -379,6 +384,8 @@ for_each_backend! {
                 row.idempotency_key = Some(&idempotency.key);
                 row.request_fingerprint = Some(&idempotency.fingerprint);
             }
+            row.status_callback = new.status_callback.as_deref();
+            row.next_attempt_at = new.send_at.map(Timestamp::to_storage);
             if let (Some(lease), Some(_)) = (&new.lease, &new.provider) {
                 row.lease_owner = Some(&lease.owner);
                 row.lease_until = Some(lease.until.to_storage());

@@ -12,6 +12,7 @@
 //! others claim only messages whose lease has lapsed (an instance that died).
 
 mod backend;
+mod callbacks;
 mod dispatch;
 mod messages;
 mod persistence;
@@ -30,6 +31,7 @@ use tokio::sync::oneshot;
 use crate::domain::{IdempotencyKey, Timestamp};
 
 pub use backend::{open, sqlite_path, Backend, DbPool, BUSY_TIMEOUT_MS};
+pub use callbacks::{CallbackFate, CallbackView, DueCallback, RequeueTarget, Requeued};
 pub use dispatch::{AttemptRecord, Lease, QueuedMessage};
 pub use messages::{
     AttemptView, ConversationView, DeliveryReceipt, DeliveryStatus, InboundStored, MessageView,
@@ -37,6 +39,7 @@ pub use messages::{
 };
 
 use backend::{runner, DbConn, Runner};
+use callbacks::{CallbackClaim, CallbackResult, Requeue};
 use dispatch::{Claim, Renewal};
 use persistence::{PersistenceActor, Read, WriteJob, WriteQueue};
 
@@ -108,11 +111,15 @@ impl StoreError {
 
     /// Whether the connection that saw the error may be unusable: it is given back to the
     /// pool (which drops a broken one and checks the next before use) and a fresh one
-    /// taken for the next call.
+    /// taken for the next call. A read-only error counts: SQLite opens a file it cannot
+    /// write read-only, and such a connection would refuse writes for good.
     pub fn taints_connection(&self) -> bool {
         matches!(
             self,
-            StoreError::ConnectionLost(_) | StoreError::TimedOut(_) | StoreError::Failed(_)
+            StoreError::ConnectionLost(_)
+                | StoreError::TimedOut(_)
+                | StoreError::ReadOnly(_)
+                | StoreError::Failed(_)
         )
     }
 
@@ -251,9 +258,13 @@ impl Store {
     }
 
     fn lease(&self) -> Lease {
+        self.lease_for(self.lease)
+    }
+
+    fn lease_for(&self, duration: Duration) -> Lease {
         Lease {
             owner: self.instance.to_string(),
-            until: Timestamp::after(self.lease).shifted(self.clock_offset.load(Ordering::Relaxed)),
+            until: Timestamp::after(duration).shifted(self.clock_offset.load(Ordering::Relaxed)),
         }
     }
 
@@ -334,6 +345,61 @@ impl Store {
     pub async fn breaker_overrides(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.read(|conn| on_backend!(conn, dispatch::breaker_overrides()))
             .await
+    }
+
+    /// Up to `limit` due callbacks, leased to this instance for `lease` (longer than one
+    /// try takes, so no other instance sends the same callback meanwhile).
+    pub async fn claim_callbacks(
+        &self,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<DueCallback>, StoreError> {
+        let claim = CallbackClaim {
+            lease: self.lease_for(lease),
+            now: self.database_time(),
+            limit,
+        };
+        let run = Runner {
+            sqlite: callbacks::claim_callbacks_sqlite,
+            postgres: callbacks::claim_callbacks_postgres,
+        };
+        self.write(claim, run).await
+    }
+
+    /// Records how a try of callback `id` ended (only while this instance holds it).
+    pub async fn finish_callback(
+        &self,
+        id: i64,
+        fate: CallbackFate,
+        result: String,
+    ) -> Result<(), StoreError> {
+        let done = CallbackResult {
+            id,
+            owner: self.instance.to_string(),
+            fate,
+            result,
+        };
+        self.write(done, runner!(callbacks::finish_callback)).await
+    }
+
+    pub async fn callbacks_of(&self, message_id: i64) -> Result<Vec<CallbackView>, StoreError> {
+        self.read(move |conn| on_backend!(conn, callbacks::callbacks_of(message_id)))
+            .await
+    }
+
+    pub async fn pending_callbacks(&self) -> Result<i64, StoreError> {
+        self.read(|conn| on_backend!(conn, callbacks::pending_callbacks()))
+            .await
+    }
+
+    /// Sends failed messages again: back to `queued`, leased here, attempt numbers
+    /// continuing.
+    pub async fn requeue(&self, target: RequeueTarget) -> Result<Requeued, StoreError> {
+        let requeue = Requeue {
+            lease: self.lease(),
+            target,
+        };
+        self.write(requeue, runner!(callbacks::requeue)).await
     }
 
     /// Marks a message `failed` without an attempt (it cannot be routed).
@@ -486,6 +552,7 @@ mod tests {
         assert!(conflict.is_per_write() && StoreError::Superseded.is_per_write());
         assert!(!lost.is_per_write() && !locked.is_per_write());
         assert!(lost.taints_connection());
+        assert!(StoreError::ReadOnly("x".into()).taints_connection());
         assert!(!locked.taints_connection() && !conflict.taints_connection());
     }
 }

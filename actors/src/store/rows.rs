@@ -22,12 +22,13 @@ pub(super) struct NewMessageRow<'a> {
     pub idempotency_key: Option<&'a str>,
     pub request_fingerprint: Option<&'a str>,
     pub provider_message_id: Option<&'a str>,
-    pub next_attempt_at: Option<&'a str>,
+    pub next_attempt_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
     pub lease_owner: Option<&'a str>,
     pub lease_until: Option<String>,
     pub subject: Option<&'a str>,
+    pub status_callback: Option<&'a str>,
 }
 
 #[derive(Insertable)]

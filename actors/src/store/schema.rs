@@ -37,6 +37,9 @@ diesel::table! {
         subject -> Nullable<Text>,
         delivery_status -> Nullable<Text>,
         delivery_error_code -> Nullable<Text>,
+        status_callback -> Nullable<Text>,
+        retries -> Integer,
+        retry_base -> Integer,
     }
 }
 
@@ -80,3 +83,22 @@ diesel::table! {
         updated_at -> Text,
     }
 }
+
+diesel::table! {
+    callbacks (id) {
+        id -> BigInt,
+        message_id -> BigInt,
+        webhook_id -> Text,
+        event -> Text,
+        url -> Text,
+        created_at -> Text,
+        state -> Text,
+        attempts -> Integer,
+        next_attempt_at -> Text,
+        last_result -> Nullable<Text>,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<Text>,
+    }
+}
+
+diesel::joinable!(callbacks -> messages (message_id));

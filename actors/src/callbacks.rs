@@ -1,0 +1,235 @@
+//! `CallbackWorker`: delivers the status callbacks of the outbox (CONTRACT section 10).
+//! Every 200 ms it claims due callbacks (leased, so one instance sends a given callback at
+//! a time; a dead instance's lapse and are claimed again), POSTs each with at most
+//! `max_in_flight` in flight and `request_timeout` apiece, signed with Standard Webhooks
+//! when a secret is set (the same `webhook-id` on every try), and records the fate: a 2xx
+//! delivers, 410 gives up at once, anything else retries after 1 s doubling to 1 h until
+//! `max_age` from the status change, then gives up.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, ActorFutureExt, AsyncContext, Context, WrapFuture};
+use serde_json::json;
+use slog::{warn, Logger};
+
+use crate::domain::Timestamp;
+use crate::metrics::Metrics;
+use crate::senders::Secret;
+use crate::store::{CallbackFate, DueCallback, Store};
+
+const POLL: Duration = Duration::from_millis(200);
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const LAST_RETRY: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone)]
+pub struct CallbackConfig {
+    /// Standard Webhooks secret (`whsec_...`); unsigned without one.
+    pub secret: Option<Secret>,
+    /// How long after its status change a callback is tried before it is given up.
+    pub max_age: Duration,
+    pub request_timeout: Duration,
+    pub max_in_flight: usize,
+}
+
+pub struct CallbackWorker {
+    store: Store,
+    metrics: Arc<Metrics>,
+    config: CallbackConfig,
+    client: reqwest::Client,
+    signer: Option<Arc<standardwebhooks::Webhook>>,
+    in_flight: Arc<AtomicUsize>,
+    claiming: bool,
+    log: Logger,
+}
+
+/// The wait before try `attempts + 1`: 1 s doubling, at most 1 h.
+pub fn backoff(attempts: u32) -> Duration {
+    FIRST_RETRY
+        .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(31)))
+        .min(LAST_RETRY)
+}
+
+impl CallbackWorker {
+    pub fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        config: CallbackConfig,
+        log: &Logger,
+    ) -> Result<CallbackWorker, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout)
+            .user_agent(concat!("messaging-service/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let signer = config
+            .secret
+            .as_ref()
+            .and_then(|s| standardwebhooks::Webhook::new(s.expose()).ok())
+            .map(Arc::new);
+        Ok(CallbackWorker {
+            store,
+            metrics,
+            config,
+            client,
+            signer,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            claiming: false,
+            log: log.new(slog::o!("actor" => "callbacks")),
+        })
+    }
+
+    /// The lease on a claimed callback: longer than one try can take.
+    fn lease(&self) -> Duration {
+        self.config.request_timeout + Duration::from_secs(5)
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let room = self
+            .config
+            .max_in_flight
+            .saturating_sub(self.in_flight.load(Ordering::Acquire));
+        if self.claiming || room == 0 {
+            return;
+        }
+        self.claiming = true;
+        let store = self.store.clone();
+        let lease = self.lease();
+        let claim = async move { store.claim_callbacks(room as i64, lease).await };
+        ctx.spawn(claim.into_actor(self).map(|claimed, worker, _| {
+            worker.claiming = false;
+            match claimed {
+                Ok(due) => {
+                    for callback in due {
+                        worker.in_flight.fetch_add(1, Ordering::AcqRel);
+                        actix::spawn(worker.deliver(callback));
+                    }
+                }
+                Err(e) => warn!(worker.log, "could not claim callbacks"; "error" => e.to_string()),
+            }
+        }));
+    }
+
+    /// One try of one callback, to its fate in the outbox.
+    fn deliver(&self, callback: DueCallback) -> impl std::future::Future<Output = ()> {
+        let (store, metrics, client, signer, log) = (
+            self.store.clone(),
+            self.metrics.clone(),
+            self.client.clone(),
+            self.signer.clone(),
+            self.log.clone(),
+        );
+        let (in_flight, max_age) = (self.in_flight.clone(), self.config.max_age);
+        async move {
+            let body = match store.get_message(callback.message_id).await {
+                Ok(Some((message, attempts))) => json!({
+                    "type": "message.status",
+                    "timestamp": callback.created_at.to_rfc3339(),
+                    "data": {
+                        "id": message.id,
+                        "status": match callback.event.as_str() {
+                            "sent" | "failed" => callback.event.clone(),
+                            _ => message.status.clone(),
+                        },
+                        "delivery_status": message.delivery_status,
+                        "provider": message.provider,
+                        "channel": message.channel,
+                        "attempts": attempts.len(),
+                        "error_code": attempts.last().and_then(|a| a.error_code.clone()),
+                    },
+                })
+                .to_string(),
+                // Unread now (the database): the lease lapses and it is claimed again.
+                _ => {
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+            };
+            let mut request = client
+                .post(&callback.url)
+                .header("Content-Type", "application/json");
+            if let Some(signer) = &signer {
+                let seconds = Timestamp::now().unix_seconds();
+                if let Ok(signature) = signer.sign(&callback.webhook_id, seconds, body.as_bytes()) {
+                    request = request
+                        .header("webhook-id", &callback.webhook_id)
+                        .header("webhook-timestamp", seconds.to_string())
+                        .header("webhook-signature", signature);
+                }
+            }
+            let (fate, result) = match request.body(body).send().await {
+                Ok(response) if response.status().is_success() => (
+                    CallbackFate::Delivered,
+                    response.status().as_u16().to_string(),
+                ),
+                Ok(response) if response.status().as_u16() == 410 => {
+                    (CallbackFate::GivenUp, "410".to_owned())
+                }
+                Ok(response) => retry(&callback, max_age, response.status().as_u16().to_string()),
+                Err(e) if e.is_timeout() => retry(&callback, max_age, "timeout".to_owned()),
+                Err(_) => retry(&callback, max_age, "connection".to_owned()),
+            };
+            let outcome = match fate {
+                CallbackFate::Delivered => "delivered",
+                CallbackFate::RetryAt(_) => "retried",
+                CallbackFate::GivenUp => "given_up",
+            };
+            metrics.callbacks.with_label_values(&[outcome]).inc();
+            if fate == CallbackFate::GivenUp {
+                warn!(log, "callback given up";
+                    "message_id" => callback.message_id, "webhook_id" => &callback.webhook_id,
+                    "attempts" => callback.attempts + 1, "last_result" => &result);
+            }
+            if let Err(e) = store.finish_callback(callback.id, fate, result).await {
+                // Its lease lapses and it is tried again: at least once.
+                warn!(log, "callback result not recorded"; "webhook_id" => &callback.webhook_id,
+                    "error" => e.to_string());
+            }
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Another try after the backoff, unless that would be past `max_age`.
+fn retry(callback: &DueCallback, max_age: Duration, result: String) -> (CallbackFate, String) {
+    let next = Timestamp::after(backoff(callback.attempts + 1));
+    let deadline = callback
+        .created_at
+        .shifted(i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX));
+    if next > deadline {
+        (CallbackFate::GivenUp, result)
+    } else {
+        (CallbackFate::RetryAt(next), result)
+    }
+}
+
+impl Actor for CallbackWorker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(POLL, |worker, ctx| worker.tick(ctx));
+        ctx.run_interval(Duration::from_secs(1), |worker, _| {
+            let (store, metrics) = (worker.store.clone(), worker.metrics.clone());
+            actix::spawn(async move {
+                if let Ok(pending) = store.pending_callbacks().await {
+                    metrics.callbacks_pending.set(pending);
+                }
+            });
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_at_a_second_and_doubles_to_an_hour() {
+        let secs = |n| backoff(n).as_secs();
+        assert_eq!([secs(1), secs(2), secs(3), secs(4)], [1, 2, 4, 8]);
+        assert_eq!(secs(12), 2048);
+        assert_eq!(secs(13), 3600);
+        assert_eq!(secs(100), 3600);
+    }
+}
