@@ -146,16 +146,17 @@ impl CallbackWorker {
                     return;
                 }
             };
+            // The id (stable across tries) and the time go with every try, signed or not,
+            // so a receiver can always drop a repeat.
+            let seconds = Timestamp::now().unix_seconds();
             let mut request = client
                 .post(&callback.url)
-                .header("Content-Type", "application/json");
+                .header("Content-Type", "application/json")
+                .header("webhook-id", &callback.webhook_id)
+                .header("webhook-timestamp", seconds.to_string());
             if let Some(signer) = &signer {
-                let seconds = Timestamp::now().unix_seconds();
                 if let Ok(signature) = signer.sign(&callback.webhook_id, seconds, body.as_bytes()) {
-                    request = request
-                        .header("webhook-id", &callback.webhook_id)
-                        .header("webhook-timestamp", seconds.to_string())
-                        .header("webhook-signature", signature);
+                    request = request.header("webhook-signature", signature);
                 }
             }
             let (fate, result) = match request.body(body).send().await {

@@ -5,9 +5,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use crate::helpers::*;
 
@@ -252,20 +250,6 @@ fn every_route_of_the_api_table_needs_its_scope() {
         }
     }
     assert!(checked >= 16, "{checked} operations");
-}
-
-/// Standard Webhooks, written here on its own: HMAC-SHA256 over `id.timestamp.body`, keyed
-/// with the base64 part of `whsec_...`, as `v1,BASE64`.
-fn standard_webhooks_signature(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(secret.trim_start_matches("whsec_"))
-        .expect("base64 secret");
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("key");
-    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    )
 }
 
 fn unix_now() -> i64 {

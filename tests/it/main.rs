@@ -9,6 +9,7 @@ mod helpers;
 mod access;
 mod api;
 mod breaker;
+mod callbacks;
 mod db_faults;
 mod dispatch;
 mod faults;
