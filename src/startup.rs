@@ -223,6 +223,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         webhook_keys: webhook_keys(&settings),
         auth: auth.clone(),
         default_callback: settings.callbacks.url.clone(),
+        read_budget: Default::default(),
         log: log.clone(),
     });
     let server = HttpServer::new(move || {

@@ -5,6 +5,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use messaging_actors::store::PageRequest;
 
+use super::budget::BudgetedBody;
 use super::error::ApiError;
 use super::wire::{AuthErrors, ConversationPage, MessagePage, PageMeta, PageQuery, ReadErrors};
 use super::{parse_id, store_unavailable, AppState};
@@ -74,14 +75,25 @@ pub async fn list_conversation_messages(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id, "conversation")?;
     let request = page_request(&req)?;
+    // Room for the page before it is read: see budget.rs.
+    let estimate = state
+        .store
+        .page_bytes(id, request)
+        .await
+        .map_err(|e| store_unavailable(&state.log, e))?;
+    let permit = state.read_budget.reserve(estimate).await;
     let page = state
         .store
         .list_conversation_messages(id, request)
         .await
         .map_err(|e| store_unavailable(&state.log, e))?
         .ok_or_else(|| ApiError::NotFound(format!("conversation {id}")))?;
-    Ok(HttpResponse::Ok().json(MessagePage {
+    let body = serde_json::to_vec(&MessagePage {
         meta: meta(request, page.total),
         items: page.items,
-    }))
+    })
+    .map_err(|_| ApiError::NotReady)?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(BudgetedBody::new(body, permit)))
 }

@@ -4,6 +4,7 @@
 
 mod auth;
 mod body;
+mod budget;
 mod conversations;
 mod error;
 mod health;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// `[callbacks] url`: where final statuses go when a request names no callback.
     pub default_callback: Option<String>,
+    /// Bytes of large answers in flight.
+    pub read_budget: budget::ReadBudget,
     pub log: Logger,
 }
 

@@ -483,6 +483,26 @@ for_each_backend! {
         Ok(Page { items, total })
     }
 
+    /// About how many bytes a page of a conversation's messages holds (the bodies and
+    /// attachments, in characters), read before the page itself so that its answer can
+    /// wait for room (see the binary's `http/budget.rs`).
+    pub(crate) fn page_bytes(
+        conn: &mut Conn,
+        conversation_id: i64,
+        page: PageRequest,
+    ) -> Result<i64, StoreError> {
+        let sizes: Vec<Option<i64>> = messages::table
+            .filter(messages::conversation_id.eq(conversation_id))
+            .order((messages::timestamp.asc(), messages::id.asc()))
+            .limit(i64::from(page.page_size))
+            .offset(page.offset())
+            .select(diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::BigInt>>(
+                "CAST(length(body) + coalesce(length(attachments), 0) AS BIGINT)",
+            ))
+            .load(conn)?;
+        Ok(sizes.into_iter().flatten().sum())
+    }
+
     pub(crate) fn list_conversation_messages(
         conn: &mut Conn,
         conversation_id: i64,

@@ -477,6 +477,16 @@ impl Store {
         .await
     }
 
+    /// About how many bytes a page of a conversation's messages holds.
+    pub async fn page_bytes(
+        &self,
+        conversation_id: i64,
+        page: PageRequest,
+    ) -> Result<i64, StoreError> {
+        self.read(move |conn| on_backend!(conn, messages::page_bytes(conversation_id, page)))
+            .await
+    }
+
     /// Answers when the database takes writes: one small write through group commit, so
     /// a locked, read-only or full database shows here as it would to a client.
     pub async fn probe(&self) -> Result<(), StoreError> {

@@ -327,6 +327,45 @@ impl Client {
     }
 }
 
+/// Samples a process's resident set size until stopped, keeping the peak.
+pub struct PeakRss {
+    peak: Arc<std::sync::atomic::AtomicU64>,
+    watching: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PeakRss {
+    pub fn watch(pid: u32) -> PeakRss {
+        use std::sync::atomic::Ordering;
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let thread = {
+            let (peak, watching) = (peak.clone(), watching.clone());
+            std::thread::spawn(move || {
+                while watching.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_bytes(pid), Ordering::Relaxed);
+                    // The sampling interval of this watcher, which paces itself: it waits
+                    // for nothing in the service, and no assertion depends on its timing.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        PeakRss {
+            peak,
+            watching,
+            thread,
+        }
+    }
+
+    /// The peak, in bytes.
+    pub fn stop(self) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.watching.store(false, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
 /// A process's resident set size in bytes, from /proc (0 once it is gone).
 pub fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
