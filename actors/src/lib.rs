@@ -2,27 +2,37 @@
 //! HTTP; the `messaging-service` binary translates JSON to the messages defined here.
 //!
 //! # Layout
-//! - `domain`: channels, addresses, participants, timestamps, message content; the
-//!   validation of single values.
-//! - `router`: the provider registry (channel -> provider), the backlog bound and
-//!   `RouterActor`, which tags, stores and hands every outbound message to its provider.
-//! - `provider`: `ProviderActor`, one per provider on its own arbiter: outcome draws,
-//!   simulated latency, retries, attempt records, per-provider counters.
+//! - `domain`: channels, addresses, participants, timestamps, message content, and the
+//!   checked newtypes the HTTP layer parses requests into.
+//! - `admission`: the backlog bound, shared by the router and the providers.
+//! - `router`: the provider registry (channel -> provider) and `RouterActor`, which tags,
+//!   stores and hands every outbound message to its provider, and requeues retries.
+//! - `provider`: `ProviderActor`, one per provider on its own arbiter: the seeded
+//!   simulator or a real sender, breaker, retries, attempt records, per-provider counters.
+//! - `senders`: the real providers' HTTP requests (Twilio, SendGrid) and how their answers
+//!   become outcomes.
 //! - `outcome`: the seeded outcome stream (`Pcg64`) and the retry policy.
-//! - `breaker`: the per-provider circuit breaker as a state machine with an injected clock.
-//! - `store`: SQLite through Diesel and r2d2; `PersistenceActor` on a `SyncArbiter`
-//!   committing the `WriteQueue` batch by batch (group commit), `Store` as the handle.
+//! - `breaker`: the per-provider circuit breaker as a state machine with an injected clock,
+//!   operators' forced states included.
+//! - `leases`: `LeaseKeeper`: renews the leases of held messages, sweeps lapsed ones,
+//!   syncs the database clock and the operators' breaker settings.
+//! - `callbacks`: `CallbackWorker`: delivers the status-callback outbox.
+//! - `store`: SQLite or PostgreSQL through Diesel and r2d2; `PersistenceActor` on a
+//!   `SyncArbiter` committing the `WriteQueue` batch by batch (group commit), `Store` as
+//!   the handle.
 //! - `metrics`: every Prometheus series of the contract, on a registry of its own.
 //!
 //! # Actor map
 //! ```text
-//! HTTP handlers --AcceptOutbound--> RouterActor --insert_outbound--> Store
+//! HTTP handlers --AcceptOutbound / RequeueFailed--> RouterActor --insert / requeue--> Store
 //!                                       |  --Dispatch--> ProviderActor (one per provider)
 //!                                       |                   --record_attempt--> Store
 //! start-up --ResumeQueued--> RouterActor (queued rows, in id order, to their providers)
+//! LeaseKeeper --GetHeldIds--> ProviderActor; --renew/claim--> Store; --RouteQueued--> RouterActor
+//! CallbackWorker --claim/finish callbacks--> Store; POST --> clients
 //! HTTP handlers --insert_inbound / reads------------------------->  Store
-//! Store: WriteQueue --CommitQueued--> PersistenceActor (SyncArbiter, pool_size threads)
-//!        reads -----------Read-------> PersistenceActor
+//! Store: WriteQueue --CommitQueued--> PersistenceActor (SyncArbiter, one writer)
+//!        reads -----------Read-------> PersistenceActor (pool_size readers)
 //! ```
 
 pub mod admission;
