@@ -269,7 +269,13 @@ impl ProviderActor {
 
     /// Starts as many ready attempts as the in-flight bound and the breaker allow.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        let limit = MAX_IN_FLIGHT.min(self.config.max_in_flight.max(1));
+        // `max_in_flight` bounds requests to a real provider; the simulator's attempts are
+        // timers, bounded only by MAX_IN_FLIGHT (100 ms of simulated latency must not cap
+        // throughput at max_in_flight per 100 ms).
+        let limit = match self.config.sender {
+            Some(_) => MAX_IN_FLIGHT.min(self.config.max_in_flight.max(1)),
+            None => MAX_IN_FLIGHT,
+        };
         while self.in_flight < limit && !self.ready.is_empty() {
             let (permit, transition) = self.breaker.try_acquire(Instant::now());
             if let Some(transition) = transition {
