@@ -198,6 +198,21 @@ fn past_the_backlog_limit_new_messages_get_503_and_nothing_accepted_is_dropped()
 }
 
 #[test]
+fn a_simulated_provider_keeps_more_attempts_in_flight_than_a_real_ones_limit() {
+    // Attempts of a minute each: all 100 must start, well past max_in_flight's default of
+    // 64, which bounds requests to real providers only.
+    let app = TestApp::spawn("[outcomes]\nlatency_ms = 60000\n");
+    for n in 0..100 {
+        app.accept("/api/messages/sms", &sms(n));
+    }
+    app.eventually("all 100 attempts in flight", || {
+        let started =
+            app.metric(r#"messaging_dispatch_attempts_total{channel="sms",provider="sms-mms"}"#);
+        (started == 100.0).then_some(())
+    });
+}
+
+#[test]
 fn an_idempotent_replay_gets_its_first_answer_while_the_backlog_is_full() {
     let app = TestApp::spawn("[dispatch]\nbacklog_limit = 1\n[outcomes]\nlatency_ms = 60000\n");
     let key = [("Idempotency-Key", "full-backlog-1")];
