@@ -80,6 +80,16 @@ fn without_nul(raw: String) -> Result<String, InvalidValue> {
     }
 }
 
+/// No NUL, and something besides whitespace.
+fn non_blank(raw: String) -> Result<String, InvalidValue> {
+    let raw = without_nul(raw)?;
+    if raw.trim().is_empty() {
+        Err(InvalidValue::Empty)
+    } else {
+        Ok(raw)
+    }
+}
+
 checked_string!(
     /// E.164: `+`, a non-zero digit, then up to 14 more digits.
     PhoneNumber,
@@ -103,23 +113,14 @@ checked_string!(
 checked_string!(
     /// Text with something in it besides whitespace.
     NonEmptyText,
-    |raw| {
-        let raw = without_nul(raw)?;
-        if raw.trim().is_empty() {
-            Err(InvalidValue::Empty)
-        } else {
-            Ok(raw)
-        }
-    }
+    non_blank
 );
 checked_string!(
     /// A provider's id for an inbound message: 1 to 255 bytes, opaque.
     ProviderId,
     |raw| {
-        let raw = without_nul(raw)?;
-        if raw.trim().is_empty() {
-            Err(InvalidValue::Empty)
-        } else if raw.len() > MAX_PROVIDER_ID_LEN {
+        let raw = non_blank(raw)?;
+        if raw.len() > MAX_PROVIDER_ID_LEN {
             Err(InvalidValue::TooLong(MAX_PROVIDER_ID_LEN))
         } else {
             Ok(raw)
@@ -132,10 +133,8 @@ checked_string!(
     /// whitespace, no control characters (a header cannot hold a line break).
     Subject,
     |raw| {
-        let raw = without_nul(raw)?;
-        if raw.trim().is_empty() {
-            Err(InvalidValue::Empty)
-        } else if raw.chars().count() > 998 {
+        let raw = non_blank(raw)?;
+        if raw.chars().count() > 998 {
             Err(InvalidValue::TooLong(998))
         } else if raw.chars().any(char::is_control) {
             Err(InvalidValue::Control)

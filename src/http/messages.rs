@@ -151,17 +151,12 @@ pub async fn get_message(
 
 /// The message as `GET /api/messages/{id}` shows it.
 async fn message_detail(state: &AppState, id: i64) -> Result<MessageDetail, ApiError> {
-    let (message, attempts) = state
+    let (message, attempts, callbacks) = state
         .store
-        .get_message(id)
+        .get_message_detail(id)
         .await
         .map_err(|e| store_unavailable(&state.log, e))?
         .ok_or_else(|| ApiError::NotFound(format!("message {id}")))?;
-    let callbacks = state
-        .store
-        .callbacks_of(id)
-        .await
-        .map_err(|e| store_unavailable(&state.log, e))?;
     Ok(MessageDetail {
         message,
         attempts,

@@ -12,7 +12,7 @@ use messaging_actors::domain::{
     MAX_ATTACHMENTS,
 };
 use messaging_actors::senders::Secret;
-use messaging_actors::store::{DeliveryReceipt, DeliveryStatus, InboundStored, NewInbound};
+use messaging_actors::store::{DeliveryReceipt, DeliveryStatus};
 use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey as _;
@@ -21,6 +21,7 @@ use subtle::ConstantTimeEq as _;
 use utoipa::ToSchema;
 
 use super::error::ApiError;
+use super::webhooks::store_inbound;
 use super::wire::ErrorBody;
 use super::{store_unavailable, AppState};
 
@@ -259,22 +260,7 @@ pub async fn receive_twilio_message(
 ) -> Result<HttpResponse, ApiError> {
     let params = signed_twilio_form(&state, &req, body).await?;
     let (content, provider_message_id) = twilio_inbound(&params)?;
-    let channel = content.channel;
-    let stored = state
-        .store
-        .insert_inbound(NewInbound {
-            content,
-            provider_message_id,
-        })
-        .await
-        .map_err(|e| store_unavailable(&state.log, e))?;
-    if matches!(stored, InboundStored::Created { .. }) {
-        state
-            .metrics
-            .webhooks_received
-            .with_label_values(&[channel.as_str()])
-            .inc();
-    }
+    store_inbound(&state, content, provider_message_id).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/xml"))
         .body("<Response/>"))

@@ -13,19 +13,13 @@ use serde_json::{Map, Value};
 /// A webhook body as the message it carries and the provider's id for it.
 type Parse = fn(&Map<String, Value>) -> Result<(MessageContent, String), ApiError>;
 
-async fn receive(
+/// Stores an inbound message unless its provider id was seen before (then the first
+/// message answers), counting the new ones; every inbound webhook ends here.
+pub(super) async fn store_inbound(
     state: &AppState,
-    req: &HttpRequest,
-    payload: web::Payload,
-    parse: Parse,
-) -> Result<HttpResponse, ApiError> {
-    let body = read_json_body(req, payload, state.max_body_bytes).await?;
-    if let Err(e) = state.auth.verify_webhook(req.headers(), &body) {
-        state.auth.refused(&state.log, "signature", req.path());
-        return Err(e);
-    }
-    let object = parse_object(&body)?;
-    let (content, provider_message_id) = parse(&object)?;
+    content: MessageContent,
+    provider_message_id: String,
+) -> Result<(i64, i64), ApiError> {
     let channel = content.channel;
     let stored = state
         .store
@@ -35,7 +29,7 @@ async fn receive(
         })
         .await
         .map_err(|e| store_unavailable(&state.log, e))?;
-    let (id, conversation_id) = match stored {
+    Ok(match stored {
         InboundStored::Created {
             id,
             conversation_id,
@@ -51,7 +45,23 @@ async fn receive(
             id,
             conversation_id,
         } => (id, conversation_id),
-    };
+    })
+}
+
+async fn receive(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    parse: Parse,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_json_body(req, payload, state.max_body_bytes).await?;
+    if let Err(e) = state.auth.verify_webhook(req.headers(), &body) {
+        state.auth.refused(&state.log, "signature", req.path());
+        return Err(e);
+    }
+    let object = parse_object(&body)?;
+    let (content, provider_message_id) = parse(&object)?;
+    let (id, conversation_id) = store_inbound(state, content, provider_message_id).await?;
     Ok(HttpResponse::Accepted().json(ReceivedBody {
         id,
         status: "received",

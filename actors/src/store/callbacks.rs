@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::backend::for_each_backend;
-use super::dispatch::{queued_message, Lease, QueuedMessage, QueuedRow};
+use super::dispatch::{queued_columns, queued_message, Lease, QueuedMessage, QueuedRow};
 use super::schema::{callbacks, messages};
 use super::StoreError;
 use crate::domain::{Direction, MessageStatus, Timestamp};
@@ -226,15 +226,7 @@ for_each_backend! {
                 messages::lease_until.eq(requeue.lease.until.to_storage()),
                 messages::updated_at.eq(&now),
             ))
-            .returning((
-                messages::id,
-                messages::channel,
-                messages::provider_name,
-                messages::attempt_count,
-                messages::next_attempt_at,
-                messages::from_addr,
-                messages::attempt_count,
-            ))
+            .returning(queued_columns!())
             .get_results::<QueuedRow>(conn)?;
         if let (RequeueTarget::One(id), true) = (&requeue.target, rows.is_empty()) {
             let exists = messages::table
@@ -245,8 +237,6 @@ for_each_backend! {
                 .is_some();
             return Ok(if exists { Requeued::NotRetryable } else { Requeued::NotFound });
         }
-        // `retry_base` is set to the attempt count in the same statement; Postgres and
-        // SQLite both return the new row, so the base is read as the attempt count.
         let mut queued: Vec<_> = rows.into_iter().map(queued_message).collect();
         queued.sort_by_key(|m| m.id);
         Ok(Requeued::Messages(queued))

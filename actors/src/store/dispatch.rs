@@ -50,6 +50,22 @@ pub(crate) type QueuedRow = (
     i32,
 );
 
+/// The columns of a `QueuedRow`, for every statement that hands queued messages back.
+macro_rules! queued_columns {
+    () => {
+        (
+            messages::id,
+            messages::channel,
+            messages::provider_name,
+            messages::attempt_count,
+            messages::next_attempt_at,
+            messages::from_addr,
+            messages::retry_base,
+        )
+    };
+}
+pub(crate) use queued_columns;
+
 pub(crate) fn queued_message(
     (id, channel, provider, attempts, next, from, retry_base): QueuedRow,
 ) -> QueuedMessage {
@@ -180,15 +196,7 @@ for_each_backend! {
                 messages::lease_owner.eq(&claim.lease.owner),
                 messages::lease_until.eq(claim.lease.until.to_storage()),
             ))
-            .returning((
-                messages::id,
-                messages::channel,
-                messages::provider_name,
-                messages::attempt_count,
-                messages::next_attempt_at,
-                messages::from_addr,
-                messages::retry_base,
-            ))
+            .returning(queued_columns!())
             .get_results::<QueuedRow>(conn)?;
         rows.sort_by_key(|row| row.0);
         Ok(rows.into_iter().map(queued_message).collect())

@@ -382,9 +382,19 @@ impl Store {
         self.write(done, runner!(callbacks::finish_callback)).await
     }
 
-    pub async fn callbacks_of(&self, message_id: i64) -> Result<Vec<CallbackView>, StoreError> {
-        self.read(move |conn| on_backend!(conn, callbacks::callbacks_of(message_id)))
-            .await
+    /// A message with its attempts and its callbacks, read on one connection in one go.
+    pub async fn get_message_detail(
+        &self,
+        id: i64,
+    ) -> Result<Option<(MessageView, Vec<AttemptView>, Vec<CallbackView>)>, StoreError> {
+        self.read(move |conn| {
+            let Some((message, attempts)) = on_backend!(conn, messages::get_message(id))? else {
+                return Ok(None);
+            };
+            let callbacks = on_backend!(conn, callbacks::callbacks_of(id))?;
+            Ok(Some((message, attempts, callbacks)))
+        })
+        .await
     }
 
     pub async fn pending_callbacks(&self) -> Result<i64, StoreError> {
