@@ -239,13 +239,25 @@ fn each_provider_receives_the_request_its_api_describes_and_its_id_is_kept() {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded")));
     }
-    let sms_form = form_of(&requests[0]);
     let value = |form: &[(String, String)], name: &str| -> Vec<String> {
         form.iter()
             .filter(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
             .collect()
     };
+    // The two messages are dispatched concurrently, so the fake may see them in either
+    // order: tell them apart by their bodies.
+    let forms: Vec<Vec<(String, String)>> = requests.iter().map(form_of).collect();
+    let by_body = |body: &Value| {
+        let body = body.as_str().expect("body");
+        forms
+            .iter()
+            .find(|form| value(form, "Body") == [body])
+            .unwrap_or_else(|| panic!("no request with body {body}: {forms:?}"))
+            .clone()
+    };
+    let sms_form = by_body(&sample_sms()["body"]);
+    let mms_form = by_body(&sample_mms()["body"]);
     assert_eq!(
         value(&sms_form, "To"),
         [sample_sms()["to"].as_str().expect("to")]
@@ -264,7 +276,7 @@ fn each_provider_receives_the_request_its_api_describes_and_its_id_is_kept() {
     );
     assert!(value(&sms_form, "MediaUrl").is_empty());
     assert_eq!(
-        value(&form_of(&requests[1]), "MediaUrl"),
+        value(&mms_form, "MediaUrl"),
         ["https://a.example/1.png", "https://a.example/2.png"]
     );
 
