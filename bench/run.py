@@ -1,28 +1,45 @@
 #!/usr/bin/env python3
 """The benchmark: messaging-service against a bare actix-web baseline, in one run.
 
-    python3 bench/run.py [--duration SECONDS] [--out DIR]
+    python3 bench/run.py [--duration SECONDS] [--out DIR] [--postgres URL] [--large]
 
 It builds both in release mode, starts the service on a temporary SQLite database with
 default durability (WAL, synchronous = FULL) and the baseline (examples/baseline.rs: same
 request shape, no storage), and drives them alternately with the same wrk script at 1, 16,
 64 and 256 connections. Then, on fresh services, it measures end-to-end dispatch (from 202
-to `sent`, until no message is pending) with zero and with 100 ms provider latency. It
-writes result.json and chart.svg (throughput and p99 against connections) to --out.
+to `sent`, until no message is pending) with zero and with 100 ms provider latency, with
+status callbacks to a local receiver, and with the real provider kinds (twilio, sendgrid)
+against local stand-ins of their APIs (the baseline binary answers as their documentation
+says, so the figures are the service's cost, not a slow fake's).
 
-Ratios, not absolute figures, are the result: the machines are shared and noisy, and both
-servers are measured in the same run, one after the other.
+PostgreSQL (skipped when --postgres names no reachable server; default
+postgres://postgres@127.0.0.1:5432): pgbench's one-row-insert rate from 64 clients and its
+rate in 64-row transactions on the same server, then ingest and end-to-end for one
+instance and for two instances sharing the database (the same 64 connections split
+between them).
+
+--large adds "flat as the data grows": ingest and the p99 of the four read endpoints on a
+SQLite database holding 1 M and then 10 M messages in 50,000 conversations, against an
+empty one (about 4 more minutes on two cores, most of it writing the 10 M rows).
+
+It writes result.json and chart.svg (throughput and p99 against connections) to --out.
+Ratios, not absolute figures, are the result: the machines are shared and noisy, and
+everything compared is measured in the same run, one after the other.
 """
 
 import argparse
 import json
 import os
+import random
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,26 +47,42 @@ CONNECTIONS = [1, 16, 64, 256]
 SMS = {"from": "+12016661234", "to": "+18045551234", "type": "sms",
        "body": "Hello! This is a test SMS message.", "attachments": None,
        "timestamp": "2024-11-01T14:00:00Z"}
-WRK_SCRIPT = """
+EMAIL = {"from": "user@usehatchapp.com", "to": "contact@gmail.com",
+         "body": "Hello! This is a test email message.", "attachments": None,
+         "timestamp": "2024-11-01T14:00:00Z"}
+
+
+def post_script(body):
+    return """
 wrk.method = "POST"
 wrk.body = '%s'
 wrk.headers["Content-Type"] = "application/json"
-""" % json.dumps(SMS)
+""" % json.dumps(body)
+
+
+WRK_SCRIPT = post_script(SMS)
+EMAIL_SCRIPT = post_script(EMAIL)
+CONVERSATIONS = 50_000
 
 
 def sh(*args, **kw):
     return subprocess.run(args, check=True, **kw)
 
 
-def ensure_wrk():
-    if shutil.which("wrk"):
+def ensure_tools():
+    """wrk always; pgbench and psql for the PostgreSQL part (Debian's postgresql-client)."""
+    missing = [pkg for tool, pkg in (("wrk", "wrk"), ("pgbench", "postgresql-client"),
+                                     ("psql", "postgresql-client"))
+               if not shutil.which(tool)]
+    if not missing:
         return
     if os.geteuid() == 0 and shutil.which("apt-get"):
         sh("apt-get", "update", "-qq")
-        sh("apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk",
+        sh("apt-get", "install", "-y", "-qq", "--no-install-recommends", *sorted(set(missing)),
            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
         return
-    sys.exit("bench: wrk is needed (Debian: apt-get install wrk)")
+    if not shutil.which("wrk"):
+        sys.exit("bench: wrk is needed (Debian: apt-get install wrk)")
 
 
 class Server:
@@ -96,13 +129,16 @@ class Server:
         self.drain.wait()
 
 
-def service(db_dir, latency_ms=0):
-    settings = os.path.join(db_dir, "settings.toml")
+def service(db_dir, latency_ms=0, database_url=None, extra="", env=None):
+    """The service on `database_url` (default: a new SQLite file in `db_dir`), with
+    `extra` TOML appended to its settings."""
+    settings = os.path.join(db_dir, "settings-%d.toml" % random.getrandbits(32))
     with open(settings, "w") as f:
-        f.write("[outcomes]\nlatency_ms = %d\n" % latency_ms)
+        f.write("[outcomes]\nlatency_ms = %d\n%s" % (latency_ms, extra))
+    url = database_url or "sqlite://%s/bench.db" % db_dir
     return Server([os.path.join(ROOT, "target/release/messaging-service"), "--config", settings],
                   env={"MESSAGING__SERVER__BIND": "127.0.0.1:0",
-                       "MESSAGING__DATABASE__URL": "sqlite://%s/bench.db" % db_dir})
+                       "MESSAGING__DATABASE__URL": url, **(env or {})})
 
 
 def to_ms(text):
@@ -130,32 +166,274 @@ def wrk(url, connections, duration, script):
     }
 
 
-def metric_sum(server, name):
+def metric_sum(server, name, labels=""):
     text = urllib.request.urlopen(server.url("/metrics"), timeout=10).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") or line.startswith(name + " "))
+               if line.startswith(name + "{" + labels) or line.startswith(name + " "))
 
 
-def dispatch_rate(latency_ms, duration, script):
-    """Messages per second from the first 202 to the moment nothing is pending."""
+def drive(servers, connections, duration, script):
+    """wrk against every server at once, `connections` split between them; the summed
+    req/s and the worst p99."""
+    points = [None] * len(servers)
+
+    def one(i):
+        points[i] = wrk(servers[i].url(script[1]), connections // len(servers), duration,
+                        script[0])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(servers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"connections": connections, "instances": len(servers),
+            "rps": round(sum(p["rps"] for p in points), 1),
+            "p99_ms": max(p["p99_ms"] for p in points),
+            "non_2xx": sum(p["non_2xx"] for p in points)}
+
+
+def end_to_end(servers, duration, script, label, callbacks=False):
+    """Messages per second from the first 202 to the moment nothing is pending (and, with
+    callbacks, every final status delivered to the receiver), across `servers`."""
+    def total(name, labels=""):
+        return sum(metric_sum(s, name, labels) for s in servers)
+
+    def busy():
+        if any(metric_sum(s, "messaging_pending_messages") > 0 for s in servers):
+            return True
+        if callbacks:
+            return (total("messaging_callbacks_total", 'outcome="delivered"')
+                    < total("messaging_messages_accepted_total"))
+        return False
+
+    # Servers used before (the PostgreSQL part measures ingest on them first) finish that
+    # work, and only this run's messages count.
+    while busy():
+        time.sleep(0.05)
+    accepted_before = total("messaging_messages_accepted_total")
+    finished_before = total("messaging_dispatch_outcomes_total")
+    started = time.time()
+    load = drive(servers, 64, duration, script)
+    while busy():
+        if time.time() - started > 600:
+            sys.exit("bench: %s did not drain in 10 minutes" % label)
+        time.sleep(0.05)
+    elapsed = time.time() - started
+    accepted = total("messaging_messages_accepted_total") - accepted_before
+    finished = total("messaging_dispatch_outcomes_total") - finished_before
+    point = {"run": label, "instances": len(servers), "accepted": int(accepted),
+             "attempts_finished": int(finished), "seconds": round(elapsed, 3),
+             "messages_per_second": round(accepted / elapsed, 1),
+             "ingest_rps": load["rps"], "ingest_p99_ms": load["p99_ms"]}
+    print("end to end, %-34s %7d messages in %6.2f s = %7.0f messages/s (ingest %.0f req/s)"
+          % (label + ":", point["accepted"], point["seconds"], point["messages_per_second"],
+             point["ingest_rps"]), flush=True)
+    return point
+
+
+def dispatch_rate(latency_ms, duration, script, label=None, extra="", env=None,
+                  callbacks=False):
     with tempfile.TemporaryDirectory() as db_dir:
-        server = service(db_dir, latency_ms)
+        server = service(db_dir, latency_ms, extra=extra, env=env)
         try:
-            started = time.time()
-            load = wrk(server.url("/api/messages/sms"), 64, duration, script)
-            while metric_sum(server, "messaging_pending_messages") > 0:
-                if time.time() - started > 600:
-                    sys.exit("bench: dispatch did not drain in 10 minutes")
-                time.sleep(0.05)
-            elapsed = time.time() - started
-            accepted = metric_sum(server, "messaging_messages_accepted_total")
-            sent = metric_sum(server, "messaging_dispatch_outcomes_total")
-            return {"provider_latency_ms": latency_ms, "accepted": int(accepted),
-                    "attempts_finished": int(sent), "seconds": round(elapsed, 3),
-                    "messages_per_second": round(accepted / elapsed, 1),
-                    "ingest_rps": round(load["rps"], 1)}
+            point = end_to_end([server], duration, script,
+                               label or "simulator, %d ms latency" % latency_ms, callbacks)
+            point["provider_latency_ms"] = latency_ms
+            return point
         finally:
             server.stop()
+
+
+def features(duration, scripts):
+    """End to end with this round's features on: callbacks to a local receiver, and the
+    real provider kinds against local stand-ins of Twilio's and SendGrid's APIs."""
+    fake = Server([os.path.join(ROOT, "target/release/examples/baseline"), "127.0.0.1:0"])
+    base = "http://%s" % fake.addr
+    real = ('[server]\npublic_url = "http://127.0.0.1:9"\n'
+            '[providers.sms-mms]\nkind = "twilio"\nbase_url = "%s"\n'
+            'account_sid = "AC00000000000000000000000000000000"\n'
+            'auth_token_env = "BENCH_TWILIO_TOKEN"\n'
+            '[providers.email]\nkind = "sendgrid"\nbase_url = "%s"\n'
+            'api_key_env = "BENCH_SENDGRID_KEY"\n' % (base, base))
+    secrets = {"BENCH_TWILIO_TOKEN": "bench-token", "BENCH_SENDGRID_KEY": "SG.bench"}
+    try:
+        return [
+            dispatch_rate(0, duration, scripts["sms"], "simulator, callbacks on",
+                          extra='[callbacks]\nurl = "%s/callbacks"\n' % base, callbacks=True),
+            dispatch_rate(0, duration, scripts["sms"], "twilio (local stand-in)",
+                          extra=real, env=secrets),
+            dispatch_rate(0, duration, scripts["email"], "sendgrid (local stand-in)",
+                          extra=real, env=secrets),
+        ]
+    finally:
+        fake.stop()
+
+
+def psql(url, sql):
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql], check=True,
+                   capture_output=True, text=True)
+
+
+def with_database(server_url, name):
+    parts = urllib.parse.urlparse(server_url)
+    return urllib.parse.urlunparse(parts._replace(path="/" + name))
+
+
+def pgbench(url, duration, sql, clients=64):
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(sql)
+    try:
+        out = subprocess.run(["pgbench", "-n", "-M", "prepared", "-c%d" % clients, "-j2",
+                              "-T%d" % duration, "-f", f.name, url],
+                             check=True, capture_output=True, text=True).stdout
+    finally:
+        os.unlink(f.name)
+    return float(re.search(r"tps = ([\d.]+)", out).group(1))
+
+
+def postgres(server_url, duration, scripts):
+    """pgbench's insert rates, then one and two instances on one database."""
+    try:
+        psql(with_database(server_url, "postgres"), "SELECT 1")
+    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+        print("bench: no PostgreSQL at %s, its part is skipped (%s)" % (server_url, e))
+        return None
+    result = {}
+    name = "bench_%d" % os.getpid()
+    admin = with_database(server_url, "postgres")
+
+    def fresh():
+        psql(admin, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+        psql(admin, "CREATE DATABASE %s" % name)
+        return with_database(server_url, name)
+
+    try:
+        url = fresh()
+        psql(url, "CREATE TABLE one_row (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL, "
+                  "created_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        insert = "INSERT INTO one_row (body) VALUES ('%s');\n" % SMS["body"]
+        result["pgbench_one_row_inserts_per_second"] = round(pgbench(url, duration, insert), 1)
+        result["pgbench_rows_per_second_in_64_row_transactions"] = round(
+            64 * pgbench(url, duration, "BEGIN;\n" + insert * 64 + "COMMIT;\n"), 1)
+        print("pgbench, 64 clients: %.0f one-row inserts/s; %.0f rows/s in 64-row transactions"
+              % (result["pgbench_one_row_inserts_per_second"],
+                 result["pgbench_rows_per_second_in_64_row_transactions"]), flush=True)
+        for instances in (1, 2):
+            with tempfile.TemporaryDirectory() as settings_dir:
+                url = fresh()
+                servers = []
+                try:
+                    for _ in range(instances):
+                        servers.append(service(settings_dir, database_url=url))
+                    ingest = drive(servers, 64, duration, scripts["sms"])
+                    print("postgres, %d instance(s): ingest %.0f req/s, p99 %.2f ms"
+                          % (instances, ingest["rps"], ingest["p99_ms"]), flush=True)
+                    e2e = end_to_end(servers, duration, scripts["sms"],
+                                     "postgres, %d instance(s)" % instances)
+                finally:
+                    for server in servers:
+                        server.stop()
+            result["instances_%d" % instances] = {"ingest": ingest, "end_to_end": e2e}
+        one = result["instances_1"]["ingest"]["rps"]
+        result["ratios"] = {
+            "one_instance_over_pgbench_one_row": round(
+                one / result["pgbench_one_row_inserts_per_second"], 3),
+            "two_instances_over_one": round(result["instances_2"]["ingest"]["rps"] / one, 3),
+        }
+        return result
+    finally:
+        psql(admin, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+
+
+def seed(db_path, messages):
+    """Writes `messages` sent SMS into CONVERSATIONS conversations straight into SQLite (the
+    schema is the service's own, made by its first start), in the shape the service
+    stores them; each conversation's count comes from the insert trigger, as in service."""
+    db = sqlite3.connect(db_path)
+    db.execute("PRAGMA synchronous = OFF")
+    db.execute("PRAGMA journal_mode = WAL")
+    now = "2026-11-01T00:00:00.000000Z"
+    with db:
+        db.executemany(
+            "INSERT OR IGNORE INTO conversations (participant_a, participant_b, message_count, "
+            "created_at, last_message_at) VALUES (?, ?, 0, ?, ?)",
+            (("+12016661234", "+1555%07d" % c, now, now) for c in range(CONVERSATIONS)))
+    ids = [row[0] for row in db.execute("SELECT id FROM conversations ORDER BY id")]
+    batch = 200_000
+    for start in range(0, messages, batch):
+        def rows():
+            for n in range(start, min(start + batch, messages)):
+                c = n % CONVERSATIONS
+                at = "2024-%02d-%02dT%02d:%02d:%02d.000000Z" % (
+                    1 + n // 2_000_000 % 12, 1 + n // 80_000 % 28, n // 3600 % 24,
+                    n // 60 % 60, n % 60)
+                yield (ids[c], "+12016661234", "+1555%07d" % c,
+                       "Seeded message number %d, a text of ordinary length." % n, at, now, now)
+        with db:
+            db.executemany(
+                "INSERT INTO messages (conversation_id, direction, channel, from_addr, to_addr, "
+                "body, timestamp, provider_name, status, attempt_count, created_at, updated_at) "
+                "VALUES (?, 'outbound', 'sms', ?, ?, ?, ?, 'sms-mms', 'sent', 1, ?, ?)", rows())
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+
+
+def read_script(path):
+    return """
+wrk.method = "GET"
+wrk.path = "%s"
+""" % path
+
+
+def at_scale(duration, out_dir, scripts):
+    """Ingest and the four read endpoints' p99 with 0, 1 M and 10 M messages stored."""
+    points = []
+    for messages in (0, 1_000_000, 10_000_000):
+        with tempfile.TemporaryDirectory() as db_dir:
+            server = service(db_dir)  # its first start makes the schema
+            server.stop()
+            started = time.time()
+            if messages:
+                seed(os.path.join(db_dir, "bench.db"), messages)
+            seeded = time.time() - started
+            server = service(db_dir)
+            try:
+                ingest = drive([server], 64, duration, scripts["sms"])
+                page = json.load(urllib.request.urlopen(server.url("/api/conversations"),
+                                                        timeout=30))
+                busiest = page["items"][0]["id"]
+                message = json.load(urllib.request.urlopen(
+                    server.url("/api/conversations/%d/messages?page_size=1" % busiest),
+                    timeout=30))["items"][0]["id"]
+                reads = {}
+                for name, path in (
+                        ("conversations", "/api/conversations?page_size=50"),
+                        ("conversation_messages",
+                         "/api/conversations/%d/messages?page_size=50" % busiest),
+                        ("message", "/api/messages/%d" % message),
+                        ("providers", "/api/providers")):
+                    script = os.path.join(out_dir, "read_%s.lua" % name)
+                    with open(script, "w") as f:
+                        f.write(read_script(path))
+                    point = wrk(server.url(path), 16, duration, script)
+                    reads[name] = {"rps": round(point["rps"], 1), "p99_ms": point["p99_ms"],
+                                   "non_2xx": point["non_2xx"]}
+            finally:
+                server.stop()
+            points.append({"stored_messages": messages, "seed_seconds": round(seeded, 1),
+                           "ingest_rps": ingest["rps"], "ingest_p99_ms": ingest["p99_ms"],
+                           "reads": reads})
+            print("with %8d messages stored: ingest %.0f req/s; read p99 %s"
+                  % (messages, ingest["rps"],
+                     ", ".join("%s %.2f ms" % (k, v["p99_ms"]) for k, v in reads.items())),
+                  flush=True)
+    empty = points[0]
+    for point in points[1:]:
+        point["ingest_over_empty"] = round(point["ingest_rps"] / empty["ingest_rps"], 3)
+        point["read_p99_over_empty"] = {
+            k: round(v["p99_ms"] / empty["reads"][k]["p99_ms"], 2)
+            for k, v in point["reads"].items()}
+    return points
 
 
 def chart(result, path):
@@ -207,14 +485,24 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "out"))
+    parser.add_argument("--postgres", default=os.environ.get(
+        "MESSAGING_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432"),
+        help="a PostgreSQL server to measure on (its databases are made and dropped)")
+    parser.add_argument("--large", action="store_true",
+                        help="also measure with 1 M and 10 M messages stored (~4 minutes)")
     args = parser.parse_args()
-    ensure_wrk()
+    ensure_tools()
     sh("cargo", "build", "--release", "--quiet", "--bin", "messaging-service",
        "--example", "baseline", cwd=ROOT)
     os.makedirs(args.out, exist_ok=True)
     script = os.path.join(args.out, "post_sms.lua")
     with open(script, "w") as f:
         f.write(WRK_SCRIPT)
+    email_script = os.path.join(args.out, "post_email.lua")
+    with open(email_script, "w") as f:
+        f.write(EMAIL_SCRIPT)
+    scripts = {"sms": (script, "/api/messages/sms"),
+               "email": (email_script, "/api/messages/email")}
 
     result = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
                           "wrk": "wrk -t1 -cN -d%ds --latency" % args.duration},
@@ -244,11 +532,12 @@ def main():
         "ingest_rps_service_over_baseline": round(at64["service"]["rps"] / at64["baseline"]["rps"], 3),
         "p99_service_over_baseline": round(at64["service"]["p99_ms"] / at64["baseline"]["p99_ms"], 2),
     }
-    result["dispatch"] = [dispatch_rate(0, args.duration, script),
-                          dispatch_rate(100, args.duration, script)]
-    for d in result["dispatch"]:
-        print("dispatch with %3d ms provider latency: %d messages in %.2f s = %.0f messages/s"
-              % (d["provider_latency_ms"], d["accepted"], d["seconds"], d["messages_per_second"]))
+    result["dispatch"] = [dispatch_rate(0, args.duration, scripts["sms"]),
+                          dispatch_rate(100, args.duration, scripts["sms"])]
+    result["features"] = features(args.duration, scripts)
+    result["postgres"] = postgres(args.postgres, args.duration, scripts)
+    if args.large:
+        result["at_scale"] = at_scale(args.duration, args.out, scripts)
     print("at 64 connections: service/baseline requests/s %.3f, p99 %.2fx; peak RSS %.1f MB"
           % (result["ratios_at_64"]["ingest_rps_service_over_baseline"],
              result["ratios_at_64"]["p99_service_over_baseline"],

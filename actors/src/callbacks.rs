@@ -1,5 +1,7 @@
 //! `CallbackWorker`: delivers the status callbacks of the outbox (CONTRACT section 10).
-//! Every 200 ms it claims due callbacks (leased, so one instance sends a given callback at
+//! Every 200 ms, and at once whenever a try ends after a claim that found more due than
+//! there was room for (so a backlog drains at the receiver's pace, not 64 per poll), it
+//! claims due callbacks (leased, so one instance sends a given callback at
 //! a time; a dead instance's lapse and are claimed again), POSTs each with at most
 //! `max_in_flight` in flight and `request_timeout` apiece, signed with Standard Webhooks
 //! when a secret is set (the same `webhook-id` on every try), and records the fate: a 2xx
@@ -10,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, ActorFutureExt, AsyncContext, Context, WrapFuture};
+use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
 use serde_json::json;
 use slog::{warn, Logger};
 
@@ -41,7 +43,26 @@ pub struct CallbackWorker {
     signer: Option<Arc<standardwebhooks::Webhook>>,
     in_flight: Arc<AtomicUsize>,
     claiming: bool,
+    /// The last claim filled all the room it had: more may be due than it took.
+    backlog: bool,
     log: Logger,
+}
+
+/// A try has ended: claim again if a backlog is waiting.
+struct TryEnded;
+
+impl Message for TryEnded {
+    type Result = ();
+}
+
+impl Handler<TryEnded> for CallbackWorker {
+    type Result = ();
+
+    fn handle(&mut self, _: TryEnded, ctx: &mut Context<Self>) {
+        if self.backlog {
+            self.tick(ctx);
+        }
+    }
 }
 
 /// The wait before try `attempts + 1`: 1 s doubling, at most 1 h.
@@ -76,6 +97,7 @@ impl CallbackWorker {
             signer,
             in_flight: Arc::new(AtomicUsize::new(0)),
             claiming: false,
+            backlog: false,
             log: log.new(slog::o!("actor" => "callbacks")),
         })
     }
@@ -97,22 +119,31 @@ impl CallbackWorker {
         let store = self.store.clone();
         let lease = self.lease();
         let claim = async move { store.claim_callbacks(room as i64, lease).await };
-        ctx.spawn(claim.into_actor(self).map(|claimed, worker, _| {
+        ctx.spawn(claim.into_actor(self).map(move |claimed, worker, ctx| {
             worker.claiming = false;
             match claimed {
                 Ok(due) => {
+                    worker.backlog = due.len() >= room;
+                    let me = ctx.address();
                     for callback in due {
                         worker.in_flight.fetch_add(1, Ordering::AcqRel);
-                        actix::spawn(worker.deliver(callback));
+                        actix::spawn(worker.deliver(callback, me.clone()));
                     }
                 }
-                Err(e) => warn!(worker.log, "could not claim callbacks"; "error" => e.to_string()),
+                Err(e) => {
+                    worker.backlog = false;
+                    warn!(worker.log, "could not claim callbacks"; "error" => e.to_string())
+                }
             }
         }));
     }
 
     /// One try of one callback, to its fate in the outbox.
-    fn deliver(&self, callback: DueCallback) -> impl std::future::Future<Output = ()> {
+    fn deliver(
+        &self,
+        callback: DueCallback,
+        worker: Addr<CallbackWorker>,
+    ) -> impl std::future::Future<Output = ()> {
         let (store, metrics, client, signer, log) = (
             self.store.clone(),
             self.metrics.clone(),
@@ -143,6 +174,7 @@ impl CallbackWorker {
                 // Unread now (the database): the lease lapses and it is claimed again.
                 _ => {
                     in_flight.fetch_sub(1, Ordering::AcqRel);
+                    worker.do_send(TryEnded);
                     return;
                 }
             };
@@ -188,6 +220,8 @@ impl CallbackWorker {
                     "error" => e.to_string());
             }
             in_flight.fetch_sub(1, Ordering::AcqRel);
+            // Bounded: one per try, and tries are bounded by `max_in_flight`.
+            worker.do_send(TryEnded);
         }
     }
 }

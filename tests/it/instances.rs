@@ -118,6 +118,12 @@ fn two_instances_take_traffic_at_once_and_dispatch_each_message_exactly_once() {
             app.metric(r#"messaging_dispatch_attempts_total{channel="sms",provider="sms-mms"}"#);
         assert!(attempts >= 60.0, "{attempts}");
     }
+    // The conversation total is a counter that both instances' new conversations bump at
+    // once (one per number): none is lost and none counted twice.
+    for app in [&a, &b] {
+        let listed = app.get("/api/conversations?page_size=1").json();
+        assert_eq!(listed["meta"]["total"], 120, "{listed}");
+    }
     let total: i64 = summary.values().map(|s| s.attempts).sum();
     let both = a.metric(r#"messaging_dispatch_attempts_total{channel="sms",provider="sms-mms"}"#)
         + b.metric(r#"messaging_dispatch_attempts_total{channel="sms",provider="sms-mms"}"#);

@@ -67,6 +67,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// One row (`id` 1): how many conversations exist, kept by an insert trigger.
+    conversation_total (id) {
+        id -> BigInt,
+        total -> BigInt,
+    }
+}
+
 diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(dispatch_attempts -> messages (message_id));
 diesel::allow_tables_to_appear_in_same_query!(

@@ -1,0 +1,2 @@
+DROP TRIGGER conversations_counted;
+DROP TABLE conversation_total;
