@@ -202,22 +202,26 @@ def end_to_end(servers, duration, script, label, callbacks=False):
         if any(metric_sum(s, "messaging_pending_messages") > 0 for s in servers):
             return True
         if callbacks:
+            # A callback given up has had its fate too (none is, against the stand-in).
             return (total("messaging_callbacks_total", 'outcome="delivered"')
+                    + total("messaging_callbacks_total", 'outcome="given_up"')
                     < total("messaging_messages_accepted_total"))
         return False
 
+    def drain(since):
+        while busy():
+            if time.time() - since > 600:
+                sys.exit("bench: %s did not drain in 10 minutes" % label)
+            time.sleep(0.05)
+
     # Servers used before (the PostgreSQL part measures ingest on them first) finish that
     # work, and only this run's messages count.
-    while busy():
-        time.sleep(0.05)
+    drain(time.time())
     accepted_before = total("messaging_messages_accepted_total")
     finished_before = total("messaging_dispatch_outcomes_total")
     started = time.time()
     load = drive(servers, 64, duration, script)
-    while busy():
-        if time.time() - started > 600:
-            sys.exit("bench: %s did not drain in 10 minutes" % label)
-        time.sleep(0.05)
+    drain(started)
     elapsed = time.time() - started
     accepted = total("messaging_messages_accepted_total") - accepted_before
     finished = total("messaging_dispatch_outcomes_total") - finished_before
@@ -294,6 +298,8 @@ def pgbench(url, duration, sql, clients=64):
 def postgres(server_url, duration, scripts):
     """pgbench's insert rates, then one and two instances on one database."""
     try:
+        if not shutil.which("pgbench"):
+            raise FileNotFoundError("pgbench is not installed")
         psql(with_database(server_url, "postgres"), "SELECT 1")
     except (subprocess.CalledProcessError, FileNotFoundError) as e:
         print("bench: no PostgreSQL at %s, its part is skipped (%s)" % (server_url, e))
@@ -354,10 +360,11 @@ def seed(db_path, messages):
     db.execute("PRAGMA journal_mode = WAL")
     now = "2026-11-01T00:00:00.000000Z"
     with db:
+        # `last_message_at` starts before every message: the insert trigger raises it.
         db.executemany(
             "INSERT OR IGNORE INTO conversations (participant_a, participant_b, message_count, "
-            "created_at, last_message_at) VALUES (?, ?, 0, ?, ?)",
-            (("+12016661234", "+1555%07d" % c, now, now) for c in range(CONVERSATIONS)))
+            "created_at, last_message_at) VALUES (?, ?, 0, ?, '2000-01-01T00:00:00.000000Z')",
+            (("+12016661234", "+1555%07d" % c, now) for c in range(CONVERSATIONS)))
     ids = [row[0] for row in db.execute("SELECT id FROM conversations ORDER BY id")]
     batch = 200_000
     for start in range(0, messages, batch):
@@ -399,17 +406,18 @@ def at_scale(duration, out_dir, scripts):
             server = service(db_dir)
             try:
                 ingest = drive([server], 64, duration, scripts["sms"])
-                page = json.load(urllib.request.urlopen(server.url("/api/conversations"),
-                                                        timeout=30))
-                busiest = page["items"][0]["id"]
-                message = json.load(urllib.request.urlopen(
-                    server.url("/api/conversations/%d/messages?page_size=1" % busiest),
-                    timeout=30))["items"][0]["id"]
+                # The ingest's conversation and one of its messages: the same reads in
+                # every database, whatever else it holds.
+                request = urllib.request.Request(
+                    server.url("/api/messages/sms"), data=json.dumps(SMS).encode(),
+                    headers={"Content-Type": "application/json"})
+                accepted = json.load(urllib.request.urlopen(request, timeout=30))
+                conversation, message = accepted["conversation_id"], accepted["id"]
                 reads = {}
                 for name, path in (
                         ("conversations", "/api/conversations?page_size=50"),
                         ("conversation_messages",
-                         "/api/conversations/%d/messages?page_size=50" % busiest),
+                         "/api/conversations/%d/messages?page_size=50" % conversation),
                         ("message", "/api/messages/%d" % message),
                         ("providers", "/api/providers")):
                     script = os.path.join(out_dir, "read_%s.lua" % name)
@@ -476,9 +484,67 @@ def chart(result, path):
                      % (pad + i * 160, height - 22, colour))
         parts.append('<text x="%d" y="%d">%s</text>' % (pad + 18 + i * 160, height - 12,
                      "messaging-service" if name == "service" else "bare baseline"))
+    bars(parts, result, top=height)
     parts.append("</svg>")
+    svg = "\n".join(parts) + "\n"
+    # The bar panels below the two line panels make the picture taller than it began.
+    svg = svg.replace('height="%d"' % height, 'height="%d"' % (height + bars_height(result)), 1)
     with open(path, "w") as f:
-        f.write("\n".join(parts) + "\n")
+        f.write(svg)
+
+
+def bar_rows(result):
+    """Every other figure of the run, as (group, label, value) rows for the bar panels."""
+    rows = []
+    at64 = {name: next((p for p in result.get(name, []) if p["connections"] == 64), None)
+            for name in ("service", "baseline")}
+    if at64["service"] and at64["baseline"]:
+        rows += [("per second", "bare baseline, ingest at 64 connections", at64["baseline"]["rps"]),
+                 ("per second", "SQLite, ingest at 64 connections", at64["service"]["rps"])]
+    for d in result.get("dispatch", []) + result.get("features", []):
+        rows.append(("per second", "SQLite, end to end, " + d["run"], d["messages_per_second"]))
+    pg = result.get("postgres")
+    if pg:
+        rows += [("per second", "pgbench, one-row inserts, 64 clients",
+                  pg["pgbench_one_row_inserts_per_second"])]
+        for n in (1, 2):
+            part = pg["instances_%d" % n]
+            rows += [("per second", "PostgreSQL, %d instance(s), ingest" % n, part["ingest"]["rps"]),
+                     ("per second", "PostgreSQL, %d instance(s), end to end" % n,
+                      part["end_to_end"]["messages_per_second"])]
+    for point in result.get("at_scale", []):
+        stored = "%d M stored" % (point["stored_messages"] // 1_000_000) \
+            if point["stored_messages"] else "empty"
+        rows.append(("per second", "SQLite, ingest, %s" % stored, point["ingest_rps"]))
+        for name, read in point["reads"].items():
+            rows.append(("p99 ms", "read %s, %s" % (name, stored), read["p99_ms"]))
+    return rows
+
+
+def bars_height(result):
+    rows = bar_rows(result)
+    groups = len({g for g, _, _ in rows})
+    return 18 * len(rows) + 40 * groups + 10
+
+
+def bars(parts, result, top):
+    """Horizontal bars, one panel per unit, each bar labelled with its figure."""
+    rows = bar_rows(result)
+    y = top
+    for group in dict.fromkeys(g for g, _, _ in rows):
+        members = [r for r in rows if r[0] == group]
+        most = max(v for _, _, v in members) or 1
+        parts.append('<text x="60" y="%d" font-size="14">%s</text>' % (y + 25, group))
+        y += 35
+        for _, label, value in members:
+            width = 420 * value / most
+            parts.append('<text x="390" y="%d" text-anchor="end">%s</text>' % (y + 12, label))
+            parts.append('<rect x="400" y="%d" width="%.1f" height="14" fill="#1f77b4"/>'
+                         % (y, width))
+            parts.append('<text x="%.1f" y="%d">%s</text>'
+                         % (405 + width, y + 12, "%.0f" % value if value >= 100 else "%.2f" % value))
+            y += 18
+        y += 5
 
 
 def main():
@@ -532,19 +598,28 @@ def main():
         "ingest_rps_service_over_baseline": round(at64["service"]["rps"] / at64["baseline"]["rps"], 3),
         "p99_service_over_baseline": round(at64["service"]["p99_ms"] / at64["baseline"]["p99_ms"], 2),
     }
-    result["dispatch"] = [dispatch_rate(0, args.duration, scripts["sms"]),
-                          dispatch_rate(100, args.duration, scripts["sms"])]
-    result["features"] = features(args.duration, scripts)
-    result["postgres"] = postgres(args.postgres, args.duration, scripts)
-    if args.large:
-        result["at_scale"] = at_scale(args.duration, args.out, scripts)
     print("at 64 connections: service/baseline requests/s %.3f, p99 %.2fx; peak RSS %.1f MB"
           % (result["ratios_at_64"]["ingest_rps_service_over_baseline"],
              result["ratios_at_64"]["p99_service_over_baseline"],
-             result["service_peak_rss_bytes_after_64"] / 1e6))
-    with open(os.path.join(args.out, "result.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    chart(result, os.path.join(args.out, "chart.svg"))
+             result["service_peak_rss_bytes_after_64"] / 1e6), flush=True)
+
+    def save():
+        """After every part, so a part that fails leaves the earlier ones written."""
+        with open(os.path.join(args.out, "result.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        chart(result, os.path.join(args.out, "chart.svg"))
+
+    save()
+    result["dispatch"] = [dispatch_rate(0, args.duration, scripts["sms"]),
+                          dispatch_rate(100, args.duration, scripts["sms"])]
+    save()
+    result["features"] = features(args.duration, scripts)
+    save()
+    result["postgres"] = postgres(args.postgres, args.duration, scripts)
+    save()
+    if args.large:
+        result["at_scale"] = at_scale(args.duration, args.out, scripts)
+        save()
     print("wrote %s and %s" % (os.path.join(args.out, "result.json"),
                                os.path.join(args.out, "chart.svg")))
 

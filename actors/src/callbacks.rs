@@ -1,8 +1,7 @@
 //! `CallbackWorker`: delivers the status callbacks of the outbox (CONTRACT section 10).
-//! Every 200 ms, and at once whenever a try ends after a claim that found more due than
-//! there was room for (so a backlog drains at the receiver's pace, not 64 per poll), it
-//! claims due callbacks (leased, so one instance sends a given callback at
-//! a time; a dead instance's lapse and are claimed again), POSTs each with at most
+//! Every 200 ms, and sooner while a backlog waits (see `TryEnded`), it claims due
+//! callbacks (leased, so one instance sends a given callback at a time; a dead instance's
+//! leases lapse and its callbacks are claimed again), POSTs each with at most
 //! `max_in_flight` in flight and `request_timeout` apiece, signed with Standard Webhooks
 //! when a secret is set (the same `webhook-id` on every try), and records the fate: a 2xx
 //! delivers, 410 gives up at once, anything else retries after 1 s doubling to 1 h until
@@ -48,8 +47,15 @@ pub struct CallbackWorker {
     log: Logger,
 }
 
-/// A try has ended: claim again if a backlog is waiting.
-struct TryEnded;
+/// A try has ended, delivered or not. While the receiver takes callbacks and more are due
+/// than the last claim had room for, the worker claims again without waiting for the next
+/// poll (64 per 200 ms capped a backlog at 320 a second); once half the room is free, so
+/// that a claim takes a batch rather than a row. A try that failed (receiver down, the
+/// database unreadable) stops that until the next claim, so a failing receiver or store is
+/// never hurried.
+struct TryEnded {
+    delivered: bool,
+}
 
 impl Message for TryEnded {
     type Result = ();
@@ -58,8 +64,15 @@ impl Message for TryEnded {
 impl Handler<TryEnded> for CallbackWorker {
     type Result = ();
 
-    fn handle(&mut self, _: TryEnded, ctx: &mut Context<Self>) {
-        if self.backlog {
+    fn handle(&mut self, ended: TryEnded, ctx: &mut Context<Self>) {
+        if !ended.delivered {
+            self.backlog = false;
+        }
+        let free = self
+            .config
+            .max_in_flight
+            .saturating_sub(self.in_flight.load(Ordering::Acquire));
+        if self.backlog && free * 2 >= self.config.max_in_flight {
             self.tick(ctx);
         }
     }
@@ -174,7 +187,7 @@ impl CallbackWorker {
                 // Unread now (the database): the lease lapses and it is claimed again.
                 _ => {
                     in_flight.fetch_sub(1, Ordering::AcqRel);
-                    worker.do_send(TryEnded);
+                    worker.do_send(TryEnded { delivered: false });
                     return;
                 }
             };
@@ -209,6 +222,7 @@ impl CallbackWorker {
                 CallbackFate::GivenUp => "given_up",
             };
             metrics.callbacks.with_label_values(&[outcome]).inc();
+            let delivered = fate == CallbackFate::Delivered;
             if fate == CallbackFate::GivenUp {
                 warn!(log, "callback given up";
                     "message_id" => callback.message_id, "webhook_id" => &callback.webhook_id,
@@ -221,7 +235,7 @@ impl CallbackWorker {
             }
             in_flight.fetch_sub(1, Ordering::AcqRel);
             // Bounded: one per try, and tries are bounded by `max_in_flight`.
-            worker.do_send(TryEnded);
+            worker.do_send(TryEnded { delivered });
         }
     }
 }

@@ -463,11 +463,12 @@ for_each_backend! {
         page: PageRequest,
     ) -> Result<Page<ConversationView>, StoreError> {
         // Kept by the trigger `conversations_counted`: a COUNT(*) here grew with the table.
+        // PostgreSQL's SUM of BIGINT is NUMERIC, hence the cast.
         let total = conversation_total::table
-            .select(conversation_total::total)
-            .first::<i64>(conn)
-            .optional()?
-            .unwrap_or(0);
+            .select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "CAST(COALESCE(SUM(total), 0) AS BIGINT)",
+            ))
+            .first::<i64>(conn)?;
         let items = conversations::table
             .order((
                 conversations::last_message_at.desc(),

@@ -68,9 +68,10 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// One row (`id` 1): how many conversations exist, kept by an insert trigger.
-    conversation_total (id) {
-        id -> BigInt,
+    /// How many conversations exist: the sum of `total`, kept by an insert trigger (one
+    /// row on SQLite, one per writing connection on PostgreSQL).
+    conversation_total (slot) {
+        slot -> BigInt,
         total -> BigInt,
     }
 }
