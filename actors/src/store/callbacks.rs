@@ -107,6 +107,14 @@ fn due(row: DueRow) -> DueCallback {
     }
 }
 
+/// `state = 'pending'`, written into the SQL rather than bound, so that the partial
+/// indexes `callbacks_pending` and `callbacks_due` serve the polls and counts: the outbox
+/// keeps every callback ever made, and a bound value would leave them reading all of it
+/// (see `dispatch::is_queued`).
+pub(crate) fn is_pending() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql("state = 'pending'")
+}
+
 for_each_backend! {
     pub(crate) fn lease_callbacks(
         conn: &mut Conn,
@@ -197,7 +205,7 @@ for_each_backend! {
 
     pub(crate) fn pending_callbacks(conn: &mut Conn) -> Result<i64, StoreError> {
         Ok(callbacks::table
-            .filter(callbacks::state.eq("pending"))
+            .filter(is_pending())
             .count()
             .get_result(conn)?)
     }
@@ -249,20 +257,28 @@ pub(crate) fn claim_callbacks_sqlite(
     conn: &mut diesel::sqlite::SqliteConnection,
     claim: &CallbackClaim,
 ) -> Result<Vec<DueCallback>, StoreError> {
+    let ids: Vec<i64> = claimable_callbacks_sqlite(claim).load(conn)?;
+    sqlite::lease_callbacks(conn, claim, &ids)
+}
+
+/// The ids a SQLite callback claim takes, every 200 ms: `callbacks_pending` must serve it
+/// (see the test in `store/dispatch.rs`).
+pub(crate) fn claimable_callbacks_sqlite(
+    claim: &CallbackClaim,
+) -> callbacks::BoxedQuery<'static, diesel::sqlite::Sqlite, diesel::sql_types::BigInt> {
     let now = claim.now.to_storage();
-    let ids: Vec<i64> = callbacks::table
-        .filter(callbacks::state.eq("pending"))
-        .filter(callbacks::next_attempt_at.le(&now))
+    callbacks::table
+        .select(callbacks::id)
+        .filter(is_pending())
+        .filter(callbacks::next_attempt_at.le(now.clone()))
         .filter(
             callbacks::lease_until
                 .is_null()
-                .or(callbacks::lease_until.lt(&now)),
+                .or(callbacks::lease_until.lt(now)),
         )
         .order(callbacks::id.asc())
         .limit(claim.limit)
-        .select(callbacks::id)
-        .load(conn)?;
-    sqlite::lease_callbacks(conn, claim, &ids)
+        .into_boxed()
 }
 
 /// The same on PostgreSQL, where instances share the outbox: `FOR UPDATE SKIP LOCKED`,
@@ -273,7 +289,7 @@ pub(crate) fn claim_callbacks_postgres(
 ) -> Result<Vec<DueCallback>, StoreError> {
     let now = claim.now.to_storage();
     let ids: Vec<i64> = callbacks::table
-        .filter(callbacks::state.eq("pending"))
+        .filter(is_pending())
         .filter(callbacks::next_attempt_at.le(&now))
         .filter(
             callbacks::lease_until

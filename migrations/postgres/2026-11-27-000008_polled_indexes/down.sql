@@ -1,0 +1,2 @@
+DROP INDEX callbacks_pending;
+DROP INDEX messages_queued;
