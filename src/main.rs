@@ -8,6 +8,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use slog::{error, info};
 
+/// mimalloc rather than glibc's malloc: see its line in Cargo.toml (memory held after
+/// large reads, and speed).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod http;
 mod keygen;
 mod settings;
