@@ -7,10 +7,11 @@ It builds both in release mode, starts the service on a temporary SQLite databas
 default durability (WAL, synchronous = FULL) and the baseline (examples/baseline.rs: same
 request shape, no storage), and drives them alternately with the same wrk script at 1, 16,
 64 and 256 connections. Then, on fresh services, it measures end-to-end dispatch (from 202
-to `sent`, until no message is pending) with zero and with 100 ms provider latency, with
-status callbacks to a local receiver, and with the real provider kinds (twilio, sendgrid)
-against local stand-ins of their APIs (the baseline binary answers as their documentation
-says, so the figures are the service's cost, not a slow fake's).
+to `sent`, until no message is pending) with zero and with 100 ms provider latency, the
+peak RSS of 40 concurrent readers of a conversation page of 100 messages of 250 KB, and
+end to end with status callbacks to a local receiver and with the real provider kinds
+(twilio, sendgrid) against local stand-ins of their APIs (the baseline binary answers as
+their documentation says, so the figures are the service's cost, not a slow fake's).
 
 PostgreSQL (skipped when --postgres names no reachable server; default
 postgres://postgres@127.0.0.1:5432): pgbench's one-row-insert rate from 64 clients and its
@@ -23,7 +24,8 @@ SQLite database holding 1 M and then 10 M messages in 50,000 conversations, agai
 holding a message in each conversation (about 17 more minutes on two cores, most of it
 writing the 10 M rows).
 
-It writes result.json and chart.svg (throughput and p99 against connections) to --out.
+It writes result.json and chart.svg (throughput and p99 against connections, and a bar
+for every other figure) to --out, after each part.
 Ratios, not absolute figures, are the result: the machines are shared and noisy, and
 everything compared is measured in the same run, one after the other.
 """
@@ -275,6 +277,44 @@ def features(duration, scripts):
         ]
     finally:
         fake.stop()
+
+
+def read_memory():
+    """The read budget under its worst case: 100 messages of 250 KB in one conversation,
+    then 40 concurrent readers of the 100-message page (25 MB each); peak RSS."""
+    with tempfile.TemporaryDirectory() as db_dir:
+        server = service(db_dir)
+        try:
+            filler = "x" * (250_000 - 100)
+            for n in range(100):
+                body = dict(SMS, body="%03d%s" % (n, filler))
+                request = urllib.request.Request(
+                    server.url("/api/messages/sms"), data=json.dumps(body).encode(),
+                    headers={"Content-Type": "application/json"})
+                accepted = json.load(urllib.request.urlopen(request, timeout=30))
+            path = "/api/conversations/%d/messages?page_size=100" % accepted["conversation_id"]
+            before = server.peak_rss()
+            answers = []
+
+            def reader():
+                page = json.load(urllib.request.urlopen(server.url(path), timeout=300))
+                answers.append(sum(len(m["body"]) for m in page["items"]))
+
+            started = time.time()
+            threads = [threading.Thread(target=reader) for _ in range(40)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            point = {"readers": 40, "page_bytes_of_bodies": max(answers, default=0),
+                     "answers_complete": len(answers) == 40 and len(set(answers)) == 1,
+                     "seconds": round(time.time() - started, 2),
+                     "peak_rss_bytes_before": before, "peak_rss_bytes": server.peak_rss()}
+        finally:
+            server.stop()
+    print("40 readers of 25 MB pages: peak RSS %.1f MB, every answer complete: %s"
+          % (point["peak_rss_bytes"] / 1e6, point["answers_complete"]), flush=True)
+    return point
 
 
 def psql(url, sql):
@@ -620,6 +660,8 @@ def main():
     save()
     result["dispatch"] = [dispatch_rate(0, args.duration, scripts["sms"]),
                           dispatch_rate(100, args.duration, scripts["sms"])]
+    save()
+    result["read_memory"] = read_memory()
     save()
     result["features"] = features(args.duration, scripts)
     save()
