@@ -68,11 +68,7 @@ impl Handler<TryEnded> for CallbackWorker {
         if !ended.delivered {
             self.backlog = false;
         }
-        let free = self
-            .config
-            .max_in_flight
-            .saturating_sub(self.in_flight.load(Ordering::Acquire));
-        if self.backlog && free * 2 >= self.config.max_in_flight {
+        if self.backlog && self.room() * 2 >= self.config.max_in_flight {
             self.tick(ctx);
         }
     }
@@ -120,11 +116,15 @@ impl CallbackWorker {
         self.config.request_timeout + Duration::from_secs(5)
     }
 
-    fn tick(&mut self, ctx: &mut Context<Self>) {
-        let room = self
-            .config
+    /// Tries that may start now.
+    fn room(&self) -> usize {
+        self.config
             .max_in_flight
-            .saturating_sub(self.in_flight.load(Ordering::Acquire));
+            .saturating_sub(self.in_flight.load(Ordering::Acquire))
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let room = self.room();
         if self.claiming || room == 0 {
             return;
         }
