@@ -265,3 +265,35 @@ macro_rules! for_each_backend {
     };
 }
 pub(crate) use for_each_backend;
+
+#[cfg(test)]
+mod tests {
+    use diesel::sql_types::Text;
+    use diesel::{QueryableByName, RunQueryDsl};
+
+    #[derive(QueryableByName)]
+    struct CompileOption {
+        #[diesel(sql_type = Text)]
+        compile_options: String,
+    }
+
+    /// Without the planner's stability guarantee every cached statement with a bound
+    /// `LIMIT` (`.first()`) is parsed again at each run (see `.cargo/config.toml`): the
+    /// bundled SQLite must be built with it.
+    #[test]
+    fn the_bundled_sqlite_keeps_cached_plans_whatever_is_bound() {
+        use diesel::Connection;
+        let mut conn = diesel::sqlite::SqliteConnection::establish(":memory:").expect("open");
+        let options = diesel::sql_query("PRAGMA compile_options")
+            .load::<CompileOption>(&mut conn)
+            .expect("compile options");
+        assert!(
+            options.iter().any(|o| o.compile_options == "ENABLE_QPSG"),
+            "SQLite was built without SQLITE_ENABLE_QPSG: {:?}",
+            options
+                .iter()
+                .map(|o| o.compile_options.as_str())
+                .collect::<Vec<_>>()
+        );
+    }
+}
