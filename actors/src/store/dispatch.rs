@@ -340,17 +340,26 @@ mod tests {
         detail: String,
     }
 
-    /// SQLite's plan for `query`'s SQL (its parameters unbound: the plan does not
+    /// `query`'s SQL and SQLite's plan for it (its parameters unbound: the plan does not
     /// depend on them), one step per line.
-    fn plan(conn: &mut diesel::sqlite::SqliteConnection, sql: &str) -> String {
-        let sql = sql.split(" -- binds:").next().unwrap_or(sql);
-        diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
+    fn plan(
+        conn: &mut diesel::sqlite::SqliteConnection,
+        query: &impl diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite>,
+    ) -> (String, String) {
+        let shown = diesel::debug_query::<diesel::sqlite::Sqlite, _>(query).to_string();
+        let sql = shown
+            .split(" -- binds:")
+            .next()
+            .unwrap_or(&shown)
+            .to_owned();
+        let steps = diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
             .load::<PlanStep>(conn)
             .expect("plan")
             .into_iter()
             .map(|step| step.detail)
             .collect::<Vec<_>>()
-            .join("\n")
+            .join("\n");
+        (sql, steps)
     }
 
     /// A bound `status = ?` left SQLite walking all 10 M rows of the benchmark's largest
@@ -375,9 +384,7 @@ mod tests {
                 after_id: 0,
                 every_lease,
             };
-            let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&claimable_sqlite(&claim))
-                .to_string();
-            let steps = plan(&mut conn, &sql);
+            let (sql, steps) = plan(&mut conn, &claimable_sqlite(&claim));
             assert!(
                 steps.contains("USING INDEX messages_queued"),
                 "{sql}\n{steps}"
@@ -387,8 +394,7 @@ mod tests {
             .filter(messages::lease_owner.eq("a"))
             .filter(is_queued())
             .set(messages::lease_owner.eq(None::<String>));
-        let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&release).to_string();
-        let steps = plan(&mut conn, &sql);
+        let (sql, steps) = plan(&mut conn, &release);
         assert!(
             steps.contains("USING INDEX messages_queued"),
             "{sql}\n{steps}"
@@ -402,16 +408,12 @@ mod tests {
             now: Timestamp::now(),
             limit: 64,
         };
-        let due = claimable_callbacks_sqlite(&claim);
-        let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&due).to_string();
-        let steps = plan(&mut conn, &sql);
+        let (sql, steps) = plan(&mut conn, &claimable_callbacks_sqlite(&claim));
         assert!(
             steps.contains("USING INDEX callbacks_pending"),
             "{sql}\n{steps}"
         );
-        let pending = callbacks::table.filter(is_pending()).count();
-        let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&pending).to_string();
-        let steps = plan(&mut conn, &sql);
+        let (sql, steps) = plan(&mut conn, &callbacks::table.filter(is_pending()).count());
         assert!(
             steps.contains("INDEX callbacks_pending") || steps.contains("INDEX callbacks_due"),
             "{sql}\n{steps}"
