@@ -233,6 +233,32 @@ impl<I, O> Runner<I, O> {
     }
 }
 
+/// One query over a batch's writes of one kind at once (a multi-row statement), compiled
+/// for both connection types; one output per input, in the inputs' order.
+pub(crate) struct BulkRunner<I, O> {
+    /// Names the kind: a batch's writes with the same kind run together.
+    pub kind: &'static str,
+    pub sqlite: fn(&mut SqliteConnection, &[&I]) -> Result<Vec<O>, StoreError>,
+    pub postgres: fn(&mut PgConnection, &[&I]) -> Result<Vec<O>, StoreError>,
+}
+
+impl<I, O> Clone for BulkRunner<I, O> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<I, O> Copy for BulkRunner<I, O> {}
+
+impl<I, O> BulkRunner<I, O> {
+    pub(crate) fn run(self, tx: &mut Tx<'_>, inputs: &[&I]) -> Result<Vec<O>, StoreError> {
+        match tx {
+            Tx::Sqlite(c) => (self.sqlite)(c, inputs),
+            Tx::Postgres(c) => (self.postgres)(c, inputs),
+        }
+    }
+}
+
 /// `runner!(module::query)`: the `Runner` of a query that `for_each_backend!` compiled into
 /// `module::sqlite::query` and `module::postgres::query`.
 macro_rules! runner {
@@ -244,6 +270,19 @@ macro_rules! runner {
     };
 }
 pub(crate) use runner;
+
+/// `bulk_runner!(module::query)`: the `BulkRunner` of a multi-row query that
+/// `for_each_backend!` compiled for both backends, its kind named after it.
+macro_rules! bulk_runner {
+    ($module:ident :: $query:ident) => {
+        $crate::store::backend::BulkRunner {
+            kind: concat!(stringify!($module), "::", stringify!($query)),
+            sqlite: $module::sqlite::$query,
+            postgres: $module::postgres::$query,
+        }
+    };
+}
+pub(crate) use bulk_runner;
 
 /// Compiles the queries in its body once per backend, as `sqlite::…` and `postgres::…`,
 /// with `Conn` naming the connection type. What the SQL dialects do differently (`max`

@@ -5,6 +5,7 @@
 use diesel::prelude::*;
 
 use super::backend::for_each_backend;
+use super::rows::NewAttemptRow;
 use super::schema::{breaker_overrides, dispatch_attempts, messages, readiness_probe};
 use super::StoreError;
 use crate::domain::{Direction, MessageStatus, Timestamp};
@@ -121,6 +122,26 @@ pub struct QueuedMessage {
     pub next_attempt_at: Option<Timestamp>,
 }
 
+fn attempt_row<'a>(
+    record: &'a AttemptRecord,
+    instance: &'a str,
+    now: &'a str,
+) -> NewAttemptRow<'a> {
+    NewAttemptRow {
+        message_id: record.message_id,
+        provider_name: &record.provider,
+        attempt: i32::try_from(record.attempt).unwrap_or(i32::MAX),
+        outcome: record.outcome,
+        latency_ms: i64::try_from(record.latency_ms).unwrap_or(i64::MAX),
+        error_code: record.error_code.as_deref(),
+        provider_message_id: record.provider_message_id.as_deref(),
+        created_at: now,
+        message_status: Some(record.status.as_str()),
+        next_attempt_at: record.next_attempt_at.map(Timestamp::to_storage),
+        recorded_by: Some(instance),
+    }
+}
+
 for_each_backend! {
     /// The trigger `dispatch_attempts_fenced` refuses the record when another instance
     /// holds the message's lease now (`StoreError::Superseded`).
@@ -129,27 +150,31 @@ for_each_backend! {
         (record, instance): &(AttemptRecord, String),
     ) -> Result<(), StoreError> {
         let now = Timestamp::now().to_storage();
-        let attempt = i32::try_from(record.attempt).unwrap_or(i32::MAX);
         // One cached insert: the trigger `dispatch_attempts_set_message_status` applies the
         // status it carries, unless a later attempt was recorded first (a record written
         // late, after a database fault, never rolls a newer status back).
         diesel::insert_into(dispatch_attempts::table)
-            .values((
-                dispatch_attempts::message_id.eq(record.message_id),
-                dispatch_attempts::provider_name.eq(&record.provider),
-                dispatch_attempts::attempt.eq(attempt),
-                dispatch_attempts::outcome.eq(record.outcome),
-                dispatch_attempts::latency_ms.eq(i64::try_from(record.latency_ms).unwrap_or(i64::MAX)),
-                dispatch_attempts::error_code.eq(&record.error_code),
-                dispatch_attempts::provider_message_id.eq(&record.provider_message_id),
-                dispatch_attempts::created_at.eq(&now),
-                dispatch_attempts::message_status.eq(record.status.as_str()),
-                dispatch_attempts::next_attempt_at
-                    .eq(record.next_attempt_at.map(Timestamp::to_storage)),
-                dispatch_attempts::recorded_by.eq(instance),
-            ))
+            .values(&attempt_row(record, instance, &now))
             .execute(conn)?;
         Ok(())
+    }
+
+    /// `record_attempt` for a batch's records in one statement; the triggers run for
+    /// each row as they do for one, and one superseded record fails the statement (the
+    /// batch is then rerun record by record).
+    pub(crate) fn record_attempts(
+        conn: &mut Conn,
+        records: &[&(AttemptRecord, String)],
+    ) -> Result<Vec<()>, StoreError> {
+        let now = Timestamp::now().to_storage();
+        let rows: Vec<NewAttemptRow<'_>> = records
+            .iter()
+            .map(|(record, instance)| attempt_row(record, instance, &now))
+            .collect();
+        diesel::insert_into(dispatch_attempts::table)
+            .values(&rows)
+            .execute(conn)?;
+        Ok(vec![(); records.len()])
     }
 
     /// Only a queued message: a final status stays as it is.

@@ -209,6 +209,58 @@ fn webhook_family(channel: Channel) -> &'static [&'static str] {
     }
 }
 
+/// A new message's row, outbound and queued until `fill_outbound` or the inbound path
+/// says otherwise.
+fn message_row(
+    content: &MessageContent,
+    conversation_id: i64,
+    timestamp: String,
+    now: String,
+) -> NewMessageRow<'_> {
+    NewMessageRow {
+        conversation_id,
+        direction: Direction::Outbound.as_str(),
+        channel: content.channel.as_str(),
+        from_addr: &content.from,
+        to_addr: &content.to,
+        body: &content.body,
+        attachments: attachments_json(&content.attachments),
+        timestamp,
+        provider_name: None,
+        status: MessageStatus::Queued.as_str(),
+        idempotency_key: None,
+        request_fingerprint: None,
+        provider_message_id: None,
+        next_attempt_at: None,
+        created_at: now.clone(),
+        updated_at: now,
+        lease_owner: None,
+        lease_until: None,
+        subject: content.subject.as_deref(),
+        status_callback: None,
+    }
+}
+
+/// An outbound message is queued when it has a provider (leased to the instance that
+/// stored it) and failed when not.
+fn fill_outbound<'a>(row: &mut NewMessageRow<'a>, new: &'a NewOutbound) {
+    row.provider_name = new.provider.as_deref();
+    row.status = match new.provider {
+        Some(_) => MessageStatus::Queued.as_str(),
+        None => MessageStatus::Failed.as_str(),
+    };
+    if let Some(idempotency) = &new.idempotency {
+        row.idempotency_key = Some(&idempotency.key);
+        row.request_fingerprint = Some(&idempotency.fingerprint);
+    }
+    row.status_callback = new.status_callback.as_deref();
+    row.next_attempt_at = new.send_at.map(Timestamp::to_storage);
+    if let (Some(lease), Some(_)) = (&new.lease, &new.provider) {
+        row.lease_owner = Some(&lease.owner);
+        row.lease_until = Some(lease.until.to_storage());
+    }
+}
+
 for_each_backend! {
     /// Finds or creates the conversation of `participants`. Counting the message into it
     /// is the trigger `messages_count_in_conversation`'s work, done inside the message's
@@ -262,28 +314,7 @@ for_each_backend! {
         let now = Timestamp::now().to_storage();
         let timestamp = content.timestamp.to_storage();
         let conversation_id = find_or_create_conversation(conn, &content.participants(), &timestamp, &now)?;
-        let mut row = NewMessageRow {
-            conversation_id,
-            direction: Direction::Outbound.as_str(),
-            channel: content.channel.as_str(),
-            from_addr: &content.from,
-            to_addr: &content.to,
-            body: &content.body,
-            attachments: attachments_json(&content.attachments),
-            timestamp,
-            provider_name: None,
-            status: MessageStatus::Queued.as_str(),
-            idempotency_key: None,
-            request_fingerprint: None,
-            provider_message_id: None,
-            next_attempt_at: None,
-            created_at: now.clone(),
-            updated_at: now,
-            lease_owner: None,
-            lease_until: None,
-            subject: content.subject.as_deref(),
-            status_callback: None,
-        };
+        let mut row = message_row(content, conversation_id, timestamp, now);
         fill(&mut row);
         let id = diesel::insert_into(messages::table)
             .values(&row)
@@ -292,6 +323,49 @@ for_each_backend! {
             .get_result(conn)
             .optional()?;
         Ok(id.map(|id| (id, conversation_id)))
+    }
+
+    /// `insert_outbound` for a batch's messages without an idempotency key (which no
+    /// unique index can refuse): one lookup per conversation, one multi-row insert.
+    pub(crate) fn insert_outbound_many(
+        conn: &mut Conn,
+        news: &[&NewOutbound],
+    ) -> Result<Vec<OutboundStored>, StoreError> {
+        let now = Timestamp::now().to_storage();
+        // Most batches hold a few conversations, so a list beats a map here.
+        let mut known: Vec<(Participants, i64)> = Vec::new();
+        let mut rows = Vec::with_capacity(news.len());
+        for new in news {
+            let participants = new.content.participants();
+            let timestamp = new.content.timestamp.to_storage();
+            let conversation_id = match known.iter().find(|(p, _)| *p == participants) {
+                Some((_, id)) => *id,
+                None => {
+                    let id = find_or_create_conversation(conn, &participants, &timestamp, &now)?;
+                    known.push((participants, id));
+                    id
+                }
+            };
+            let mut row = message_row(&new.content, conversation_id, timestamp, now.clone());
+            fill_outbound(&mut row, new);
+            rows.push(row);
+        }
+        let mut ids: Vec<i64> = diesel::insert_into(messages::table)
+            .values(&rows)
+            .returning(messages::id)
+            .get_results(conn)?;
+        // RETURNING promises no order, but each row's id is drawn as the rows are
+        // inserted, in the order given (SQLite's next rowid, PostgreSQL's sequence), so
+        // the ids in ascending order are the rows' in theirs.
+        ids.sort_unstable();
+        Ok(ids
+            .into_iter()
+            .zip(&rows)
+            .map(|(id, row)| OutboundStored::Created {
+                id,
+                conversation_id: row.conversation_id,
+            })
+            .collect())
     }
 
     fn earlier_by_key(
@@ -374,23 +448,7 @@ for_each_backend! {
                 return Ok(earlier);
             }
         }
-        let inserted = insert_message(conn, &new.content, |row| {
-            row.provider_name = new.provider.as_deref();
-            row.status = match new.provider {
-                Some(_) => MessageStatus::Queued.as_str(),
-                None => MessageStatus::Failed.as_str(),
-            };
-            if let Some(idempotency) = &new.idempotency {
-                row.idempotency_key = Some(&idempotency.key);
-                row.request_fingerprint = Some(&idempotency.fingerprint);
-            }
-            row.status_callback = new.status_callback.as_deref();
-            row.next_attempt_at = new.send_at.map(Timestamp::to_storage);
-            if let (Some(lease), Some(_)) = (&new.lease, &new.provider) {
-                row.lease_owner = Some(&lease.owner);
-                row.lease_until = Some(lease.until.to_storage());
-            }
-        })?;
+        let inserted = insert_message(conn, &new.content, |row| fill_outbound(row, new))?;
         match (inserted, &new.idempotency) {
             (Some((id, conversation_id)), _) => Ok(OutboundStored::Created {
                 id,
@@ -533,5 +591,320 @@ for_each_backend! {
             .map(MessageView::from)
             .collect();
         Ok(Some(Page { items, total }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::backend::{in_write_transaction, open, DbConn, DbPool};
+    use crate::store::dispatch::{self, AttemptRecord};
+
+    /// A database to run on: SQLite always, and PostgreSQL too when the suite has a
+    /// server (`MESSAGING_TEST_POSTGRES_URL`); the PostgreSQL one is dropped after.
+    struct TestDb {
+        pool: DbPool,
+        _dir: tempfile::TempDir,
+        drop_pg: Option<(String, String)>,
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            if let Some((server, name)) = &self.drop_pg {
+                use diesel::Connection;
+                if let Ok(mut admin) = PgConnection::establish(&format!("{server}/postgres")) {
+                    let _ =
+                        diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .execute(&mut admin);
+                }
+            }
+        }
+    }
+
+    use diesel::pg::PgConnection;
+
+    fn databases() -> Vec<TestDb> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("bulk.db").display());
+        let sqlite = TestDb {
+            pool: open(&url, 1, Duration::from_secs(10)).expect("open sqlite"),
+            _dir: dir,
+            drop_pg: None,
+        };
+        let mut all = vec![sqlite];
+        if let Ok(server) = std::env::var("MESSAGING_TEST_POSTGRES_URL") {
+            use diesel::Connection;
+            let server = server.trim_end_matches('/').to_owned();
+            let name = format!(
+                "bulk_{}_{}",
+                std::process::id(),
+                Timestamp::now()
+                    .to_storage()
+                    .bytes()
+                    .filter(u8::is_ascii_digit)
+                    .map(char::from)
+                    .collect::<String>()
+            );
+            let mut admin =
+                PgConnection::establish(&format!("{server}/postgres")).expect("postgres server");
+            diesel::sql_query(format!("CREATE DATABASE {name}"))
+                .execute(&mut admin)
+                .expect("create database");
+            let dir = tempfile::tempdir().expect("temp dir");
+            all.push(TestDb {
+                pool: open(&format!("{server}/{name}"), 1, Duration::from_secs(10))
+                    .expect("open postgres"),
+                _dir: dir,
+                drop_pg: Some((server, name)),
+            });
+        }
+        all
+    }
+
+    fn content(from: &str, to: &str, body: &str) -> MessageContent {
+        MessageContent {
+            channel: Channel::Sms,
+            from: from.to_owned(),
+            to: to.to_owned(),
+            body: body.to_owned(),
+            attachments: None,
+            timestamp: Timestamp::parse_rfc3339("2024-11-01T14:00:00Z").expect("valid"),
+            subject: None,
+        }
+    }
+
+    fn outbound(content: MessageContent, provider: Option<&str>) -> NewOutbound {
+        NewOutbound {
+            content,
+            provider: provider.map(str::to_owned),
+            idempotency: None,
+            lease: Some(Lease {
+                owner: "me".into(),
+                until: Timestamp::after(Duration::from_secs(60)),
+            }),
+            status_callback: None,
+            send_at: None,
+        }
+    }
+
+    fn insert_one(conn: &mut DbConn, new: &NewOutbound) -> OutboundStored {
+        in_write_transaction(conn, |tx| match tx {
+            Tx::Sqlite(c) => sqlite::insert_outbound(c, new),
+            Tx::Postgres(c) => postgres::insert_outbound(c, new),
+        })
+        .expect("insert one")
+    }
+
+    fn insert_many(conn: &mut DbConn, news: &[&NewOutbound]) -> Vec<OutboundStored> {
+        in_write_transaction(conn, |tx| match tx {
+            Tx::Sqlite(c) => sqlite::insert_outbound_many(c, news),
+            Tx::Postgres(c) => postgres::insert_outbound_many(c, news),
+        })
+        .expect("insert many")
+    }
+
+    fn record_many(
+        conn: &mut DbConn,
+        records: &[&(AttemptRecord, String)],
+    ) -> Result<Vec<()>, StoreError> {
+        in_write_transaction(conn, |tx| match tx {
+            Tx::Sqlite(c) => dispatch::sqlite::record_attempts(c, records),
+            Tx::Postgres(c) => dispatch::postgres::record_attempts(c, records),
+        })
+    }
+
+    fn read(conn: &mut DbConn, id: i64) -> (MessageView, Vec<AttemptView>) {
+        match conn {
+            DbConn::Sqlite(c) => sqlite::get_message(c, id),
+            DbConn::Postgres(c) => postgres::get_message(c, id),
+        }
+        .expect("read")
+        .expect("stored")
+    }
+
+    use super::super::backend::Tx;
+
+    fn created(stored: &OutboundStored) -> (i64, i64) {
+        match stored {
+            OutboundStored::Created {
+                id,
+                conversation_id,
+            } => (*id, *conversation_id),
+            other => panic!("not created: {other:?}"),
+        }
+    }
+
+    /// The messages of one batch share one insert: each answer must name its own row
+    /// (ids are matched to rows by order) and its own conversation, whether that
+    /// conversation existed before or the batch made it, and each conversation counts
+    /// exactly its messages.
+    #[test]
+    fn a_batch_of_new_messages_gets_one_row_and_the_right_conversation_each() {
+        for db in databases() {
+            let mut conn = db.pool.get().expect("connection");
+            let earlier = created(&insert_one(
+                &mut conn,
+                &outbound(
+                    content("+12015550001", "+12015550002", "earlier"),
+                    Some("p"),
+                ),
+            ));
+            let pairs = [
+                ("+12015550001", "+12015550002"),
+                ("+12015550003", "+12015550004"),
+                ("+12015550002", "+12015550001"),
+                ("+12015550005", "+12015550006"),
+            ];
+            let news: Vec<NewOutbound> = (0..13)
+                .map(|n| {
+                    let (from, to) = pairs[n % pairs.len()];
+                    let mut new = outbound(content(from, to, &format!("body {n}")), Some("p"));
+                    if n == 5 {
+                        new.provider = None;
+                    }
+                    if n == 7 {
+                        new.content.attachments = Some(vec!["https://a.io/x.png".into()]);
+                        new.content.channel = Channel::Mms;
+                    }
+                    new
+                })
+                .collect();
+            let answers = insert_many(&mut conn, &news.iter().collect::<Vec<_>>());
+            assert_eq!(answers.len(), news.len());
+
+            let mut by_pair: HashMap<Participants, i64> = HashMap::new();
+            by_pair.insert(news[0].content.participants(), earlier.1);
+            let mut ids = Vec::new();
+            for (new, answer) in news.iter().zip(&answers) {
+                let (id, conversation_id) = created(answer);
+                let (view, attempts) = read(&mut conn, id);
+                assert_eq!(
+                    (view.from.as_str(), view.to.as_str(), view.body.as_str()),
+                    (
+                        new.content.from.as_str(),
+                        new.content.to.as_str(),
+                        new.content.body.as_str()
+                    )
+                );
+                assert_eq!(view.conversation_id, conversation_id);
+                assert_eq!(view.attachments, new.content.attachments);
+                assert_eq!(view.channel, new.content.channel.as_str());
+                let status = if new.provider.is_some() {
+                    "queued"
+                } else {
+                    "failed"
+                };
+                assert_eq!(view.status, status);
+                assert!(attempts.is_empty());
+                let known = *by_pair
+                    .entry(new.content.participants())
+                    .or_insert(conversation_id);
+                assert_eq!(known, conversation_id, "one conversation per pair");
+                ids.push(id);
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!(ids.len(), news.len(), "one row each");
+            assert_eq!(by_pair.len(), 3);
+
+            let conversations = match &mut conn {
+                DbConn::Sqlite(c) => sqlite::list_conversations(
+                    c,
+                    PageRequest {
+                        page: 1,
+                        page_size: 10,
+                    },
+                ),
+                DbConn::Postgres(c) => postgres::list_conversations(
+                    c,
+                    PageRequest {
+                        page: 1,
+                        page_size: 10,
+                    },
+                ),
+            }
+            .expect("conversations");
+            assert_eq!(conversations.total, 3);
+            for conversation in conversations.items {
+                let in_batch = news
+                    .iter()
+                    .filter(|n| by_pair[&n.content.participants()] == conversation.id)
+                    .count();
+                let expected = i64::try_from(in_batch).expect("small")
+                    + i64::from(conversation.id == earlier.1);
+                assert_eq!(conversation.message_count, expected, "{conversation:?}");
+            }
+        }
+    }
+
+    /// A batch's attempt records share one insert: each applies its own status, and one
+    /// record for a message another instance holds fails the whole statement (the batch
+    /// is then rerun record by record), never lands half.
+    #[test]
+    fn a_batch_of_attempt_records_applies_each_status_or_none() {
+        for db in databases() {
+            let mut conn = db.pool.get().expect("connection");
+            let news: Vec<NewOutbound> = (0..4)
+                .map(|n| {
+                    outbound(
+                        content("+12015550001", &format!("+1201555010{n}"), "hi"),
+                        Some("p"),
+                    )
+                })
+                .collect();
+            let ids: Vec<i64> = insert_many(&mut conn, &news.iter().collect::<Vec<_>>())
+                .iter()
+                .map(|a| created(a).0)
+                .collect();
+            let record = |id: i64, status: MessageStatus, owner: &str| {
+                (
+                    AttemptRecord {
+                        message_id: id,
+                        provider: "p".into(),
+                        attempt: 1,
+                        outcome: if status == MessageStatus::Sent {
+                            "success"
+                        } else {
+                            "error"
+                        },
+                        latency_ms: 3,
+                        error_code: (status != MessageStatus::Sent).then(|| "500".to_owned()),
+                        provider_message_id: None,
+                        status,
+                        next_attempt_at: (status == MessageStatus::Queued)
+                            .then(|| Timestamp::after(Duration::from_secs(5))),
+                    },
+                    owner.to_owned(),
+                )
+            };
+            let refused = [
+                record(ids[0], MessageStatus::Sent, "me"),
+                record(ids[1], MessageStatus::Sent, "someone else"),
+            ];
+            assert_eq!(
+                record_many(&mut conn, &refused.iter().collect::<Vec<_>>()),
+                Err(StoreError::Superseded)
+            );
+            assert_eq!(read(&mut conn, ids[0]).0.status, "queued", "nothing landed");
+
+            let records = [
+                record(ids[0], MessageStatus::Sent, "me"),
+                record(ids[1], MessageStatus::Queued, "me"),
+                record(ids[2], MessageStatus::Failed, "me"),
+                record(ids[3], MessageStatus::Sent, "me"),
+            ];
+            let done =
+                record_many(&mut conn, &records.iter().collect::<Vec<_>>()).expect("recorded");
+            assert_eq!(done.len(), records.len());
+            for ((record, _), id) in records.iter().zip(&ids) {
+                let (view, attempts) = read(&mut conn, *id);
+                assert_eq!(view.status, record.status.as_str());
+                assert_eq!(attempts.len(), 1);
+                assert_eq!(attempts[0].outcome, record.outcome);
+            }
+        }
     }
 }

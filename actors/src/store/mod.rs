@@ -38,7 +38,7 @@ pub use messages::{
     NewInbound, NewOutbound, OutboundStored, Page, PageRequest,
 };
 
-use backend::{runner, DbConn, Runner};
+use backend::{bulk_runner, runner, BulkRunner, DbConn, Runner};
 use callbacks::{CallbackClaim, CallbackResult, Requeue};
 use dispatch::{Claim, Renewal};
 use persistence::{PersistenceActor, Read, WriteJob, WriteQueue};
@@ -295,7 +295,14 @@ impl Store {
         mut new: NewOutbound,
     ) -> Result<OutboundStored, StoreError> {
         new.lease = Some(self.lease());
-        self.write(new, runner!(messages::insert_outbound)).await
+        // A keyed request first looks for its earlier self, one at a time; the rest of a
+        // batch's new messages share one multi-row insert.
+        let bulk = match new.idempotency {
+            None => Some(bulk_runner!(messages::insert_outbound_many)),
+            Some(_) => None,
+        };
+        self.write_with(new, runner!(messages::insert_outbound), bulk)
+            .await
     }
 
     /// The answer an earlier request with this idempotency key got, if there was one.
@@ -315,9 +322,10 @@ impl Store {
     /// Records a finished attempt and the message status it leads to, in one transaction;
     /// `StoreError::Superseded` when another instance holds the message's lease now.
     pub async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
-        self.write(
+        self.write_with(
             (record, self.instance.to_string()),
             runner!(dispatch::record_attempt),
+            Some(bulk_runner!(dispatch::record_attempts)),
         )
         .await
     }
@@ -508,9 +516,24 @@ impl Store {
         I: Send + 'static,
         O: Send + 'static,
     {
+        self.write_with(input, run, None).await
+    }
+
+    /// A write that, with `bulk`, may share a multi-row statement with the others of its
+    /// kind in its batch (and runs alone as `run` when a batch is rerun write by write).
+    async fn write_with<I, O>(
+        &self,
+        input: I,
+        run: Runner<I, O>,
+        bulk: Option<BulkRunner<I, O>>,
+    ) -> Result<O, StoreError>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .push(WriteJob::boxed(input, run, reply), &self.writer);
+            .push(WriteJob::boxed(input, run, bulk, reply), &self.writer);
         // A dropped sender means the batch never ran (actor stopped): not stored. A write
         // that outlives the timeout may still commit later: the caller answers 503 and
         // never 202, and an Idempotency-Key retry finds what did commit.

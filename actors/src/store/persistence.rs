@@ -9,16 +9,20 @@
 //! time (SQLite allows no more), a burst pays for one fsync, and a lone write waits for
 //! nothing but its own commit.
 
+use std::any::Any;
 use std::sync::{Arc, Mutex};
 
 use actix::{Actor, Addr, Handler, Message, SyncContext};
 use tokio::sync::oneshot;
 
-use super::backend::{in_write_transaction, DbConn, DbPool, Runner, Tx};
+use super::backend::{in_write_transaction, BulkRunner, DbConn, DbPool, Runner, Tx};
 use super::StoreError;
 
 /// Bound on one transaction, so a flood never makes one commit slow for everyone in it.
 const MAX_BATCH: usize = 2048;
+/// Rows in one multi-row statement: under SQLite's 32,766 bound parameters with a
+/// message's 20 columns, and PostgreSQL's 65,535.
+const BULK_ROWS: usize = 512;
 
 /// Writes waiting for their transaction, and whether a commit is already on its way.
 #[derive(Default)]
@@ -118,11 +122,21 @@ pub(crate) trait Job: Send {
     /// Runs the write; an error aborts the transaction it runs in.
     fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), StoreError>;
     fn finish(self: Box<Self>, commit: Result<(), StoreError>);
+    /// Writes of one kind that can share a multi-row statement name that kind.
+    fn kind(&self) -> Option<&'static str>;
+    /// Runs this write and `others`, all of this one's kind, in shared statements.
+    fn apply_with(
+        &mut self,
+        others: &mut [Box<dyn Job>],
+        tx: &mut Tx<'_>,
+    ) -> Result<(), StoreError>;
+    fn as_any(&mut self) -> &mut dyn Any;
 }
 
 pub(crate) struct WriteJob<I, O> {
     input: I,
     run: Runner<I, O>,
+    bulk: Option<BulkRunner<I, O>>,
     result: Option<Result<O, StoreError>>,
     reply: oneshot::Sender<Result<O, StoreError>>,
 }
@@ -131,18 +145,20 @@ impl<I: Send + 'static, O: Send + 'static> WriteJob<I, O> {
     pub(crate) fn boxed(
         input: I,
         run: Runner<I, O>,
+        bulk: Option<BulkRunner<I, O>>,
         reply: oneshot::Sender<Result<O, StoreError>>,
     ) -> Box<dyn Job> {
         Box::new(WriteJob {
             input,
             run,
+            bulk,
             result: None,
             reply,
         })
     }
 }
 
-impl<I: Send, O: Send> Job for WriteJob<I, O> {
+impl<I: Send + 'static, O: Send + 'static> Job for WriteJob<I, O> {
     fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
         let result = self.run.run(tx, &self.input);
         let status = result.as_ref().map(|_| ()).map_err(Clone::clone);
@@ -159,6 +175,67 @@ impl<I: Send, O: Send> Job for WriteJob<I, O> {
         // The caller may have gone (client hung up); the write stands either way.
         let _ = self.reply.send(answer);
     }
+
+    fn kind(&self) -> Option<&'static str> {
+        self.bulk.map(|bulk| bulk.kind)
+    }
+
+    fn apply_with(
+        &mut self,
+        others: &mut [Box<dyn Job>],
+        tx: &mut Tx<'_>,
+    ) -> Result<(), StoreError> {
+        let Some(bulk) = self.bulk else {
+            self.apply(tx)?;
+            return others.iter_mut().try_for_each(|job| job.apply(tx));
+        };
+        // One kind is one query, so one input and output type: every `other` is a Self.
+        let mut group: Vec<&mut Self> = Vec::with_capacity(others.len() + 1);
+        group.push(self);
+        for other in others.iter_mut() {
+            match other.as_any().downcast_mut::<Self>() {
+                Some(job) => group.push(job),
+                None => return Err(StoreError::Failed("two queries share a kind".into())),
+            }
+        }
+        for chunk in group.chunks_mut(BULK_ROWS) {
+            let inputs: Vec<&I> = chunk.iter().map(|job| &job.input).collect();
+            let outputs = bulk.run(tx, &inputs)?;
+            if outputs.len() != chunk.len() {
+                return Err(StoreError::Failed(format!(
+                    "{} answered {} of {} writes",
+                    bulk.kind,
+                    outputs.len(),
+                    chunk.len()
+                )));
+            }
+            for (job, output) in chunk.iter_mut().zip(outputs) {
+                job.result = Some(Ok(output));
+            }
+        }
+        Ok(())
+    }
+
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// Runs a batch's writes inside its transaction, each kind's together.
+fn apply_all(jobs: &mut [Box<dyn Job>], tx: &mut Tx<'_>) -> Result<(), StoreError> {
+    // No write in a batch can wait on another's answer (each is answered only after the
+    // commit), so every order of them is one their callers could have seen: the writes
+    // of one kind go together and share multi-row statements.
+    jobs.sort_by_key(|job| job.kind());
+    for group in jobs.chunk_by_mut(|a, b| a.kind() == b.kind()) {
+        match group.split_first_mut() {
+            Some((first, others)) if first.kind().is_some() && !others.is_empty() => {
+                first.apply_with(others, tx)?;
+            }
+            _ => group.iter_mut().try_for_each(|job| job.apply(tx))?,
+        }
+    }
+    Ok(())
 }
 
 /// Commit what the `WriteQueue` holds, batch after batch, until it is empty.
@@ -202,8 +279,7 @@ impl PersistenceActor {
                 return;
             }
         };
-        let commit =
-            in_write_transaction(conn, |tx| jobs.iter_mut().try_for_each(|job| job.apply(tx)));
+        let commit = in_write_transaction(conn, |tx| apply_all(&mut jobs, tx));
         match commit {
             Err(e) if e.is_per_write() && jobs.len() > 1 => {
                 for mut job in jobs {
@@ -277,5 +353,141 @@ where
             self.after_error(e);
         }
         answer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use diesel::Connection;
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// A write for these tests: its number, and the log every run appends to.
+    struct Probe {
+        n: u32,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    fn note(probe: &Probe, entry: String) {
+        probe.log.lock().expect("log").push(entry);
+    }
+
+    fn one(probe: &Probe) -> Result<u32, StoreError> {
+        note(probe, format!("one {}", probe.n));
+        Ok(probe.n * 10)
+    }
+
+    fn many(probes: &[&Probe]) -> Result<Vec<u32>, StoreError> {
+        let ns: Vec<String> = probes.iter().map(|p| p.n.to_string()).collect();
+        note(probes[0], format!("many {}", ns.join(",")));
+        Ok(probes.iter().map(|p| p.n * 10).collect())
+    }
+
+    fn short(probes: &[&Probe]) -> Result<Vec<u32>, StoreError> {
+        Ok(probes.iter().skip(1).map(|p| p.n).collect())
+    }
+
+    fn runner() -> Runner<Probe, u32> {
+        Runner {
+            sqlite: |_, p| one(p),
+            postgres: |_, p| one(p),
+        }
+    }
+
+    fn bulk(kind: &'static str) -> BulkRunner<Probe, u32> {
+        BulkRunner {
+            kind,
+            sqlite: |_, ps| many(ps),
+            postgres: |_, ps| many(ps),
+        }
+    }
+
+    type Reply = oneshot::Receiver<Result<u32, StoreError>>;
+
+    fn job(
+        n: u32,
+        kind: Option<BulkRunner<Probe, u32>>,
+        log: &Arc<Mutex<Vec<String>>>,
+    ) -> (Box<dyn Job>, Reply) {
+        let (reply, answer) = oneshot::channel();
+        let probe = Probe {
+            n,
+            log: log.clone(),
+        };
+        (WriteJob::boxed(probe, runner(), kind, reply), answer)
+    }
+
+    fn run(mut jobs: Vec<Box<dyn Job>>) -> Result<(), StoreError> {
+        let mut conn = diesel::sqlite::SqliteConnection::establish(":memory:").expect("open");
+        let applied = apply_all(&mut jobs, &mut Tx::Sqlite(&mut conn));
+        for job in jobs {
+            job.finish(applied.clone());
+        }
+        applied
+    }
+
+    /// Writes of one kind share one multi-row call, wherever they stood in the batch;
+    /// a kind alone, and writes of no kind, run one by one; every caller gets its own
+    /// answer back.
+    #[test]
+    fn a_batch_runs_each_kind_together_and_answers_each_write() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kinds = [
+            Some(bulk("a")),
+            None,
+            Some(bulk("a")),
+            Some(bulk("b")),
+            Some(bulk("a")),
+            None,
+        ];
+        let (jobs, replies): (Vec<_>, Vec<_>) = kinds
+            .into_iter()
+            .enumerate()
+            .map(|(n, kind)| job(u32::try_from(n).expect("small"), kind, &log))
+            .unzip();
+        run(jobs).expect("applied");
+        let mut log = log.lock().expect("log").clone();
+        log.sort();
+        assert_eq!(log, ["many 0,2,4", "one 1", "one 3", "one 5"]);
+        for (n, mut reply) in (0u32..).zip(replies) {
+            assert_eq!(reply.try_recv().expect("answered"), Ok(n * 10));
+        }
+    }
+
+    /// A statement has a bound on its parameters: a large batch is split.
+    #[test]
+    fn a_large_batch_of_one_kind_is_split_into_bounded_statements() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let count = u32::try_from(BULK_ROWS + 3).expect("small");
+        let (jobs, _replies): (Vec<_>, Vec<_>) =
+            (0..count).map(|n| job(n, Some(bulk("a")), &log)).unzip();
+        run(jobs).expect("applied");
+        let sizes: Vec<usize> = log
+            .lock()
+            .expect("log")
+            .iter()
+            .map(|entry| entry.split(',').count())
+            .collect();
+        assert_eq!(sizes, [BULK_ROWS, 3]);
+    }
+
+    /// A multi-row call that does not answer every write fails the batch rather than
+    /// leaving a caller without its answer.
+    #[test]
+    fn a_bulk_answer_short_of_its_writes_fails_the_batch() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let short = BulkRunner {
+            kind: "a",
+            sqlite: |_, ps| short(ps),
+            postgres: |_, ps| short(ps),
+        };
+        let (jobs, replies): (Vec<_>, Vec<_>) = (0..3).map(|n| job(n, Some(short), &log)).unzip();
+        assert!(matches!(run(jobs), Err(StoreError::Failed(_))));
+        for mut reply in replies {
+            assert!(reply.try_recv().expect("answered").is_err());
+        }
     }
 }

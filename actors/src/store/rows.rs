@@ -31,6 +31,23 @@ pub(super) struct NewMessageRow<'a> {
     pub status_callback: Option<&'a str>,
 }
 
+/// A dispatch attempt with the message status it leads to (applied by a trigger).
+#[derive(Insertable)]
+#[diesel(table_name = dispatch_attempts, treat_none_as_default_value = false)]
+pub(super) struct NewAttemptRow<'a> {
+    pub message_id: i64,
+    pub provider_name: &'a str,
+    pub attempt: i32,
+    pub outcome: &'a str,
+    pub latency_ms: i64,
+    pub error_code: Option<&'a str>,
+    pub provider_message_id: Option<&'a str>,
+    pub created_at: &'a str,
+    pub message_status: Option<&'a str>,
+    pub next_attempt_at: Option<String>,
+    pub recorded_by: Option<&'a str>,
+}
+
 #[derive(Insertable)]
 #[diesel(table_name = conversations)]
 pub(super) struct NewConversationRow<'a> {
