@@ -143,15 +143,16 @@ fn attempt_row<'a>(
 }
 
 for_each_backend! {
-    /// The trigger `dispatch_attempts_fenced` refuses the record when another instance
-    /// holds the message's lease now (`StoreError::Superseded`).
+    /// A trigger (`dispatch_attempts_fenced`; on PostgreSQL `dispatch_attempts_apply`)
+    /// refuses the record when another instance holds the message's lease now
+    /// (`StoreError::Superseded`).
     pub(crate) fn record_attempt(
         conn: &mut Conn,
         (record, instance): &(AttemptRecord, String),
     ) -> Result<(), StoreError> {
         let now = Timestamp::now().to_storage();
-        // One cached insert: the trigger `dispatch_attempts_set_message_status` applies the
-        // status it carries, unless a later attempt was recorded first (a record written
+        // One cached insert: a trigger (`dispatch_attempts_set_message_status`; on
+        // PostgreSQL `dispatch_attempts_apply`) applies the status it carries, unless a later attempt was recorded first (a record written
         // late, after a database fault, never rolls a newer status back).
         diesel::insert_into(dispatch_attempts::table)
             .values(&attempt_row(record, instance, &now))

@@ -263,8 +263,9 @@ fn fill_outbound<'a>(row: &mut NewMessageRow<'a>, new: &'a NewOutbound) {
 
 for_each_backend! {
     /// Finds or creates the conversation of `participants`. Counting the message into it
-    /// is the trigger `messages_count_in_conversation`'s work, done inside the message's
-    /// cached insert; both statements here are cached too.
+    /// is a trigger's work (`messages_count_in_conversation`; on PostgreSQL
+    /// `messages_count_in_conversations`, once per statement), done inside the message's
+    /// insert; both statements here are cached.
     fn find_or_create_conversation(
         conn: &mut Conn,
         participants: &Participants,
@@ -847,7 +848,7 @@ mod tests {
     fn a_batch_of_attempt_records_applies_each_status_or_none() {
         for db in databases() {
             let mut conn = db.pool.get().expect("connection");
-            let news: Vec<NewOutbound> = (0..4)
+            let news: Vec<NewOutbound> = (0..5)
                 .map(|n| {
                     outbound(
                         content("+12015550001", &format!("+1201555010{n}"), "hi"),
@@ -859,12 +860,12 @@ mod tests {
                 .iter()
                 .map(|a| created(a).0)
                 .collect();
-            let record = |id: i64, status: MessageStatus, owner: &str| {
+            let record = |id: i64, attempt: u32, status: MessageStatus, owner: &str| {
                 (
                     AttemptRecord {
                         message_id: id,
                         provider: "p".into(),
-                        attempt: 1,
+                        attempt,
                         outcome: if status == MessageStatus::Sent {
                             "success"
                         } else {
@@ -881,8 +882,8 @@ mod tests {
                 )
             };
             let refused = [
-                record(ids[0], MessageStatus::Sent, "me"),
-                record(ids[1], MessageStatus::Sent, "someone else"),
+                record(ids[0], 1, MessageStatus::Sent, "me"),
+                record(ids[1], 1, MessageStatus::Sent, "someone else"),
             ];
             assert_eq!(
                 record_many(&mut conn, &refused.iter().collect::<Vec<_>>()),
@@ -891,20 +892,40 @@ mod tests {
             assert_eq!(read(&mut conn, ids[0]).0.status, "queued", "nothing landed");
 
             let records = [
-                record(ids[0], MessageStatus::Sent, "me"),
-                record(ids[1], MessageStatus::Queued, "me"),
-                record(ids[2], MessageStatus::Failed, "me"),
-                record(ids[3], MessageStatus::Sent, "me"),
+                record(ids[0], 1, MessageStatus::Sent, "me"),
+                record(ids[1], 1, MessageStatus::Queued, "me"),
+                record(ids[2], 1, MessageStatus::Failed, "me"),
+                record(ids[3], 1, MessageStatus::Sent, "me"),
+                // Two attempts of one message in one statement, the later one first: the
+                // message ends with the later one's status whatever the order.
+                record(ids[4], 2, MessageStatus::Sent, "me"),
+                record(ids[4], 1, MessageStatus::Queued, "me"),
             ];
             let done =
                 record_many(&mut conn, &records.iter().collect::<Vec<_>>()).expect("recorded");
             assert_eq!(done.len(), records.len());
-            for ((record, _), id) in records.iter().zip(&ids) {
+            for ((record, _), id) in records.iter().zip(&ids).take(4) {
                 let (view, attempts) = read(&mut conn, *id);
                 assert_eq!(view.status, record.status.as_str());
                 assert_eq!(attempts.len(), 1);
                 assert_eq!(attempts[0].outcome, record.outcome);
             }
+            let (view, attempts) = read(&mut conn, ids[4]);
+            assert_eq!(view.status, "sent");
+            assert_eq!(attempts.len(), 2);
+
+            // A later attempt moves a queued message on; none changes a final status.
+            let late = [
+                record(ids[1], 2, MessageStatus::Sent, "me"),
+                record(ids[3], 2, MessageStatus::Failed, "me"),
+            ];
+            record_many(&mut conn, &late.iter().collect::<Vec<_>>()).expect("recorded");
+            assert_eq!(read(&mut conn, ids[1]).0.status, "sent");
+            assert_eq!(
+                read(&mut conn, ids[3]).0.status,
+                "sent",
+                "final stays final"
+            );
         }
     }
 }

@@ -1,0 +1,66 @@
+-- A batch's messages and attempt records arrive in multi-row inserts: the updates they
+-- cause run once per statement over its new rows (transition tables) instead of once per
+-- row, which on this server cost a statement start each (SQLite's triggers stay per row:
+-- there a statement costs no round trip and no executor start).
+-- Rows are locked in id order first, so two instances' batches never wait on each other
+-- in a circle however their rows interleave.
+
+DROP TRIGGER messages_count_in_conversation ON messages;
+
+CREATE FUNCTION messages_count_in_conversations() RETURNS trigger AS $$
+BEGIN
+    PERFORM 1 FROM conversations
+    WHERE id IN (SELECT conversation_id FROM new_messages)
+    ORDER BY id FOR UPDATE;
+    UPDATE conversations AS c
+    SET message_count = c.message_count + n.added,
+        last_message_at = GREATEST(c.last_message_at, n.latest)
+    FROM (SELECT conversation_id, count(*) AS added, max(timestamp) AS latest
+          FROM new_messages GROUP BY conversation_id) AS n
+    WHERE c.id = n.conversation_id;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER messages_count_in_conversations AFTER INSERT ON messages
+REFERENCING NEW TABLE AS new_messages
+FOR EACH STATEMENT EXECUTE FUNCTION messages_count_in_conversations();
+
+DROP TRIGGER dispatch_attempts_fenced ON dispatch_attempts;
+DROP TRIGGER dispatch_attempts_set_message_status ON dispatch_attempts;
+
+-- The fence first: FOR SHARE waits for a claim that is moving a lease at this moment, so
+-- the check sees the owner the claim leaves behind; one record for a message another
+-- instance holds refuses the whole statement (the batch is then rerun record by record).
+-- Then each message takes the status of its latest attempt in the statement, unless a
+-- later attempt was recorded before or its status is final.
+CREATE FUNCTION dispatch_attempts_apply() RETURNS trigger AS $$
+BEGIN
+    IF EXISTS (
+        SELECT 1
+        FROM (SELECT id, lease_owner FROM messages
+              WHERE id IN (SELECT message_id FROM new_attempts WHERE recorded_by IS NOT NULL)
+              ORDER BY id FOR SHARE) AS held
+        JOIN new_attempts AS a ON a.message_id = held.id
+        WHERE a.recorded_by IS NOT NULL AND held.lease_owner IS NOT NULL
+          AND held.lease_owner <> a.recorded_by
+    ) THEN
+        RAISE EXCEPTION 'attempt superseded by another instance';
+    END IF;
+    UPDATE messages AS m
+    SET status = a.message_status,
+        attempt_count = a.attempt,
+        next_attempt_at = a.next_attempt_at,
+        provider_message_id = coalesce(a.provider_message_id, m.provider_message_id),
+        updated_at = a.created_at
+    FROM (SELECT DISTINCT ON (message_id) * FROM new_attempts
+          WHERE message_status IS NOT NULL
+          ORDER BY message_id, attempt DESC) AS a
+    WHERE m.id = a.message_id AND m.attempt_count < a.attempt AND m.status = 'queued';
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER dispatch_attempts_apply AFTER INSERT ON dispatch_attempts
+REFERENCING NEW TABLE AS new_attempts
+FOR EACH STATEMENT EXECUTE FUNCTION dispatch_attempts_apply();
