@@ -928,4 +928,76 @@ mod tests {
             );
         }
     }
+
+    #[derive(QueryableByName)]
+    struct Scans {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        seq_scan: i64,
+    }
+
+    /// PostgreSQL keeps a trigger function's plans for the session, and a transition table
+    /// has no statistics: a plan made for a large first batch scanned the whole messages
+    /// table at every later batch. A small batch after a large one must find its rows
+    /// through an index.
+    #[test]
+    fn on_postgres_a_small_batch_after_a_large_one_reads_no_whole_table() {
+        for db in databases() {
+            let mut conn = db.pool.get().expect("connection");
+            if matches!(conn, DbConn::Sqlite(_)) {
+                continue;
+            }
+            let news: Vec<NewOutbound> = (0..600)
+                .map(|n| {
+                    outbound(
+                        content("+12015550001", &format!("+1201556{n:04}"), "hi"),
+                        Some("p"),
+                    )
+                })
+                .collect();
+            let ids: Vec<i64> = insert_many(&mut conn, &news.iter().collect::<Vec<_>>())
+                .iter()
+                .map(|a| created(a).0)
+                .collect();
+            let record = |id: &i64| {
+                (
+                    AttemptRecord {
+                        message_id: *id,
+                        provider: "p".into(),
+                        attempt: 1,
+                        outcome: "success",
+                        latency_ms: 1,
+                        error_code: None,
+                        provider_message_id: None,
+                        status: MessageStatus::Sent,
+                        next_attempt_at: None,
+                    },
+                    "me".to_owned(),
+                )
+            };
+            let large: Vec<_> = ids[..597].iter().map(record).collect();
+            record_many(&mut conn, &large.iter().collect::<Vec<_>>()).expect("recorded");
+
+            let small: Vec<_> = ids[597..].iter().map(record).collect();
+            let more = &news[..3];
+            // The backend's counts not yet reported include earlier transactions': the
+            // difference is the small batch's.
+            let scans = "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'messages'";
+            let (before, after) = in_write_transaction(&mut conn, |tx| {
+                let Tx::Postgres(c) = tx else {
+                    unreachable!("a PostgreSQL connection")
+                };
+                let before = diesel::sql_query(scans).get_result::<Scans>(*c)?;
+                postgres::insert_outbound_many(c, &more.iter().collect::<Vec<_>>())?;
+                dispatch::postgres::record_attempts(c, &small.iter().collect::<Vec<_>>())?;
+                let after = diesel::sql_query(scans).get_result::<Scans>(*c)?;
+                Ok((before.seq_scan, after.seq_scan))
+            })
+            .expect("small batch");
+            assert_eq!(
+                after, before,
+                "the small batch read the whole messages table"
+            );
+            assert_eq!(read(&mut conn, ids[599]).0.status, "sent");
+        }
+    }
 }

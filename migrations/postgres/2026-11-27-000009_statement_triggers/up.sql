@@ -4,6 +4,10 @@
 -- there a statement costs no round trip and no executor start).
 -- Rows are locked in id order first, so two instances' batches never wait on each other
 -- in a circle however their rows interleave.
+-- A transition table has no statistics and the plan made at a function's first call is
+-- kept for the session: one made for a large batch, or on a nearly empty table, scanned the
+-- whole messages table at every later batch. These statements touch a batch's rows, which
+-- only an index finds cheaply, so each function plans with index lookups only.
 
 DROP TRIGGER messages_count_in_conversation ON messages;
 
@@ -20,7 +24,8 @@ BEGIN
     WHERE c.id = n.conversation_id;
     RETURN NULL;
 END;
-$$ LANGUAGE plpgsql;
+$$ LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off;
 
 CREATE TRIGGER messages_count_in_conversations AFTER INSERT ON messages
 REFERENCING NEW TABLE AS new_messages
@@ -59,7 +64,8 @@ BEGIN
     WHERE m.id = a.message_id AND m.attempt_count < a.attempt AND m.status = 'queued';
     RETURN NULL;
 END;
-$$ LANGUAGE plpgsql;
+$$ LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off;
 
 CREATE TRIGGER dispatch_attempts_apply AFTER INSERT ON dispatch_attempts
 REFERENCING NEW TABLE AS new_attempts
