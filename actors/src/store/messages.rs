@@ -1000,4 +1000,49 @@ mod tests {
             assert_eq!(read(&mut conn, ids[599]).0.status, "sent");
         }
     }
+
+    /// Two instances add messages to one conversation at once: a batch's insert must lock
+    /// the conversation only as its update does, so that the other instance's foreign-key
+    /// check of its own new message (FOR KEY SHARE) does not wait on it; with a stronger
+    /// lock the two batches deadlocked, each holding what the other waited for.
+    #[test]
+    fn on_postgres_a_batch_leaves_its_conversations_free_to_reference() {
+        for db in databases() {
+            let mut first = db.pool.get().expect("connection");
+            let DbConn::Postgres(_) = first else {
+                continue;
+            };
+            let mut second = db.pool.get().expect("second connection");
+            let (_, conversation) = created(&insert_one(
+                &mut first,
+                &outbound(
+                    content("+12015550001", "+12015550002", "earlier"),
+                    Some("p"),
+                ),
+            ));
+            let news: Vec<NewOutbound> = (0..3)
+                .map(|n| {
+                    outbound(
+                        content("+12015550001", "+12015550002", &format!("{n}")),
+                        Some("p"),
+                    )
+                })
+                .collect();
+            in_write_transaction(&mut first, |tx| {
+                let Tx::Postgres(c) = tx else {
+                    unreachable!("a PostgreSQL connection")
+                };
+                postgres::insert_outbound_many(c, &news.iter().collect::<Vec<_>>())?;
+                let DbConn::Postgres(other) = &mut second else {
+                    unreachable!("one pool, one backend")
+                };
+                diesel::sql_query(format!(
+                    "SELECT id FROM conversations WHERE id = {conversation} FOR KEY SHARE NOWAIT"
+                ))
+                .execute(&mut **other)
+                .map_err(StoreError::from)
+            })
+            .expect("another transaction may reference the conversation meanwhile");
+        }
+    }
 }

@@ -7,7 +7,8 @@
 //! commits it as one transaction, and takes again until the queue is empty; whatever
 //! arrives while one transaction commits goes into the next. So there is one writer at a
 //! time (SQLite allows no more), a burst pays for one fsync, and a lone write waits for
-//! nothing but its own commit.
+//! nothing but its own commit. Within a transaction, writes of one kind (a `BulkRunner`'s)
+//! share multi-row statements, so a burst also pays for few statements.
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};

@@ -3,7 +3,10 @@
 -- row, which on this server cost a statement start each (SQLite's triggers stay per row:
 -- there a statement costs no round trip and no executor start).
 -- Rows are locked in id order first, so two instances' batches never wait on each other
--- in a circle however their rows interleave.
+-- in a circle however their rows interleave. Conversations take the lock their UPDATE
+-- takes anyway (FOR NO KEY UPDATE), which leaves every other transaction's foreign-key
+-- check of a new message (FOR KEY SHARE) free: with FOR UPDATE two instances' batches into
+-- one conversation each held the key-share lock the other's FOR UPDATE waited for.
 -- A transition table has no statistics and the plan made at a function's first call is
 -- kept for the session: one made for a large batch, or on a nearly empty table, scanned the
 -- whole messages table at every later batch. These statements touch a batch's rows, which
@@ -15,7 +18,7 @@ CREATE FUNCTION messages_count_in_conversations() RETURNS trigger AS $$
 BEGIN
     PERFORM 1 FROM conversations
     WHERE id IN (SELECT conversation_id FROM new_messages)
-    ORDER BY id FOR UPDATE;
+    ORDER BY id FOR NO KEY UPDATE;
     UPDATE conversations AS c
     SET message_count = c.message_count + n.added,
         last_message_at = GREATEST(c.last_message_at, n.latest)
