@@ -1045,4 +1045,85 @@ mod tests {
             .expect("another transaction may reference the conversation meanwhile");
         }
     }
+
+    /// The rules the status update's row triggers keep, on both backends: a final status
+    /// stays final (but for a retry's failed -> queued), and only a message with a
+    /// callback URL gets a callback for its final status.
+    #[test]
+    fn final_statuses_stay_final_and_only_messages_with_a_url_get_callbacks() {
+        use crate::store::schema::callbacks;
+        for db in databases() {
+            let mut conn = db.pool.get().expect("connection");
+            let mut news: Vec<NewOutbound> = (0..3)
+                .map(|n| {
+                    outbound(
+                        content("+12015550001", &format!("+1201555020{n}"), "hi"),
+                        Some("p"),
+                    )
+                })
+                .collect();
+            news[0].status_callback = Some("http://127.0.0.1:9/callback".into());
+            let ids: Vec<i64> = insert_many(&mut conn, &news.iter().collect::<Vec<_>>())
+                .iter()
+                .map(|a| created(a).0)
+                .collect();
+            let finish = |id: i64, status: MessageStatus| {
+                (
+                    AttemptRecord {
+                        message_id: id,
+                        provider: "p".into(),
+                        attempt: 1,
+                        outcome: if status == MessageStatus::Sent {
+                            "success"
+                        } else {
+                            "error"
+                        },
+                        latency_ms: 1,
+                        error_code: None,
+                        provider_message_id: None,
+                        status,
+                        next_attempt_at: None,
+                    },
+                    "me".to_owned(),
+                )
+            };
+            let records = [
+                finish(ids[0], MessageStatus::Sent),
+                finish(ids[1], MessageStatus::Sent),
+                finish(ids[2], MessageStatus::Failed),
+            ];
+            record_many(&mut conn, &records.iter().collect::<Vec<_>>()).expect("recorded");
+
+            let mut callbacks_of = |id: i64| -> i64 {
+                let count = callbacks::table
+                    .filter(callbacks::message_id.eq(id))
+                    .count();
+                match &mut conn {
+                    DbConn::Sqlite(c) => count.get_result(&mut **c),
+                    DbConn::Postgres(c) => count.get_result(&mut **c),
+                }
+                .expect("count")
+            };
+            assert_eq!((callbacks_of(ids[0]), callbacks_of(ids[1])), (1, 0));
+
+            let requeue = |id: i64, retries: i32| {
+                diesel::update(messages::table.find(id))
+                    .set((messages::status.eq("queued"), messages::retries.eq(retries)))
+            };
+            let refused = match &mut conn {
+                DbConn::Sqlite(c) => requeue(ids[1], 0).execute(&mut **c),
+                DbConn::Postgres(c) => requeue(ids[1], 0).execute(&mut **c),
+            };
+            assert_eq!(
+                refused.map_err(StoreError::from).map_err(|e| e.kind()),
+                Err("refused"),
+                "sent is final"
+            );
+            let retried = match &mut conn {
+                DbConn::Sqlite(c) => requeue(ids[2], 1).execute(&mut **c),
+                DbConn::Postgres(c) => requeue(ids[2], 1).execute(&mut **c),
+            };
+            assert_eq!(retried.ok(), Some(1), "a retry takes a failed message back");
+        }
+    }
 }

@@ -1,3 +1,10 @@
+DROP TRIGGER messages_callbacks ON messages;
+CREATE TRIGGER messages_callbacks AFTER UPDATE OF status, delivery_status ON messages
+FOR EACH ROW EXECUTE FUNCTION messages_callbacks();
+DROP TRIGGER messages_final_status ON messages;
+CREATE TRIGGER messages_final_status BEFORE UPDATE OF status ON messages
+FOR EACH ROW EXECUTE FUNCTION messages_final_status();
+
 DROP TRIGGER dispatch_attempts_apply ON dispatch_attempts;
 DROP FUNCTION dispatch_attempts_apply();
 CREATE TRIGGER dispatch_attempts_fenced BEFORE INSERT ON dispatch_attempts

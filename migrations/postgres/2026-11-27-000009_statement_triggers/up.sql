@@ -61,7 +61,9 @@ BEGIN
         next_attempt_at = a.next_attempt_at,
         provider_message_id = coalesce(a.provider_message_id, m.provider_message_id),
         updated_at = a.created_at
-    FROM (SELECT DISTINCT ON (message_id) * FROM new_attempts
+    FROM (SELECT DISTINCT ON (message_id) message_id, attempt, message_status,
+                 next_attempt_at, provider_message_id, created_at
+          FROM new_attempts
           WHERE message_status IS NOT NULL
           ORDER BY message_id, attempt DESC) AS a
     WHERE m.id = a.message_id AND m.attempt_count < a.attempt AND m.status = 'queued';
@@ -73,3 +75,16 @@ SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off;
 CREATE TRIGGER dispatch_attempts_apply AFTER INSERT ON dispatch_attempts
 REFERENCING NEW TABLE AS new_attempts
 FOR EACH STATEMENT EXECUTE FUNCTION dispatch_attempts_apply();
+
+-- The row triggers a status update still fires are called only for the rows they act on
+-- (a WHEN clause is evaluated without calling into PL/pgSQL): the final-status rule for a
+-- row leaving a final status, the callbacks for a message that has a callback URL.
+DROP TRIGGER messages_final_status ON messages;
+CREATE TRIGGER messages_final_status BEFORE UPDATE OF status ON messages
+FOR EACH ROW WHEN (OLD.status IN ('sent', 'failed', 'received') AND NEW.status <> OLD.status)
+EXECUTE FUNCTION messages_final_status();
+
+DROP TRIGGER messages_callbacks ON messages;
+CREATE TRIGGER messages_callbacks AFTER UPDATE OF status, delivery_status ON messages
+FOR EACH ROW WHEN (NEW.status_callback IS NOT NULL)
+EXECUTE FUNCTION messages_callbacks();
