@@ -153,7 +153,9 @@ def to_ms(text):
 def wrk(url, connections, duration, script):
     out = subprocess.run(["wrk", "-t1", "-c%d" % connections, "-d%ds" % duration, "--latency",
                           "-s", script, url], check=True, capture_output=True, text=True).stdout
-    if not re.search(r"99%\s+[\d.]+(us|ms|s|m|h)\b", out):
+    # The distribution's lines start with the percentile; the thread statistics' "+/- Stdev"
+    # column also holds percentages (85.50%), which an unanchored "50%" would match.
+    if not re.search(r"^\s*99%\s+[\d.]+(us|ms|s|m|h)\b", out, re.M):
         sys.exit("bench: wrk printed no latency distribution:\n" + out)
     total = int(re.search(r"(\d+) requests in", out).group(1))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -167,8 +169,8 @@ def wrk(url, connections, duration, script):
         "socket_errors": sum(map(int, errors.groups())) if errors else 0,
         # Only answers that were 2xx count as throughput.
         "rps": rps * (total - non_2xx) / total if total else 0.0,
-        "p50_ms": to_ms(re.search(r"50%\s+(\S+)", out).group(1)),
-        "p99_ms": to_ms(re.search(r"99%\s+(\S+)", out).group(1)),
+        "p50_ms": to_ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1)),
+        "p99_ms": to_ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1)),
     }
 
 

@@ -152,8 +152,9 @@ for_each_backend! {
     ) -> Result<(), StoreError> {
         let now = Timestamp::now().to_storage();
         // One cached insert: a trigger (`dispatch_attempts_set_message_status`; on
-        // PostgreSQL `dispatch_attempts_apply`) applies the status it carries, unless a later attempt was recorded first (a record written
-        // late, after a database fault, never rolls a newer status back).
+        // PostgreSQL `dispatch_attempts_apply`) applies the status it carries, unless a
+        // later attempt was recorded first (a record written late, after a database
+        // fault, never rolls a newer status back).
         diesel::insert_into(dispatch_attempts::table)
             .values(&attempt_row(record, instance, &now))
             .execute(conn)?;
