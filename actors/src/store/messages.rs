@@ -598,24 +598,27 @@ for_each_backend! {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    use diesel::pg::PgConnection;
+    use diesel::Connection;
+
     use super::*;
-    use crate::store::backend::{in_write_transaction, open, DbConn, DbPool};
+    use crate::store::backend::{in_write_transaction, open, DbConn, DbPool, Tx};
     use crate::store::dispatch::{self, AttemptRecord};
 
     /// A database to run on: SQLite always, and PostgreSQL too when the suite has a
     /// server (`MESSAGING_TEST_POSTGRES_URL`); the PostgreSQL one is dropped after.
     struct TestDb {
         pool: DbPool,
-        _dir: tempfile::TempDir,
+        _sqlite_dir: Option<tempfile::TempDir>,
         drop_pg: Option<(String, String)>,
     }
 
     impl Drop for TestDb {
         fn drop(&mut self) {
             if let Some((server, name)) = &self.drop_pg {
-                use diesel::Connection;
                 if let Ok(mut admin) = PgConnection::establish(&format!("{server}/postgres")) {
                     let _ =
                         diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -625,40 +628,36 @@ mod tests {
         }
     }
 
-    use diesel::pg::PgConnection;
-
     fn databases() -> Vec<TestDb> {
+        // Tests run in parallel threads of one process: each database gets its own name.
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("bulk.db").display());
         let sqlite = TestDb {
             pool: open(&url, 1, Duration::from_secs(10)).expect("open sqlite"),
-            _dir: dir,
+            _sqlite_dir: Some(dir),
             drop_pg: None,
         };
         let mut all = vec![sqlite];
         if let Ok(server) = std::env::var("MESSAGING_TEST_POSTGRES_URL") {
-            use diesel::Connection;
             let server = server.trim_end_matches('/').to_owned();
             let name = format!(
-                "bulk_{}_{}",
+                "store_test_{}_{}",
                 std::process::id(),
-                Timestamp::now()
-                    .to_storage()
-                    .bytes()
-                    .filter(u8::is_ascii_digit)
-                    .map(char::from)
-                    .collect::<String>()
+                NEXT.fetch_add(1, Ordering::Relaxed)
             );
             let mut admin =
                 PgConnection::establish(&format!("{server}/postgres")).expect("postgres server");
+            diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .expect("drop a stale database");
             diesel::sql_query(format!("CREATE DATABASE {name}"))
                 .execute(&mut admin)
                 .expect("create database");
-            let dir = tempfile::tempdir().expect("temp dir");
             all.push(TestDb {
                 pool: open(&format!("{server}/{name}"), 1, Duration::from_secs(10))
                     .expect("open postgres"),
-                _dir: dir,
+                _sqlite_dir: None,
                 drop_pg: Some((server, name)),
             });
         }
@@ -725,8 +724,6 @@ mod tests {
         .expect("read")
         .expect("stored")
     }
-
-    use super::super::backend::Tx;
 
     fn created(stored: &OutboundStored) -> (i64, i64) {
         match stored {
