@@ -735,6 +735,52 @@ mod tests {
         }
     }
 
+    /// `count` queued SMS from one sender, each to an address of its own.
+    fn new_messages(count: usize, to_prefix: &str) -> Vec<NewOutbound> {
+        (0..count)
+            .map(|n| {
+                outbound(
+                    content("+12015550001", &format!("{to_prefix}{n:04}"), "hi"),
+                    Some("p"),
+                )
+            })
+            .collect()
+    }
+
+    /// Stores `news` in one multi-row insert; their ids, in order.
+    fn insert_ids(conn: &mut DbConn, news: &[NewOutbound]) -> Vec<i64> {
+        insert_many(conn, &news.iter().collect::<Vec<_>>())
+            .iter()
+            .map(|a| created(a).0)
+            .collect()
+    }
+
+    /// Attempt `attempt` of message `id`, recorded by `owner`: a success when it leads to
+    /// `sent`, an error otherwise (retried in 5 s while `queued`).
+    fn attempt(
+        id: i64,
+        attempt: u32,
+        status: MessageStatus,
+        owner: &str,
+    ) -> (AttemptRecord, String) {
+        let sent = status == MessageStatus::Sent;
+        (
+            AttemptRecord {
+                message_id: id,
+                provider: "p".into(),
+                attempt,
+                outcome: if sent { "success" } else { "error" },
+                latency_ms: 3,
+                error_code: (!sent).then(|| "500".to_owned()),
+                provider_message_id: None,
+                status,
+                next_attempt_at: (status == MessageStatus::Queued)
+                    .then(|| Timestamp::after(Duration::from_secs(5))),
+            },
+            owner.to_owned(),
+        )
+    }
+
     /// The messages of one batch share one insert: each answer must name its own row
     /// (ids are matched to rows by order) and its own conversation, whether that
     /// conversation existed before or the batch made it, and each conversation counts
@@ -845,42 +891,10 @@ mod tests {
     fn a_batch_of_attempt_records_applies_each_status_or_none() {
         for db in databases() {
             let mut conn = db.pool.get().expect("connection");
-            let news: Vec<NewOutbound> = (0..5)
-                .map(|n| {
-                    outbound(
-                        content("+12015550001", &format!("+1201555010{n}"), "hi"),
-                        Some("p"),
-                    )
-                })
-                .collect();
-            let ids: Vec<i64> = insert_many(&mut conn, &news.iter().collect::<Vec<_>>())
-                .iter()
-                .map(|a| created(a).0)
-                .collect();
-            let record = |id: i64, attempt: u32, status: MessageStatus, owner: &str| {
-                (
-                    AttemptRecord {
-                        message_id: id,
-                        provider: "p".into(),
-                        attempt,
-                        outcome: if status == MessageStatus::Sent {
-                            "success"
-                        } else {
-                            "error"
-                        },
-                        latency_ms: 3,
-                        error_code: (status != MessageStatus::Sent).then(|| "500".to_owned()),
-                        provider_message_id: None,
-                        status,
-                        next_attempt_at: (status == MessageStatus::Queued)
-                            .then(|| Timestamp::after(Duration::from_secs(5))),
-                    },
-                    owner.to_owned(),
-                )
-            };
+            let ids = insert_ids(&mut conn, &new_messages(5, "+1201555010"));
             let refused = [
-                record(ids[0], 1, MessageStatus::Sent, "me"),
-                record(ids[1], 1, MessageStatus::Sent, "someone else"),
+                attempt(ids[0], 1, MessageStatus::Sent, "me"),
+                attempt(ids[1], 1, MessageStatus::Sent, "someone else"),
             ];
             assert_eq!(
                 record_many(&mut conn, &refused.iter().collect::<Vec<_>>()),
@@ -889,14 +903,14 @@ mod tests {
             assert_eq!(read(&mut conn, ids[0]).0.status, "queued", "nothing landed");
 
             let records = [
-                record(ids[0], 1, MessageStatus::Sent, "me"),
-                record(ids[1], 1, MessageStatus::Queued, "me"),
-                record(ids[2], 1, MessageStatus::Failed, "me"),
-                record(ids[3], 1, MessageStatus::Sent, "me"),
+                attempt(ids[0], 1, MessageStatus::Sent, "me"),
+                attempt(ids[1], 1, MessageStatus::Queued, "me"),
+                attempt(ids[2], 1, MessageStatus::Failed, "me"),
+                attempt(ids[3], 1, MessageStatus::Sent, "me"),
                 // Two attempts of one message in one statement, the later one first: the
                 // message ends with the later one's status whatever the order.
-                record(ids[4], 2, MessageStatus::Sent, "me"),
-                record(ids[4], 1, MessageStatus::Queued, "me"),
+                attempt(ids[4], 2, MessageStatus::Sent, "me"),
+                attempt(ids[4], 1, MessageStatus::Queued, "me"),
             ];
             let done =
                 record_many(&mut conn, &records.iter().collect::<Vec<_>>()).expect("recorded");
@@ -913,8 +927,8 @@ mod tests {
 
             // A later attempt moves a queued message on; none changes a final status.
             let late = [
-                record(ids[1], 2, MessageStatus::Sent, "me"),
-                record(ids[3], 2, MessageStatus::Failed, "me"),
+                attempt(ids[1], 2, MessageStatus::Sent, "me"),
+                attempt(ids[3], 2, MessageStatus::Failed, "me"),
             ];
             record_many(&mut conn, &late.iter().collect::<Vec<_>>()).expect("recorded");
             assert_eq!(read(&mut conn, ids[1]).0.status, "sent");
@@ -943,34 +957,9 @@ mod tests {
             if matches!(conn, DbConn::Sqlite(_)) {
                 continue;
             }
-            let news: Vec<NewOutbound> = (0..600)
-                .map(|n| {
-                    outbound(
-                        content("+12015550001", &format!("+1201556{n:04}"), "hi"),
-                        Some("p"),
-                    )
-                })
-                .collect();
-            let ids: Vec<i64> = insert_many(&mut conn, &news.iter().collect::<Vec<_>>())
-                .iter()
-                .map(|a| created(a).0)
-                .collect();
-            let record = |id: &i64| {
-                (
-                    AttemptRecord {
-                        message_id: *id,
-                        provider: "p".into(),
-                        attempt: 1,
-                        outcome: "success",
-                        latency_ms: 1,
-                        error_code: None,
-                        provider_message_id: None,
-                        status: MessageStatus::Sent,
-                        next_attempt_at: None,
-                    },
-                    "me".to_owned(),
-                )
-            };
+            let news = new_messages(600, "+1201556");
+            let ids = insert_ids(&mut conn, &news);
+            let record = |id: &i64| attempt(*id, 1, MessageStatus::Sent, "me");
             let large: Vec<_> = ids[..597].iter().map(record).collect();
             record_many(&mut conn, &large.iter().collect::<Vec<_>>()).expect("recorded");
 
@@ -1051,43 +1040,13 @@ mod tests {
         use crate::store::schema::callbacks;
         for db in databases() {
             let mut conn = db.pool.get().expect("connection");
-            let mut news: Vec<NewOutbound> = (0..3)
-                .map(|n| {
-                    outbound(
-                        content("+12015550001", &format!("+1201555020{n}"), "hi"),
-                        Some("p"),
-                    )
-                })
-                .collect();
+            let mut news = new_messages(3, "+1201555020");
             news[0].status_callback = Some("http://127.0.0.1:9/callback".into());
-            let ids: Vec<i64> = insert_many(&mut conn, &news.iter().collect::<Vec<_>>())
-                .iter()
-                .map(|a| created(a).0)
-                .collect();
-            let finish = |id: i64, status: MessageStatus| {
-                (
-                    AttemptRecord {
-                        message_id: id,
-                        provider: "p".into(),
-                        attempt: 1,
-                        outcome: if status == MessageStatus::Sent {
-                            "success"
-                        } else {
-                            "error"
-                        },
-                        latency_ms: 1,
-                        error_code: None,
-                        provider_message_id: None,
-                        status,
-                        next_attempt_at: None,
-                    },
-                    "me".to_owned(),
-                )
-            };
+            let ids = insert_ids(&mut conn, &news);
             let records = [
-                finish(ids[0], MessageStatus::Sent),
-                finish(ids[1], MessageStatus::Sent),
-                finish(ids[2], MessageStatus::Failed),
+                attempt(ids[0], 1, MessageStatus::Sent, "me"),
+                attempt(ids[1], 1, MessageStatus::Sent, "me"),
+                attempt(ids[2], 1, MessageStatus::Failed, "me"),
             ];
             record_many(&mut conn, &records.iter().collect::<Vec<_>>()).expect("recorded");
 
