@@ -305,6 +305,37 @@ macro_rules! for_each_backend {
 }
 pub(crate) use for_each_backend;
 
+/// Runs `$body` once for each of a few fixed-size arrays that together cover `$rows` in
+/// order, largest first (`$chunk: &[T; N]`; `$body` may `?`).
+///
+/// Why fixed sizes: Diesel keeps a prepared statement only for a query whose type names
+/// its shape, and an insert of a `Vec` of rows names no row count, so it is prepared
+/// again at every run; SQLite compiles the table's triggers into every insert it
+/// prepares, which cost a quarter of the writer's time. An array's length is in its
+/// type: each of these sizes is prepared once per connection, and any count takes at
+/// most one statement of each size.
+macro_rules! for_cached_chunks {
+    ($rows:expr, |$chunk:ident| $body:block) => {{
+        let mut rest = &$rows[..];
+        while !rest.is_empty() {
+            $crate::store::backend::for_cached_chunks!(
+                @sizes rest, $chunk, $body; 512 256 128 64 32 16 8 4 2 1
+            );
+        }
+    }};
+    (@sizes $rest:ident, $chunk:ident, $body:block; $($size:literal)+) => {
+        $(
+            if let Some((head, tail)) = $rest.split_first_chunk::<$size>() {
+                let $chunk = head;
+                $body
+                $rest = tail;
+                continue;
+            }
+        )+
+    };
+}
+pub(crate) use for_cached_chunks;
+
 #[cfg(test)]
 mod tests {
     use diesel::sql_types::Text;

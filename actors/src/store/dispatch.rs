@@ -4,7 +4,7 @@
 
 use diesel::prelude::*;
 
-use super::backend::for_each_backend;
+use super::backend::{for_cached_chunks, for_each_backend};
 use super::rows::NewAttemptRow;
 use super::schema::{breaker_overrides, dispatch_attempts, messages, readiness_probe};
 use super::StoreError;
@@ -122,23 +122,19 @@ pub struct QueuedMessage {
     pub next_attempt_at: Option<Timestamp>,
 }
 
-fn attempt_row<'a>(
-    record: &'a AttemptRecord,
-    instance: &'a str,
-    now: &'a str,
-) -> NewAttemptRow<'a> {
+fn attempt_row(record: &AttemptRecord, instance: &str, now: &str) -> NewAttemptRow {
     NewAttemptRow {
         message_id: record.message_id,
-        provider_name: &record.provider,
+        provider_name: record.provider.clone(),
         attempt: i32::try_from(record.attempt).unwrap_or(i32::MAX),
         outcome: record.outcome,
         latency_ms: i64::try_from(record.latency_ms).unwrap_or(i64::MAX),
-        error_code: record.error_code.as_deref(),
-        provider_message_id: record.provider_message_id.as_deref(),
-        created_at: now,
+        error_code: record.error_code.clone(),
+        provider_message_id: record.provider_message_id.clone(),
+        created_at: now.to_owned(),
         message_status: Some(record.status.as_str()),
         next_attempt_at: record.next_attempt_at.map(Timestamp::to_storage),
-        recorded_by: Some(instance),
+        recorded_by: Some(instance.to_owned()),
     }
 }
 
@@ -169,13 +165,15 @@ for_each_backend! {
         records: &[&(AttemptRecord, String)],
     ) -> Result<Vec<()>, StoreError> {
         let now = Timestamp::now().to_storage();
-        let rows: Vec<NewAttemptRow<'_>> = records
+        let rows: Vec<NewAttemptRow> = records
             .iter()
             .map(|(record, instance)| attempt_row(record, instance, &now))
             .collect();
-        diesel::insert_into(dispatch_attempts::table)
-            .values(&rows)
-            .execute(conn)?;
+        for_cached_chunks!(rows, |chunk| {
+            diesel::insert_into(dispatch_attempts::table)
+                .values(chunk)
+                .execute(conn)?;
+        });
         Ok(vec![(); records.len()])
     }
 

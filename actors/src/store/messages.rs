@@ -4,7 +4,7 @@
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::backend::for_each_backend;
+use super::backend::{for_cached_chunks, for_each_backend};
 use super::dispatch::Lease;
 use super::rows::{AttemptRow, ConversationRow, MessageRow, NewConversationRow, NewMessageRow};
 use super::schema::{conversation_total, conversations, dispatch_attempts, messages};
@@ -216,14 +216,14 @@ fn message_row(
     conversation_id: i64,
     timestamp: String,
     now: String,
-) -> NewMessageRow<'_> {
+) -> NewMessageRow {
     NewMessageRow {
         conversation_id,
         direction: Direction::Outbound.as_str(),
-        channel: content.channel.as_str(),
-        from_addr: &content.from,
-        to_addr: &content.to,
-        body: &content.body,
+        channel: content.channel.as_str().to_owned(),
+        from_addr: content.from.clone(),
+        to_addr: content.to.clone(),
+        body: content.body.clone(),
         attachments: attachments_json(&content.attachments),
         timestamp,
         provider_name: None,
@@ -236,27 +236,27 @@ fn message_row(
         updated_at: now,
         lease_owner: None,
         lease_until: None,
-        subject: content.subject.as_deref(),
+        subject: content.subject.clone(),
         status_callback: None,
     }
 }
 
 /// An outbound message is queued when it has a provider (leased to the instance that
 /// stored it) and failed when not.
-fn fill_outbound<'a>(row: &mut NewMessageRow<'a>, new: &'a NewOutbound) {
-    row.provider_name = new.provider.as_deref();
+fn fill_outbound(row: &mut NewMessageRow, new: &NewOutbound) {
+    row.provider_name = new.provider.clone();
     row.status = match new.provider {
         Some(_) => MessageStatus::Queued.as_str(),
         None => MessageStatus::Failed.as_str(),
     };
     if let Some(idempotency) = &new.idempotency {
-        row.idempotency_key = Some(&idempotency.key);
-        row.request_fingerprint = Some(&idempotency.fingerprint);
+        row.idempotency_key = Some(idempotency.key.clone());
+        row.request_fingerprint = Some(idempotency.fingerprint.clone());
     }
-    row.status_callback = new.status_callback.as_deref();
+    row.status_callback = new.status_callback.clone();
     row.next_attempt_at = new.send_at.map(Timestamp::to_storage);
     if let (Some(lease), Some(_)) = (&new.lease, &new.provider) {
-        row.lease_owner = Some(&lease.owner);
+        row.lease_owner = Some(lease.owner.clone());
         row.lease_until = Some(lease.until.to_storage());
     }
 }
@@ -307,10 +307,10 @@ for_each_backend! {
 
     /// `None` when a unique index (idempotency key, webhook provider id) already holds
     /// the message: an earlier request, or another instance at this very moment.
-    fn insert_message<'a>(
+    fn insert_message(
         conn: &mut Conn,
-        content: &'a MessageContent,
-        fill: impl FnOnce(&mut NewMessageRow<'a>),
+        content: &MessageContent,
+        fill: impl FnOnce(&mut NewMessageRow),
     ) -> Result<Option<(i64, i64)>, StoreError> {
         let now = Timestamp::now().to_storage();
         let timestamp = content.timestamp.to_storage();
@@ -351,13 +351,19 @@ for_each_backend! {
             fill_outbound(&mut row, new);
             rows.push(row);
         }
-        let mut ids: Vec<i64> = diesel::insert_into(messages::table)
-            .values(&rows)
-            .returning(messages::id)
-            .get_results(conn)?;
+        let mut ids: Vec<i64> = Vec::with_capacity(rows.len());
+        for_cached_chunks!(rows, |chunk| {
+            ids.extend(
+                diesel::insert_into(messages::table)
+                    .values(chunk)
+                    .returning(messages::id)
+                    .get_results::<i64>(conn)?,
+            );
+        });
         // RETURNING promises no order, but each row's id is drawn as the rows are
-        // inserted, in the order given (SQLite's next rowid, PostgreSQL's sequence), so
-        // the ids in ascending order are the rows' in theirs.
+        // inserted, in the order given (SQLite's next rowid, PostgreSQL's sequence), and
+        // the statements run in the rows' order, so the ids in ascending order are the
+        // rows' in theirs.
         ids.sort_unstable();
         Ok(ids
             .into_iter()
@@ -473,7 +479,7 @@ for_each_backend! {
         let inserted = insert_message(conn, &new.content, |row| {
             row.direction = Direction::Inbound.as_str();
             row.status = MessageStatus::Received.as_str();
-            row.provider_message_id = Some(&new.provider_message_id);
+            row.provider_message_id = Some(new.provider_message_id.clone());
         })?;
         match inserted {
             Some((id, conversation_id)) => Ok(InboundStored::Created {
@@ -599,6 +605,7 @@ for_each_backend! {
 mod tests {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use diesel::pg::PgConnection;
@@ -937,6 +944,62 @@ mod tests {
                 "sent",
                 "final stays final"
             );
+        }
+    }
+
+    /// A batch's multi-row inserts are statements of a few fixed sizes, each prepared
+    /// once per connection (see `for_cached_chunks!`): a batch of a count seen before, or
+    /// made of sizes seen before, prepares nothing. An insert of a `Vec` of rows would
+    /// be prepared anew at every batch and never cached.
+    #[test]
+    fn multi_row_inserts_are_prepared_once_for_each_size() {
+        use diesel::connection::InstrumentationEvent;
+        for db in databases() {
+            let mut conn = db.pool.get().expect("connection");
+            let cached = Arc::new(Mutex::new(Vec::<String>::new()));
+            let log = cached.clone();
+            let instrument = move |event: InstrumentationEvent<'_>| {
+                if let InstrumentationEvent::CacheQuery { sql, .. } = event {
+                    log.lock().expect("log").push(sql.replace('`', "\""));
+                }
+            };
+            match &mut conn {
+                DbConn::Sqlite(c) => c.set_instrumentation(instrument),
+                DbConn::Postgres(c) => c.set_instrumentation(instrument),
+            }
+            let newly_cached = |table: &str| {
+                let prefix = format!("INSERT INTO \"{table}\"");
+                let mut log = cached.lock().expect("log");
+                let count = log.iter().filter(|sql| sql.starts_with(&prefix)).count();
+                log.clear();
+                count
+            };
+
+            // 13 = 8 + 4 + 1: three statements, each prepared now.
+            let ids = insert_ids(&mut conn, &new_messages(13, "+1301555"));
+            assert_eq!(newly_cached("messages"), 3);
+            insert_ids(&mut conn, &new_messages(13, "+1302555"));
+            insert_ids(&mut conn, &new_messages(5, "+1303555"));
+            assert_eq!(newly_cached("messages"), 0, "sizes 8, 4 and 1 are kept");
+            insert_ids(&mut conn, &new_messages(2, "+1304555"));
+            assert_eq!(newly_cached("messages"), 1, "size 2 is new");
+
+            let records: Vec<_> = ids
+                .iter()
+                .map(|id| attempt(*id, 1, MessageStatus::Queued, "me"))
+                .collect();
+            record_many(&mut conn, &records.iter().collect::<Vec<_>>()).expect("recorded");
+            assert_eq!(newly_cached("dispatch_attempts"), 3);
+            let later: Vec<_> = ids
+                .iter()
+                .map(|id| attempt(*id, 2, MessageStatus::Sent, "me"))
+                .collect();
+            record_many(&mut conn, &later.iter().collect::<Vec<_>>()).expect("recorded");
+            assert_eq!(newly_cached("dispatch_attempts"), 0);
+            for id in ids {
+                let (view, attempts) = read(&mut conn, id);
+                assert_eq!((view.status.as_str(), attempts.len()), ("sent", 2));
+            }
         }
     }
 

@@ -5,47 +5,49 @@ use diesel::prelude::*;
 use super::schema::{conversations, dispatch_attempts, messages};
 
 /// `None` inserts NULL (not "leave the column out"), so the statement text is always the
-/// same and Diesel can keep it prepared.
+/// same and Diesel can keep it prepared. The new-row types own their values: a
+/// multi-row insert of a fixed size is kept prepared only when its rows' type is
+/// `'static` (Diesel names the statement by that type; see `for_cached_chunks!`).
 #[derive(Insertable)]
 #[diesel(table_name = messages, treat_none_as_default_value = false)]
-pub(super) struct NewMessageRow<'a> {
+pub(super) struct NewMessageRow {
     pub conversation_id: i64,
-    pub direction: &'a str,
-    pub channel: &'a str,
-    pub from_addr: &'a str,
-    pub to_addr: &'a str,
-    pub body: &'a str,
+    pub direction: &'static str,
+    pub channel: String,
+    pub from_addr: String,
+    pub to_addr: String,
+    pub body: String,
     pub attachments: Option<String>,
     pub timestamp: String,
-    pub provider_name: Option<&'a str>,
-    pub status: &'a str,
-    pub idempotency_key: Option<&'a str>,
-    pub request_fingerprint: Option<&'a str>,
-    pub provider_message_id: Option<&'a str>,
+    pub provider_name: Option<String>,
+    pub status: &'static str,
+    pub idempotency_key: Option<String>,
+    pub request_fingerprint: Option<String>,
+    pub provider_message_id: Option<String>,
     pub next_attempt_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
-    pub lease_owner: Option<&'a str>,
+    pub lease_owner: Option<String>,
     pub lease_until: Option<String>,
-    pub subject: Option<&'a str>,
-    pub status_callback: Option<&'a str>,
+    pub subject: Option<String>,
+    pub status_callback: Option<String>,
 }
 
 /// A dispatch attempt with the message status it leads to (applied by a trigger).
 #[derive(Insertable)]
 #[diesel(table_name = dispatch_attempts, treat_none_as_default_value = false)]
-pub(super) struct NewAttemptRow<'a> {
+pub(super) struct NewAttemptRow {
     pub message_id: i64,
-    pub provider_name: &'a str,
+    pub provider_name: String,
     pub attempt: i32,
-    pub outcome: &'a str,
+    pub outcome: &'static str,
     pub latency_ms: i64,
-    pub error_code: Option<&'a str>,
-    pub provider_message_id: Option<&'a str>,
-    pub created_at: &'a str,
-    pub message_status: Option<&'a str>,
+    pub error_code: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub created_at: String,
+    pub message_status: Option<&'static str>,
     pub next_attempt_at: Option<String>,
-    pub recorded_by: Option<&'a str>,
+    pub recorded_by: Option<String>,
 }
 
 #[derive(Insertable)]
