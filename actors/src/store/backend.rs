@@ -366,4 +366,115 @@ mod tests {
                 .collect::<Vec<_>>()
         );
     }
+
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
+    fn count(conn: &mut diesel::sqlite::SqliteConnection, sql: &str) -> i64 {
+        diesel::sql_query(sql)
+            .get_result::<Count>(conn)
+            .expect("count")
+            .n
+    }
+
+    /// The last SQLite migration rebuilds the tables others reference (with foreign keys
+    /// off, outside the runner's transaction). A database made by the migrations before
+    /// it keeps every row, its ids' sequence, its triggers and indexes, and its
+    /// connection enforces foreign keys again after.
+    #[test]
+    fn rebuilding_the_referenced_tables_keeps_every_row_and_rule() {
+        use diesel::connection::SimpleConnection;
+        use diesel::migration::MigrationSource;
+        use diesel::sqlite::Sqlite;
+        use diesel::Connection;
+        use diesel_migrations::MigrationHarness;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("upgrade.db");
+        let mut conn =
+            diesel::sqlite::SqliteConnection::establish(&path.display().to_string()).expect("open");
+        diesel::sql_query("PRAGMA foreign_keys = ON")
+            .execute(&mut conn)
+            .expect("foreign keys");
+        let migrations =
+            MigrationSource::<Sqlite>::migrations(&super::SQLITE_MIGRATIONS).expect("migrations");
+        let (last, earlier) = migrations.split_last().expect("some");
+        assert!(last.name().to_string().ends_with("checks_without_lists"));
+        conn.applied_migrations()
+            .expect("the migrations' own table");
+        for migration in earlier {
+            conn.run_migration(migration).expect("earlier migration");
+        }
+        conn.batch_execute(
+            "INSERT INTO conversations (participant_a, participant_b, created_at, last_message_at)
+                 VALUES ('a', 'b', 't', 't');
+             INSERT INTO messages (conversation_id, direction, channel, from_addr, to_addr, body,
+                 timestamp, status, created_at, updated_at, status_callback)
+                 VALUES (1, 'outbound', 'sms', 'a', 'b', 'one', 't', 'queued', 't', 't', 'http://x'),
+                        (1, 'outbound', 'sms', 'a', 'b', 'two', 't', 'queued', 't', 't', NULL),
+                        (1, 'outbound', 'sms', 'a', 'b', 'three', 't', 'queued', 't', 't', NULL);
+             INSERT INTO dispatch_attempts (message_id, provider_name, attempt, outcome,
+                 latency_ms, created_at, message_status) VALUES (1, 'p', 1, 'success', 0, 't', 'sent');
+             DELETE FROM messages WHERE id = 3;",
+        )
+        .expect("rows before");
+        let schema = "SELECT count(*) AS n FROM sqlite_master WHERE type IN ('index', 'trigger')";
+        let objects = count(&mut conn, schema);
+
+        conn.run_pending_migrations(super::SQLITE_MIGRATIONS)
+            .expect("the rebuild");
+
+        assert_eq!(
+            count(&mut conn, schema),
+            objects,
+            "every index and trigger is back"
+        );
+        assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM messages"), 2);
+        assert_eq!(
+            count(&mut conn, "SELECT count(*) AS n FROM dispatch_attempts"),
+            1
+        );
+        assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM callbacks"), 1);
+        assert_eq!(
+            count(&mut conn, "SELECT message_count AS n FROM conversations"),
+            3,
+            "no row was counted twice"
+        );
+        assert_eq!(
+            count(
+                &mut conn,
+                "SELECT foreign_keys AS n FROM pragma_foreign_keys"
+            ),
+            1
+        );
+        conn.batch_execute(
+            "INSERT INTO messages (conversation_id, direction, channel, from_addr, to_addr, body,
+                 timestamp, status, created_at, updated_at)
+                 VALUES (1, 'outbound', 'sms', 'a', 'b', 'four', 't', 'queued', 't', 't')",
+        )
+        .expect("insert after");
+        assert_eq!(
+            count(&mut conn, "SELECT max(id) AS n FROM messages"),
+            4,
+            "an id once given is not given again"
+        );
+        assert_eq!(
+            count(&mut conn, "SELECT message_count AS n FROM conversations"),
+            4
+        );
+        // The rules hold: foreign keys, the final status, the checks.
+        for refused in [
+            "INSERT INTO dispatch_attempts (message_id, provider_name, attempt, outcome,
+                 latency_ms, created_at) VALUES (99, 'p', 1, 'success', 0, 't')",
+            "UPDATE messages SET status = 'queued' WHERE id = 1",
+            "UPDATE messages SET status = 'lost' WHERE id = 2",
+            "INSERT INTO dispatch_attempts (message_id, provider_name, attempt, outcome,
+                 latency_ms, created_at) VALUES (2, 'p', 1, 'lost', 0, 't')",
+        ] {
+            assert!(conn.batch_execute(refused).is_err(), "{refused}");
+        }
+    }
 }
