@@ -21,7 +21,7 @@ between them).
 
 --large adds "flat as the data grows": ingest and the p99 of the four read endpoints on a
 SQLite database holding 1 M and then 10 M messages in 50,000 conversations, against one
-holding a message in each conversation (4 to 15 more minutes on two cores, most of it
+holding a message in each conversation (4 to 16 more minutes on two cores, most of it
 writing the 10 M rows).
 
 It writes result.json and chart.svg (throughput and p99 against connections, and a bar

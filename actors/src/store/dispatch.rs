@@ -157,9 +157,10 @@ for_each_backend! {
         Ok(())
     }
 
-    /// `record_attempt` for a batch's records in one statement; the triggers run for
-    /// each row as they do for one, and one superseded record fails the statement (the
-    /// batch is then rerun record by record).
+    /// `record_attempt` for a batch's records in multi-row statements
+    /// (`for_cached_chunks!`); the triggers run for each row as they do for one, and one
+    /// superseded record fails its statement and so the batch's transaction (the batch is
+    /// then rerun record by record).
     pub(crate) fn record_attempts(
         conn: &mut Conn,
         records: &[&(AttemptRecord, String)],

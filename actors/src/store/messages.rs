@@ -327,7 +327,8 @@ for_each_backend! {
     }
 
     /// `insert_outbound` for a batch's messages without an idempotency key (which no
-    /// unique index can refuse): one lookup per conversation, one multi-row insert.
+    /// unique index can refuse): one lookup per conversation, then multi-row inserts
+    /// (`for_cached_chunks!`).
     pub(crate) fn insert_outbound_many(
         conn: &mut Conn,
         news: &[&NewOutbound],
@@ -754,7 +755,7 @@ mod tests {
             .collect()
     }
 
-    /// Stores `news` in one multi-row insert; their ids, in order.
+    /// Stores `news` as one batch's multi-row inserts; their ids, in order.
     fn insert_ids(conn: &mut DbConn, news: &[NewOutbound]) -> Vec<i64> {
         insert_many(conn, &news.iter().collect::<Vec<_>>())
             .iter()

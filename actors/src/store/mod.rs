@@ -296,7 +296,7 @@ impl Store {
     ) -> Result<OutboundStored, StoreError> {
         new.lease = Some(self.lease());
         // A keyed request first looks for its earlier self, one at a time; the rest of a
-        // batch's new messages share one multi-row insert.
+        // batch's new messages share multi-row inserts.
         let bulk = match new.idempotency {
             None => Some(bulk_runner!(messages::insert_outbound_many)),
             Some(_) => None,

@@ -8,7 +8,8 @@
 //! arrives while one transaction commits goes into the next. So there is one writer at a
 //! time (SQLite allows no more), a burst pays for one fsync, and a lone write waits for
 //! nothing but its own commit. Within a transaction, writes of one kind (a `BulkRunner`'s)
-//! share multi-row statements, so a burst also pays for few statements.
+//! share multi-row statements, so a burst also pays for few statements. A thread of its
+//! own answers a committed batch's callers, so the writer starts the next at once.
 
 use std::any::Any;
 use std::sync::mpsc::{self, SyncSender};
@@ -103,8 +104,9 @@ impl PersistenceActor {
     }
 
     /// Tells a committed batch's callers on a thread of its own. Why: the one writer is
-    /// what every write waits for, and each answer wakes the caller's thread (a system
-    /// call) and drops the write's data, a tenth of the writer's time when spent here.
+    /// what every write waits for, and each answer wakes the caller's thread with a
+    /// `write` system call (a tenth of the writer's samples in perf at 64 connections)
+    /// and drops the write's data.
     /// The writer starts the next batch at once; answers still go out in commit order.
     /// Should that thread be gone, the writer answers itself.
     fn answer(&mut self, jobs: Vec<Box<dyn Job>>, commit: Result<(), StoreError>) {
