@@ -544,3 +544,20 @@ async fn after_open_time_only_the_trial_calls_run_and_their_verdict_decides() {
     assert_eq!(transitions("closed", "open"), 1);
     assert_eq!(transitions("half_open", "closed"), 0);
 }
+
+/// At a graceful stop the instance hands its queued work back; its lease keeper keeps
+/// sweeping until the process exits and must not claim that work straight back, or the
+/// next start finds it leased and waits out the lease.
+#[actix_rt::test]
+async fn after_its_leases_are_released_an_instance_claims_nothing() {
+    let mut slow = provider("sms-mms", &[Channel::Sms, Channel::Mms], Some(1), NO_FAULTS);
+    slow.latency = Duration::from_secs(600);
+    let email = provider("email", &[Channel::Email], Some(2), NO_FAULTS);
+    let h = start(vec![slow, email], 1_000);
+    for n in 0..3 {
+        h.accept(Channel::Sms, n).await.expect("accepted");
+    }
+    assert_eq!(h.store.release_leases().await.expect("released"), 3);
+    let claimed = h.store.claim_queued(10, 0, false).await.expect("claim");
+    assert!(claimed.is_empty(), "claimed back: {}", claimed.len());
+}

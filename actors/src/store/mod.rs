@@ -19,7 +19,7 @@ mod persistence;
 mod rows;
 pub mod schema;
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -209,6 +209,8 @@ pub struct Store {
     /// The database's clock minus this process's, in microseconds: leases are read and
     /// written in the database's time, so instances with skewed clocks agree on them.
     clock_offset: Arc<AtomicI64>,
+    /// Set when this instance hands its work back at a stop: it claims nothing after.
+    released: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -236,6 +238,7 @@ impl Store {
             lease,
             timeout,
             clock_offset: Arc::new(AtomicI64::new(0)),
+            released: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -435,6 +438,9 @@ impl Store {
         after_id: i64,
         at_start: bool,
     ) -> Result<Vec<QueuedMessage>, StoreError> {
+        if self.released.load(Ordering::Acquire) {
+            return Ok(Vec::new());
+        }
         let claim = Claim {
             lease: self.lease(),
             now: self.database_time(),
@@ -459,7 +465,11 @@ impl Store {
     }
 
     /// Hands this instance's queued work back, for another instance to claim at once.
+    /// Claims stop first: the lease keeper's sweep, still running until the process
+    /// exits, would otherwise take the freed messages straight back and leave the next
+    /// start waiting out their leases.
     pub async fn release_leases(&self) -> Result<usize, StoreError> {
+        self.released.store(true, Ordering::Release);
         self.write(self.instance.to_string(), runner!(dispatch::release_leases))
             .await
     }
