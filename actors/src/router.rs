@@ -207,6 +207,11 @@ impl Routes {
     }
 }
 
+/// Cloning a router makes a twin over the same registry, providers, store and backlog:
+/// what one accepts, the other would have accepted the same way. The binary starts one on
+/// each HTTP worker's thread, so that accepting a message crosses no thread on its way in
+/// or back (the mailbox and the store's answer reach the worker directly).
+#[derive(Clone)]
 pub struct RouterActor {
     registry: Registry,
     routes: Routes,
@@ -226,8 +231,12 @@ impl RouterActor {
         backlog: Arc<Backlog>,
         log: Logger,
     ) -> Addr<RouterActor> {
-        let router = RouterActor::new(registry, providers, store, metrics, backlog, log);
-        RouterActor::start_in_arbiter(&Arbiter::new().handle(), move |_| router)
+        RouterActor::new(registry, providers, store, metrics, backlog, log).start_on_own_arbiter()
+    }
+
+    /// This router, started on an arbiter of its own.
+    pub fn start_on_own_arbiter(self) -> Addr<RouterActor> {
+        RouterActor::start_in_arbiter(&Arbiter::new().handle(), move |_| self)
     }
 
     pub fn new(

@@ -32,6 +32,7 @@ pub fn email_content(object: &Map<String, Value>) -> Result<MessageContent, ApiE
 
 async fn accept(
     state: &AppState,
+    router: &super::WorkerRouter,
     req: &HttpRequest,
     payload: web::Payload,
     parse: fn(&Map<String, Value>) -> Result<MessageContent, ApiError>,
@@ -53,8 +54,8 @@ async fn accept(
             key,
             fingerprint: content.fingerprint_with(Direction::Outbound, &extra),
         });
-    let accepted = state
-        .router
+    let accepted = router
+        .0
         .send(AcceptOutbound {
             content,
             idempotency,
@@ -99,10 +100,11 @@ async fn accept(
 )]
 pub async fn send_sms(
     state: web::Data<AppState>,
+    router: web::Data<super::WorkerRouter>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    accept(&state, &req, payload, sms_content).await
+    accept(&state, &router, &req, payload, sms_content).await
 }
 
 #[utoipa::path(
@@ -123,10 +125,11 @@ pub async fn send_sms(
 )]
 pub async fn send_email(
     state: web::Data<AppState>,
+    router: web::Data<super::WorkerRouter>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    accept(&state, &req, payload, email_content).await
+    accept(&state, &router, &req, payload, email_content).await
 }
 
 #[utoipa::path(

@@ -50,6 +50,10 @@ pub struct AppState {
     pub log: Logger,
 }
 
+/// The twin of the router that runs on this HTTP worker's thread, for accepting
+/// messages; `AppState::router` (on an arbiter of its own) does everything else.
+pub struct WorkerRouter(pub Addr<RouterActor>);
+
 /// The two HTTP series of CONTRACT section 5, on the service's registry.
 pub struct HttpMetrics {
     requests: IntCounterVec,
