@@ -6,7 +6,8 @@
 //! The thread writes whatever lines are waiting with one `write` and then waits for the
 //! next: a busy service logs a line per dispatch attempt, and a system call per line cost
 //! as much as formatting it (perf at 64 connections). A quiet service still gets each
-//! line out as soon as it is logged, since a lone line is a batch of one.
+//! line out as soon as it is logged, since a lone line is a batch of one; a busy one gets
+//! its lines within a millisecond or so (`LINGER`).
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -25,6 +26,12 @@ const CHANNEL_SIZE: usize = 65_536;
 /// Bytes gathered before a write even if more lines wait, so a flood is written in
 /// pieces of bounded size rather than held in memory until it stops.
 const WRITE_AT: usize = 256 * 1024;
+/// How long the writer lets lines gather after a batch of more than one. Why: a logger
+/// whose line finds the writer asleep wakes it with a system call, and a busy service
+/// logging a line per attempt woke it for nearly every line (a fifth of a provider
+/// thread's samples in perf). While it lingers, lines queue without waking anyone; a lone
+/// line still goes out at once.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 fn level_name(level: Level) -> &'static str {
     match level {
@@ -110,9 +117,11 @@ fn write_lines(lines: Receiver<ToWrite>) {
     while !finished {
         let Ok(first) = lines.recv() else { break };
         let mut next = Some(first);
+        let mut batch = 0;
         while let Some(message) = next.take() {
             match message {
                 ToWrite::Line(line) => {
+                    batch += 1;
                     let _ = line.log_to(&json);
                 }
                 ToWrite::Finish => {
@@ -128,6 +137,10 @@ fn write_lines(lines: Receiver<ToWrite>) {
         // Nowhere to report a closed stdout; the service carries on without its log.
         let _ = stdout.write_all(&bytes).and_then(|()| stdout.flush());
         bytes.clear();
+        drop(bytes);
+        if batch > 1 && !finished {
+            std::thread::sleep(LINGER);
+        }
     }
 }
 
