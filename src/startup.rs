@@ -231,7 +231,10 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         use actix::Actor as _;
         // The factory runs on each worker's thread: its twin of the router accepts that
         // worker's messages without a hop to the router's arbiter and back (context
-        // switches were a fifth of the workers' samples in perf at 64 connections).
+        // switches were a fifth of the workers' samples in perf at 64 connections). An
+        // accept still under way when a stop outlasts the grace period ends with its
+        // worker: its write is queued by then and commits, the message stays queued under
+        // this instance's lease, and `release_leases` below hands it back for the next start.
         let accepting = http::WorkerRouter(router_twin.clone().start());
         App::new()
             .app_data(state.clone())

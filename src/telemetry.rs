@@ -9,12 +9,13 @@
 //! line out as soon as it is logged, since a lone line is a batch of one; a busy one gets
 //! its lines within a millisecond or so (`LINGER`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::rc::Rc;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
+use chrono::{DateTime, Utc};
 use slog::{o, Drain, Level, Logger, OwnedKVList, Record};
 use slog_async::AsyncRecord;
 
@@ -54,10 +55,17 @@ fn slog_level(level: LogLevel) -> Level {
     }
 }
 
-/// What the writer thread reads: a line, or the guard's word that it is time to stop.
+/// What the writer thread reads: a line and when it was logged, or the guard's word that
+/// it is time to stop.
 enum ToWrite {
-    Line(AsyncRecord),
+    Line(AsyncRecord, DateTime<Utc>),
     Finish,
+}
+
+thread_local! {
+    /// When the line the writer thread is formatting was logged: `ts` says when something
+    /// happened, not when the writer got to it (a millisecond or more later under load).
+    static LOGGED_AT: Cell<Option<DateTime<Utc>>> = const { Cell::new(None) };
 }
 
 /// Hands records to the writer thread, already owned (`AsyncRecord`) so they can cross.
@@ -71,9 +79,8 @@ impl Drain for ToWriter {
 
     fn log(&self, record: &Record, values: &OwnedKVList) -> Result<(), slog::Never> {
         // Fails only once the writer is gone, at the very end: nothing is left to tell.
-        let _ = self
-            .lines
-            .send(ToWrite::Line(AsyncRecord::from(record, values)));
+        let line = ToWrite::Line(AsyncRecord::from(record, values), Utc::now());
+        let _ = self.lines.send(line);
         Ok(())
     }
 }
@@ -98,7 +105,8 @@ fn json_drain(out: Pending) -> impl Drain<Ok = (), Err = slog::Never> {
         .set_newlines(true)
         .add_key_value(o!(
             "ts" => slog::PushFnValue(|_, ser| {
-                ser.emit(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+                let at = LOGGED_AT.get().unwrap_or_else(Utc::now);
+                ser.emit(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
             }),
             "level" => slog::FnValue(|record| level_name(record.level())),
             "msg" => slog::PushFnValue(|record, ser| ser.emit(record.msg())),
@@ -112,7 +120,7 @@ fn json_drain(out: Pending) -> impl Drain<Ok = (), Err = slog::Never> {
 fn write_lines(lines: Receiver<ToWrite>) {
     let pending = Pending::default();
     let json = json_drain(pending.clone());
-    let mut stdout = std::io::stdout().lock();
+    let stdout = std::io::stdout();
     let mut finished = false;
     while !finished {
         let Ok(first) = lines.recv() else { break };
@@ -120,8 +128,9 @@ fn write_lines(lines: Receiver<ToWrite>) {
         let mut batch = 0;
         while let Some(message) = next.take() {
             match message {
-                ToWrite::Line(line) => {
+                ToWrite::Line(line, at) => {
                     batch += 1;
+                    LOGGED_AT.set(Some(at));
                     let _ = line.log_to(&json);
                 }
                 ToWrite::Finish => {
@@ -135,7 +144,11 @@ fn write_lines(lines: Receiver<ToWrite>) {
         }
         let mut bytes = pending.0.borrow_mut();
         // Nowhere to report a closed stdout; the service carries on without its log.
-        let _ = stdout.write_all(&bytes).and_then(|()| stdout.flush());
+        // Locked for the write only, so a `print!` elsewhere never waits for the thread's
+        // whole life.
+        let mut out = stdout.lock();
+        let _ = out.write_all(&bytes).and_then(|()| out.flush());
+        drop(out);
         bytes.clear();
         drop(bytes);
         if batch > 1 && !finished {

@@ -221,8 +221,9 @@ pub struct RouterActor {
 pub type Providers = Arc<BTreeMap<String, Addr<ProviderActor>>>;
 
 impl RouterActor {
-    /// Starts the router on an arbiter of its own (every request passes through it, so it
-    /// must not share a thread with anything busy).
+    /// Starts the router on an arbiter of its own, so that recovery and the sweep's
+    /// messages never wait behind a busy thread (new messages go to the HTTP workers'
+    /// twins of it).
     pub fn start(
         registry: Registry,
         providers: Providers,
