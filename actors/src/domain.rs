@@ -472,7 +472,7 @@ impl Timestamp {
 
 /// The unordered pair of addresses a conversation is keyed on. Emails compare
 /// case-insensitively, so they are lower-cased here; the smaller address comes first.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Participants {
     pub first: String,
     pub second: String,
