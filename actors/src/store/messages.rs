@@ -9,7 +9,9 @@ use serde::Serialize;
 use super::backend::{for_cached_chunks, for_each_backend};
 use super::dispatch::Lease;
 use super::rows::{AttemptRow, ConversationRow, MessageRow, NewConversationRow, NewMessageRow};
-use super::schema::{conversation_total, conversations, dispatch_attempts, messages};
+use super::schema::{
+    conversation_counts, conversation_total, conversations, dispatch_attempts, messages,
+};
 use super::StoreError;
 use crate::domain::{
     Channel, Direction, IdempotencyKey, MessageContent, MessageStatus, Participants, Timestamp,
@@ -393,6 +395,36 @@ fn existing_conversations<'p>(
         .collect())
 }
 
+/// Messages a backend counted outside `conversations.message_count`, by conversation:
+/// PostgreSQL's slotted rows (see the migration `conversation_counts`); none on SQLite,
+/// whose single writer counts into the conversation's row.
+trait SlottedCounts {
+    fn added_counts(&mut self, ids: &[i64]) -> Result<HashMap<i64, i64>, StoreError>;
+}
+
+impl SlottedCounts for diesel::sqlite::SqliteConnection {
+    fn added_counts(&mut self, _ids: &[i64]) -> Result<HashMap<i64, i64>, StoreError> {
+        Ok(HashMap::new())
+    }
+}
+
+impl SlottedCounts for diesel::pg::PgConnection {
+    fn added_counts(&mut self, ids: &[i64]) -> Result<HashMap<i64, i64>, StoreError> {
+        let rows: Vec<(i64, i64)> = conversation_counts::table
+            .filter(conversation_counts::conversation_id.eq_any(ids))
+            .select((
+                conversation_counts::conversation_id,
+                conversation_counts::added,
+            ))
+            .load(self)?;
+        let mut added = HashMap::new();
+        for (id, count) in rows {
+            *added.entry(id).or_insert(0) += count;
+        }
+        Ok(added)
+    }
+}
+
 for_each_backend! {
     /// Finds or creates the conversation of `participants`. Counting the message into it
     /// is a trigger's work (`messages_count_in_conversation`; on PostgreSQL
@@ -668,7 +700,7 @@ for_each_backend! {
                 "CAST(COALESCE(SUM(total), 0) AS BIGINT)",
             ))
             .first::<i64>(conn)?;
-        let items = conversations::table
+        let rows: Vec<ConversationRow> = conversations::table
             .order((
                 conversations::last_message_at.desc(),
                 conversations::id.desc(),
@@ -676,12 +708,15 @@ for_each_backend! {
             .limit(i64::from(page.page_size))
             .offset(page.offset())
             .select(ConversationRow::as_select())
-            .load(conn)?
+            .load(conn)?;
+        let ids: Vec<i64> = rows.iter().map(|c| c.id).collect();
+        let added = conn.added_counts(&ids)?;
+        let items = rows
             .into_iter()
             .map(|c| ConversationView {
                 id: c.id,
                 participants: [c.participant_a, c.participant_b],
-                message_count: c.message_count,
+                message_count: c.message_count + added.get(&c.id).copied().unwrap_or(0),
                 last_message_at: display_time(&c.last_message_at),
             })
             .collect();
@@ -713,7 +748,7 @@ for_each_backend! {
         conversation_id: i64,
         page: PageRequest,
     ) -> Result<Option<Page<MessageView>>, StoreError> {
-        let Some(total) = conversations::table
+        let Some(counted) = conversations::table
             .find(conversation_id)
             .select(conversations::message_count)
             .first::<i64>(conn)
@@ -721,6 +756,12 @@ for_each_backend! {
         else {
             return Ok(None);
         };
+        let total = counted
+            + conn
+                .added_counts(&[conversation_id])?
+                .get(&conversation_id)
+                .copied()
+                .unwrap_or(0);
         let items = messages::table
             .filter(messages::conversation_id.eq(conversation_id))
             .order((messages::timestamp.asc(), messages::id.asc()))
@@ -1343,6 +1384,81 @@ mod tests {
                 .map_err(StoreError::from)
             })
             .expect("another transaction may reference the conversation meanwhile");
+        }
+    }
+
+    /// Two instances add messages to one conversation at once: each counts into its own
+    /// slot, so the second's batch neither waits for the first's commit nor loses a
+    /// count, and the conversation's total is every message.
+    #[test]
+    fn on_postgres_two_writers_count_into_one_conversation_without_waiting() {
+        for db in databases() {
+            let mut first = db.pool.get().expect("connection");
+            let DbConn::Postgres(_) = first else {
+                continue;
+            };
+            let Some((server, name)) = db.drop_pg.clone() else {
+                unreachable!("a PostgreSQL test database")
+            };
+            let (_, conversation) = created(&insert_one(
+                &mut first,
+                &outbound(
+                    content("+12015550001", "+12015550002", "earlier"),
+                    Some("p"),
+                ),
+            ));
+            let slot = |conn: &mut PgConnection| -> i32 {
+                diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+                    "pg_backend_pid() % 16",
+                ))
+                .get_result(conn)
+                .expect("backend pid")
+            };
+            let DbConn::Postgres(c) = &mut first else {
+                unreachable!("a PostgreSQL connection")
+            };
+            let first_slot = slot(c);
+            // Writers whose pids share a slot wait for each other by design: pick another.
+            let mut second = (0..100)
+                .map(|_| PgConnection::establish(&format!("{server}/{name}")).expect("connection"))
+                .find_map(|mut conn| (slot(&mut conn) != first_slot).then_some(conn))
+                .expect("a connection with a slot of its own");
+            let batch = |n: usize| -> Vec<NewOutbound> {
+                (0..n)
+                    .map(|i| {
+                        outbound(
+                            content("+12015550002", "+12015550001", &format!("{i}")),
+                            Some("p"),
+                        )
+                    })
+                    .collect()
+            };
+            let (ours, theirs) = (batch(3), batch(5));
+            in_write_transaction(&mut first, |tx| {
+                let Tx::Postgres(c) = tx else {
+                    unreachable!("a PostgreSQL connection")
+                };
+                postgres::insert_outbound_many(c, &ours.iter().collect::<Vec<_>>())?;
+                second.transaction(|c| {
+                    diesel::sql_query("SET LOCAL lock_timeout = '2s'").execute(c)?;
+                    postgres::insert_outbound_many(c, &theirs.iter().collect::<Vec<_>>())
+                })
+            })
+            .expect("the second writer's batch went through while the first's was open");
+            let counted = match &mut first {
+                DbConn::Postgres(c) => postgres::list_conversation_messages(
+                    c,
+                    conversation,
+                    PageRequest {
+                        page: 1,
+                        page_size: 1,
+                    },
+                ),
+                DbConn::Sqlite(_) => unreachable!("a PostgreSQL connection"),
+            }
+            .expect("read")
+            .expect("the conversation");
+            assert_eq!(counted.total, 1 + 3 + 5);
         }
     }
 

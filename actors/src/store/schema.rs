@@ -76,6 +76,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// PostgreSQL only: messages counted into a conversation since its `message_count`
+    /// was last written, one row per writing connection's slot (see the migration
+    /// `conversation_counts`). SQLite counts into `message_count` itself.
+    conversation_counts (conversation_id, slot) {
+        conversation_id -> BigInt,
+        slot -> Integer,
+        added -> BigInt,
+    }
+}
+
 diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(dispatch_attempts -> messages (message_id));
 diesel::allow_tables_to_appear_in_same_query!(
