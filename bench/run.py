@@ -17,7 +17,8 @@ PostgreSQL (skipped when --postgres names no reachable server; default
 postgres://postgres@127.0.0.1:5432): pgbench's one-row-insert rate from 64 clients and its
 rate in 64-row transactions on the same server, then ingest and end-to-end for one
 instance and for two instances sharing the database (the same 64 connections split
-between them).
+between them), and ingest for one and two instances when each message goes to one of
+10,000 recipients (a conversation each) instead of all to one.
 
 --large adds "flat as the data grows": ingest and the p99 of the four read endpoints on a
 SQLite database holding 1 M and then 10 M messages in 50,000 conversations, against one
@@ -64,6 +65,18 @@ wrk.headers["Content-Type"] = "application/json"
 
 
 WRK_SCRIPT = post_script(SMS)
+# The same SMS to one of 10,000 recipients (a conversation each), the same sequence in
+# every run.
+MANY_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+math.randomseed(1)
+local head = '%s'
+local tail = '%s'
+request = function()
+  return wrk.format(nil, nil, nil, head .. string.format("+1804%%07d", math.random(0, 9999)) .. tail)
+end
+""" % tuple(json.dumps({**SMS, "to": "TO"}).split("TO"))
 EMAIL_SCRIPT = post_script(EMAIL)
 CONVERSATIONS = 50_000
 
@@ -386,6 +399,20 @@ def postgres(server_url, duration, scripts):
                     for server in servers:
                         server.stop()
             result["instances_%d" % instances] = {"ingest": ingest, "end_to_end": e2e}
+        for instances in (1, 2):
+            with tempfile.TemporaryDirectory() as settings_dir:
+                url = fresh()
+                servers = []
+                try:
+                    for _ in range(instances):
+                        servers.append(service(settings_dir, database_url=url))
+                    many = drive(servers, 64, duration, scripts["sms_many"])
+                    print("postgres, %d instance(s), 10,000 recipients: ingest %.0f req/s, "
+                          "p99 %.2f ms" % (instances, many["rps"], many["p99_ms"]), flush=True)
+                finally:
+                    for server in servers:
+                        server.stop()
+            result["instances_%d" % instances]["ingest_10000_recipients"] = many
         one = result["instances_1"]["ingest"]["rps"]
         result["ratios"] = {
             "one_instance_over_pgbench_one_row": round(
@@ -563,6 +590,9 @@ def bar_rows(result):
             rows += [("per second", "PostgreSQL, %d instance(s), ingest" % n, part["ingest"]["rps"]),
                      ("per second", "PostgreSQL, %d instance(s), end to end" % n,
                       part["end_to_end"]["messages_per_second"])]
+            if "ingest_10000_recipients" in part:
+                rows.append(("per second", "PostgreSQL, %d instance(s), ingest, 10,000 recipients"
+                             % n, part["ingest_10000_recipients"]["rps"]))
     for point in result.get("at_scale", []):
         stored = "%.2g M stored" % (point["stored_messages"] / 1e6)
         rows.append(("per second", "SQLite, ingest, %s" % stored, point["ingest_rps"]))
@@ -617,7 +647,11 @@ def main():
     email_script = os.path.join(args.out, "post_email.lua")
     with open(email_script, "w") as f:
         f.write(EMAIL_SCRIPT)
+    many_script = os.path.join(args.out, "post_sms_many.lua")
+    with open(many_script, "w") as f:
+        f.write(MANY_SCRIPT)
     scripts = {"sms": (script, "/api/messages/sms"),
+               "sms_many": (many_script, "/api/messages/sms"),
                "email": (email_script, "/api/messages/email")}
 
     result = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
