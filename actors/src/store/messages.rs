@@ -1066,8 +1066,10 @@ mod tests {
         }
     }
 
-    /// A batch's pairs are looked up together: a pair whose addresses each belong to an
-    /// existing conversation, with other partners, is a new conversation of its own.
+    /// A batch's pairs are looked up together, by pair: conversations that only share
+    /// addresses with the batch's pairs (which a lookup by each column alone would find)
+    /// are not theirs, and a pair whose addresses each belong to an existing conversation,
+    /// with other partners, is a new conversation of its own.
     #[test]
     fn a_batch_uses_only_the_conversations_of_its_own_pairs() {
         for db in databases() {
@@ -1112,8 +1114,10 @@ mod tests {
         }
     }
 
-    /// Two instances create the same new conversations at once, in opposite orders: the
-    /// second waits for the first's commit and reads its conversations back, one each.
+    /// Two instances create the same new conversations at once: the second waits for the
+    /// first's commit and reads its conversations back, one conversation per pair. (The
+    /// second lists the pairs in the opposite order, but the first holds them all before
+    /// the second starts, so this does not show that the sorted insert cannot deadlock.)
     #[test]
     fn on_postgres_two_batches_creating_the_same_conversations_share_them() {
         for db in databases() {
@@ -1345,7 +1349,8 @@ mod tests {
     /// Two instances add messages to one conversation at once: a batch's insert must lock
     /// the conversation only as its update does, so that the other instance's foreign-key
     /// check of its own new message (FOR KEY SHARE) does not wait on it; with a stronger
-    /// lock the two batches deadlocked, each holding what the other waited for.
+    /// lock the two batches deadlocked, each holding what the other waited for. The batch's
+    /// messages are later than the conversation's latest, so its trigger does lock the row.
     #[test]
     fn on_postgres_a_batch_leaves_its_conversations_free_to_reference() {
         for db in databases() {
@@ -1363,10 +1368,10 @@ mod tests {
             ));
             let news: Vec<NewOutbound> = (0..3)
                 .map(|n| {
-                    outbound(
-                        content("+12015550001", "+12015550002", &format!("{n}")),
-                        Some("p"),
-                    )
+                    let mut later = content("+12015550001", "+12015550002", &format!("{n}"));
+                    later.timestamp =
+                        Timestamp::parse_rfc3339("2024-11-01T15:00:00Z").expect("valid");
+                    outbound(later, Some("p"))
                 })
                 .collect();
             in_write_transaction(&mut first, |tx| {
@@ -1377,11 +1382,18 @@ mod tests {
                 let DbConn::Postgres(other) = &mut second else {
                     unreachable!("one pool, one backend")
                 };
-                diesel::sql_query(format!(
-                    "SELECT id FROM conversations WHERE id = {conversation} FOR KEY SHARE NOWAIT"
-                ))
-                .execute(&mut **other)
-                .map_err(StoreError::from)
+                let mut lock = |strength: &str| {
+                    diesel::sql_query(format!(
+                        "SELECT id FROM conversations WHERE id = {conversation} \
+                         FOR {strength} NOWAIT"
+                    ))
+                    .execute(&mut **other)
+                };
+                assert!(
+                    lock("NO KEY UPDATE").is_err(),
+                    "the batch moved last_message_at on, so it holds the conversation's row"
+                );
+                lock("KEY SHARE").map_err(StoreError::from)
             })
             .expect("another transaction may reference the conversation meanwhile");
         }
@@ -1459,6 +1471,79 @@ mod tests {
             .expect("read")
             .expect("the conversation");
             assert_eq!(counted.total, 1 + 3 + 5);
+        }
+    }
+
+    /// Reverting the slotted counts folds every slot back into its conversation's
+    /// `message_count`, and applying them again starts from that figure: no message is
+    /// counted twice or lost either way.
+    #[test]
+    fn on_postgres_reverting_the_slotted_counts_keeps_every_count() {
+        use diesel::migration::MigrationSource;
+        use diesel::pg::Pg;
+        use diesel_migrations::MigrationHarness;
+
+        for db in databases() {
+            let DbConn::Postgres(_) = db.pool.get().expect("connection") else {
+                continue;
+            };
+            let Some((server, name)) = db.drop_pg.clone() else {
+                unreachable!("a PostgreSQL test database")
+            };
+            // Each connection is a backend of its own, so the counts go to several slots.
+            let mut writers: Vec<PgConnection> = (0..4)
+                .map(|_| PgConnection::establish(&format!("{server}/{name}")).expect("connection"))
+                .collect();
+            for (n, conn) in writers.iter_mut().enumerate() {
+                let news: Vec<NewOutbound> = (0..=n)
+                    .map(|i| {
+                        outbound(
+                            content("+12015550001", "+12015550002", &format!("{n}.{i}")),
+                            Some("p"),
+                        )
+                    })
+                    .collect();
+                conn.transaction(|c| {
+                    postgres::insert_outbound_many(c, &news.iter().collect::<Vec<_>>())
+                })
+                .expect("batch");
+            }
+            let slots: i64 = conversation_counts::table
+                .count()
+                .get_result(&mut writers[0])
+                .expect("slots");
+            assert!(slots > 1, "the writers counted into one slot only");
+            let total = |conn: &mut PgConnection| -> i64 {
+                let page = postgres::list_conversations(
+                    conn,
+                    PageRequest {
+                        page: 1,
+                        page_size: 1,
+                    },
+                )
+                .expect("list");
+                page.items.first().expect("one conversation").message_count
+            };
+            assert_eq!(total(&mut writers[0]), 1 + 2 + 3 + 4);
+
+            let mut conn =
+                PgConnection::establish(&format!("{server}/{name}")).expect("connection");
+            let migrations =
+                MigrationSource::<Pg>::migrations(&crate::store::backend::POSTGRES_MIGRATIONS)
+                    .expect("migrations");
+            let last = migrations.last().expect("some");
+            assert!(last.name().to_string().ends_with("conversation_counts"));
+            conn.revert_migration(last.as_ref()).expect("revert");
+            let folded: i64 = conversations::table
+                .select(conversations::message_count)
+                .first(&mut conn)
+                .expect("count");
+            assert_eq!(
+                folded, 10,
+                "the slots were folded into the conversation's row"
+            );
+            conn.run_migration(last.as_ref()).expect("apply again");
+            assert_eq!(total(&mut conn), 10);
         }
     }
 

@@ -1,5 +1,6 @@
 //! Diesel's view of the tables in `migrations/sqlite/` and `migrations/postgres/` (the
-//! same tables on both); kept by hand, in step with them.
+//! same tables on both but `conversation_counts`, PostgreSQL's only); kept by hand, in
+//! step with them.
 
 diesel::table! {
     conversations (id) {
@@ -77,9 +78,10 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// PostgreSQL only: messages counted into a conversation since its `message_count`
-    /// was last written, one row per writing connection's slot (see the migration
-    /// `conversation_counts`). SQLite counts into `message_count` itself.
+    /// PostgreSQL only: messages counted into a conversation since the migration
+    /// `2026-11-28-000010_conversation_counts`, one row per writing connection's slot; a
+    /// conversation's count is its `message_count` plus its rows' `added`. SQLite counts
+    /// into `message_count` itself.
     conversation_counts (conversation_id, slot) {
         conversation_id -> BigInt,
         slot -> Integer,

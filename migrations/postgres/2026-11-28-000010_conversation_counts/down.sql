@@ -1,3 +1,7 @@
+-- No writer may add a message between the fold and the drop (readers go on): the old
+-- function counts into the conversation's row again from the commit on.
+LOCK TABLE messages, conversations, conversation_counts IN SHARE ROW EXCLUSIVE MODE;
+
 CREATE OR REPLACE FUNCTION messages_count_in_conversations() RETURNS trigger AS $$
 BEGIN
     PERFORM 1 FROM conversations

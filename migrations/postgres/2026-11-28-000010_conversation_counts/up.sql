@@ -7,9 +7,11 @@
 -- their pids agree modulo 16, and then wait for each other as before. A conversation's
 -- count is its `message_count` (what it held before this step) plus its rows' `added`.
 -- `last_message_at` is written only when it moves on, so a message no later than its
--- conversation's latest takes no lock on the conversation at all.
--- Both statements lock their rows in conversation id order, so two batches never wait on
--- each other in a circle.
+-- conversation's latest takes no lock on the conversation that blocks another writer
+-- (the foreign key's FOR KEY SHARE still applies). Two writers whose messages both move
+-- one conversation's `last_message_at` on still take turns, as before.
+-- Each statement locks its rows in conversation id order, so two such statements never
+-- wait on each other in a circle; a transaction of several statements still can.
 CREATE TABLE conversation_counts (
     conversation_id BIGINT NOT NULL REFERENCES conversations (id),
     slot INTEGER NOT NULL,
