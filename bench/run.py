@@ -65,12 +65,16 @@ wrk.headers["Content-Type"] = "application/json"
 
 
 WRK_SCRIPT = post_script(SMS)
-# The same SMS to one of 10,000 recipients (a conversation each), the same sequence in
-# every run.
+# The same SMS to one of 10,000 recipients (a conversation each), each instance its own
+# sequence, the same in every run.
 MANY_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-math.randomseed(1)
+-- Each instance's wrk draws a sequence of its own (its index is the script's argument):
+-- two instances in lockstep would create every new conversation at the same moment.
+function init(args)
+  math.randomseed(1 + tonumber(args[1] or "0"))
+end
 local head = '%s'
 local tail = '%s'
 request = function()
@@ -163,9 +167,10 @@ def to_ms(text):
                            "h": 3_600_000.0}[unit]
 
 
-def wrk(url, connections, duration, script):
+def wrk(url, connections, duration, script, instance=0):
     out = subprocess.run(["wrk", "-t1", "-c%d" % connections, "-d%ds" % duration, "--latency",
-                          "-s", script, url], check=True, capture_output=True, text=True).stdout
+                          "-s", script, url, "--", str(instance)],
+                         check=True, capture_output=True, text=True).stdout
     # The distribution's lines start with the percentile; the thread statistics' "+/- Stdev"
     # column also holds percentages (85.50%), which an unanchored "50%" would match.
     if not re.search(r"^\s*99%\s+[\d.]+(us|ms|s|m|h)\b", out, re.M):
@@ -200,7 +205,7 @@ def drive(servers, connections, duration, script):
 
     def one(i):
         points[i] = wrk(servers[i].url(script[1]), connections // len(servers), duration,
-                        script[0])
+                        script[0], i)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(servers))]
     for t in threads:
