@@ -1547,6 +1547,62 @@ mod tests {
         }
     }
 
+    /// PostgreSQL breaks a deadlock by failing one of its transactions with 40P01, which
+    /// Diesel reports with no kind of its own: the store must call it a rolled-back
+    /// transaction, which the writer runs again, and not a fault of the database.
+    #[test]
+    fn on_postgres_a_deadlock_is_a_rolled_back_transaction() {
+        use diesel::connection::SimpleConnection;
+        for db in databases() {
+            let DbConn::Postgres(_) = db.pool.get().expect("connection") else {
+                continue;
+            };
+            let Some((server, name)) = db.drop_pg.clone() else {
+                unreachable!("a PostgreSQL test database")
+            };
+            let url = format!("{server}/{name}");
+            let mut setup = PgConnection::establish(&url).expect("connection");
+            setup
+                .batch_execute(
+                    "CREATE TABLE deadlock_probe (id INTEGER PRIMARY KEY);
+                     INSERT INTO deadlock_probe VALUES (1), (2);",
+                )
+                .expect("probe table");
+            // Each holds one row and then asks for the other's: a circle the server breaks.
+            let both_hold_one = std::sync::Barrier::new(2);
+            let crossed = |first: i32, second: i32| -> Result<(), StoreError> {
+                let mut conn = PgConnection::establish(&url).expect("connection");
+                conn.transaction::<_, diesel::result::Error, _>(|c| {
+                    let touch = |c: &mut PgConnection, id: i32| {
+                        diesel::sql_query(format!(
+                            "UPDATE deadlock_probe SET id = id WHERE id = {id}"
+                        ))
+                        .execute(c)
+                    };
+                    touch(c, first)?;
+                    both_hold_one.wait();
+                    touch(c, second)?;
+                    Ok(())
+                })
+                .map_err(StoreError::from)
+            };
+            let (one, other) = std::thread::scope(|scope| {
+                let one = scope.spawn(|| crossed(1, 2));
+                let other = scope.spawn(|| crossed(2, 1));
+                (
+                    one.join().expect("first thread"),
+                    other.join().expect("second thread"),
+                )
+            });
+            let failed: Vec<StoreError> =
+                [one, other].into_iter().filter_map(Result::err).collect();
+            assert!(
+                matches!(failed[..], [StoreError::RolledBack(_)]),
+                "one transaction rolled back, the other through: {failed:?}"
+            );
+        }
+    }
+
     /// The rules the status update's row triggers keep, on both backends: a final status
     /// stays final (but for a retry's failed -> queued), and only a message with a
     /// callback URL gets a callback for its final status.

@@ -68,6 +68,11 @@ pub enum StoreError {
     /// The attempt's message is leased to another instance now: its record stands.
     #[error("attempt superseded by another instance")]
     Superseded,
+    /// PostgreSQL rolled the transaction back to break a deadlock with another
+    /// transaction, or a serialization conflict: nothing of it was written, and the same
+    /// writes run again usually go through.
+    #[error("the database rolled the transaction back: {0}")]
+    RolledBack(String),
     /// The database refused a change its rules forbid (a final status changed).
     #[error("the database refused the change: {0}")]
     Refused(String),
@@ -93,6 +98,7 @@ impl StoreError {
             StoreError::DiskFull(_) => "disk_full",
             StoreError::Conflict(_) => "conflict",
             StoreError::Superseded => "superseded",
+            StoreError::RolledBack(_) => "rolled_back",
             StoreError::Refused(_) => "refused",
             StoreError::Failed(_) => "failed",
             StoreError::Closed => "closed",
@@ -130,6 +136,9 @@ impl StoreError {
         let owned = message.to_owned();
         if lower.contains("superseded") {
             StoreError::Superseded
+        } else if lower.contains("deadlock detected") {
+            // PostgreSQL's 40P01, which Diesel reports with no kind of its own.
+            StoreError::RolledBack(owned)
         } else if lower.contains("final status") {
             StoreError::Refused(owned)
         } else if lower.contains("database is locked") || lower.contains("database is busy") {
@@ -168,6 +177,9 @@ impl From<diesel::result::Error> for StoreError {
             }
             Error::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
                 StoreError::ConnectionLost(info.message().to_owned())
+            }
+            Error::DatabaseError(DatabaseErrorKind::SerializationFailure, info) => {
+                StoreError::RolledBack(info.message().to_owned())
             }
             Error::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, info) => {
                 StoreError::ReadOnly(info.message().to_owned())

@@ -324,7 +324,17 @@ impl PersistenceActor {
                 return;
             }
         };
-        let commit = in_write_transaction(conn, |tx| apply_all(&mut jobs, tx));
+        let mut commit = in_write_transaction(conn, |tx| apply_all(&mut jobs, tx));
+        // Two instances' batches that lock the same conversations in different orders
+        // (a batch's inserts are several statements) can wait on each other; PostgreSQL
+        // rolls one back. Nothing of it was written, so it runs again once before its
+        // callers hear of it.
+        if matches!(commit, Err(StoreError::RolledBack(_))) {
+            commit = match self.connection() {
+                Ok(conn) => in_write_transaction(conn, |tx| apply_all(&mut jobs, tx)),
+                Err(e) => Err(e.clone()),
+            };
+        }
         match commit {
             Err(e) if e.is_per_write() && jobs.len() > 1 => {
                 for mut job in jobs {
@@ -513,6 +523,48 @@ mod tests {
             .map(|entry| entry.split(',').count())
             .collect();
         assert_eq!(sizes, [BULK_ROWS, 3]);
+    }
+
+    /// Fails its first run as PostgreSQL fails the transaction it picks to break a
+    /// deadlock; succeeds after.
+    fn deadlocked_once(probe: &Probe) -> Result<u32, StoreError> {
+        let runs = {
+            let mut log = probe.log.lock().expect("log");
+            log.push(format!("one {}", probe.n));
+            log.len()
+        };
+        if runs == 1 {
+            return Err(StoreError::RolledBack("deadlock detected".into()));
+        }
+        Ok(probe.n * 10)
+    }
+
+    /// A batch the database rolled back to break a deadlock runs again, and its caller
+    /// hears only of the second run.
+    #[test]
+    fn a_batch_rolled_back_to_break_a_deadlock_runs_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("retry.db").display());
+        let pool =
+            super::super::backend::open(&url, 1, std::time::Duration::from_secs(10)).expect("open");
+        let mut writer = PersistenceActor::new(pool, Arc::new(WriteQueue::default()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (reply, answer) = oneshot::channel();
+        let retried = Runner {
+            sqlite: |_, p| deadlocked_once(p),
+            postgres: |_, p| deadlocked_once(p),
+        };
+        let probe = Probe {
+            n: 7,
+            log: log.clone(),
+        };
+        writer.commit(vec![WriteJob::boxed(probe, retried, None, reply)]);
+        assert_eq!(answer.blocking_recv().expect("answered"), Ok(70));
+        assert_eq!(
+            log.lock().expect("log").len(),
+            2,
+            "run once more, and only once"
+        );
     }
 
     /// A multi-row call that does not answer every write fails the batch rather than
