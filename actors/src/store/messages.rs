@@ -478,7 +478,8 @@ for_each_backend! {
     ) -> Result<Option<(i64, i64)>, StoreError> {
         let now = Timestamp::now().to_storage();
         let timestamp = content.timestamp.to_storage();
-        let conversation_id = find_or_create_conversation(conn, &content.participants(), &timestamp, &now)?;
+        let conversation_id =
+            find_or_create_conversation(conn, &content.participants(), &timestamp, &now)?;
         let mut row = message_row(content, conversation_id, timestamp, now);
         fill(&mut row);
         let id = diesel::insert_into(messages::table)
@@ -601,7 +602,10 @@ for_each_backend! {
         earlier_by_key(conn, idempotency)
     }
 
-    fn earlier_inbound(conn: &mut Conn, new: &NewInbound) -> Result<Option<InboundStored>, StoreError> {
+    fn earlier_inbound(
+        conn: &mut Conn,
+        new: &NewInbound,
+    ) -> Result<Option<InboundStored>, StoreError> {
         let earlier = messages::table
             .filter(messages::direction.eq(Direction::Inbound.as_str()))
             .filter(messages::channel.eq_any(webhook_family(new.content.channel)))
@@ -1493,10 +1497,24 @@ mod tests {
             let Some((server, name)) = db.drop_pg.clone() else {
                 unreachable!("a PostgreSQL test database")
             };
-            // Each connection is a backend of its own, so the counts go to several slots.
-            let mut writers: Vec<PgConnection> = (0..4)
+            // Four backends whose pids fall in four slots.
+            let mut slots_taken = Vec::new();
+            let mut writers: Vec<PgConnection> = (0..100)
                 .map(|_| PgConnection::establish(&format!("{server}/{name}")).expect("connection"))
+                .filter_map(|mut conn| {
+                    let slot: i32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+                        "pg_backend_pid() % 16",
+                    ))
+                    .get_result(&mut conn)
+                    .expect("backend pid");
+                    (!slots_taken.contains(&slot)).then(|| {
+                        slots_taken.push(slot);
+                        conn
+                    })
+                })
+                .take(4)
                 .collect();
+            assert_eq!(writers.len(), 4, "four backends in four slots");
             for (n, conn) in writers.iter_mut().enumerate() {
                 let news: Vec<NewOutbound> = (0..=n)
                     .map(|i| {
@@ -1515,7 +1533,7 @@ mod tests {
                 .count()
                 .get_result(&mut writers[0])
                 .expect("slots");
-            assert!(slots > 1, "the writers counted into one slot only");
+            assert_eq!(slots, 4, "each writer counted into its own slot");
             let total = |conn: &mut PgConnection| -> i64 {
                 let page = postgres::list_conversations(
                     conn,
@@ -1572,9 +1590,13 @@ mod tests {
                 )
                 .expect("probe table");
             // Each holds one row and then asks for the other's: a circle the server breaks.
-            let both_hold_one = std::sync::Barrier::new(2);
-            let crossed = |first: i32, second: i32| -> Result<(), StoreError> {
-                let mut conn = PgConnection::establish(&url).expect("connection");
+            // A thread that cannot hear of the other's row within the deadline goes on
+            // anyway, so a failure shows as a failed assertion, never as a hang.
+            let crossed = |mut conn: PgConnection,
+                           (first, second): (i32, i32),
+                           held: std::sync::mpsc::Sender<()>,
+                           other_held: std::sync::mpsc::Receiver<()>|
+             -> Result<(), StoreError> {
                 conn.transaction::<_, diesel::result::Error, _>(|c| {
                     let touch = |c: &mut PgConnection, id: i32| {
                         diesel::sql_query(format!(
@@ -1583,15 +1605,20 @@ mod tests {
                         .execute(c)
                     };
                     touch(c, first)?;
-                    both_hold_one.wait();
+                    let _ = held.send(());
+                    let _ = other_held.recv_timeout(Duration::from_secs(10));
                     touch(c, second)?;
                     Ok(())
                 })
                 .map_err(StoreError::from)
             };
+            let connect = || PgConnection::establish(&url).expect("connection");
+            let (one_conn, other_conn) = (connect(), connect());
+            let (one_held, one_heard) = std::sync::mpsc::channel();
+            let (other_held, other_heard) = std::sync::mpsc::channel();
             let (one, other) = std::thread::scope(|scope| {
-                let one = scope.spawn(|| crossed(1, 2));
-                let other = scope.spawn(|| crossed(2, 1));
+                let one = scope.spawn(|| crossed(one_conn, (1, 2), one_held, other_heard));
+                let other = scope.spawn(|| crossed(other_conn, (2, 1), other_held, one_heard));
                 (
                     one.join().expect("first thread"),
                     other.join().expect("second thread"),

@@ -137,7 +137,9 @@ impl StoreError {
         if lower.contains("superseded") {
             StoreError::Superseded
         } else if lower.contains("deadlock detected") {
-            // PostgreSQL's 40P01, which Diesel reports with no kind of its own.
+            // PostgreSQL's 40P01, which Diesel reports with no kind of its own (nor its
+            // code), so its English text: a server with another `lc_messages` reports it
+            // as `Failed`, and the batch is not run again.
             StoreError::RolledBack(owned)
         } else if lower.contains("final status") {
             StoreError::Refused(owned)

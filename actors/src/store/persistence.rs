@@ -313,8 +313,9 @@ impl PersistenceActor {
     /// its own (a conflict, a superseded attempt), the batch is rolled back and each write
     /// run again in a transaction of its own, so that one bad write cannot sink its
     /// neighbours; that costs a commit per write, but only on the rare batch with such a
-    /// failure in it. A fault of the database itself fails the batch and every write
-    /// queued behind it at once.
+    /// failure in it. A batch the database rolled back to break a deadlock runs once
+    /// more, and fails alone if it is rolled back again. A fault of the database itself
+    /// fails the batch and every write queued behind it at once.
     fn commit(&mut self, mut jobs: Vec<Box<dyn Job>>) {
         let conn = match self.connection() {
             Ok(conn) => conn,
@@ -336,6 +337,12 @@ impl PersistenceActor {
             };
         }
         match commit {
+            // A deadlock is this batch's and another's, not the database's: the writes
+            // queued behind it are not failed with it.
+            Err(e @ StoreError::RolledBack(_)) => {
+                self.after_error(&e);
+                self.answer(jobs, Err(e));
+            }
             Err(e) if e.is_per_write() && jobs.len() > 1 => {
                 for mut job in jobs {
                     let alone = match self.connection() {
@@ -560,11 +567,42 @@ mod tests {
         };
         writer.commit(vec![WriteJob::boxed(probe, retried, None, reply)]);
         assert_eq!(answer.blocking_recv().expect("answered"), Ok(70));
+        assert_eq!(log.lock().expect("log").len(), 2, "run once more");
+
+        // Rolled back every time: run twice, no more, and the caller hears why.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (reply, answer) = oneshot::channel();
+        let always = Runner {
+            sqlite: |_, p| always_deadlocked(p),
+            postgres: |_, p| always_deadlocked(p),
+        };
+        let probe = Probe {
+            n: 8,
+            log: log.clone(),
+        };
+        // A write queued behind the batch is not the deadlock's: it waits for its own.
+        let (queued, mut queued_answer) = job(9, None, &log);
+        writer.queue.lock().waiting.push(queued);
+        writer.commit(vec![WriteJob::boxed(probe, always, None, reply)]);
+        assert!(matches!(
+            answer.blocking_recv().expect("answered"),
+            Err(StoreError::RolledBack(_))
+        ));
+        assert_eq!(
+            queued_answer.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty),
+            "the queued write was failed with the batch"
+        );
         assert_eq!(
             log.lock().expect("log").len(),
             2,
             "run once more, and only once"
         );
+    }
+
+    fn always_deadlocked(probe: &Probe) -> Result<u32, StoreError> {
+        note(probe, format!("one {}", probe.n));
+        Err(StoreError::RolledBack("deadlock detected".into()))
     }
 
     /// A multi-row call that does not answer every write fails the batch rather than

@@ -1,5 +1,8 @@
--- No writer may add a message between the fold and the drop (readers go on): the old
--- function counts into the conversation's row again from the commit on.
+-- No writer may add a message between the fold and the drop: the old function counts
+-- into the conversation's row again from the commit on. Reads of messages go on until
+-- the drop, which waits for them; a writer already inside a batch may deadlock with this
+-- lock, and PostgreSQL then rolls one of the two back: stop the instances first, or run
+-- the revert again.
 LOCK TABLE messages, conversations, conversation_counts IN SHARE ROW EXCLUSIVE MODE;
 
 CREATE OR REPLACE FUNCTION messages_count_in_conversations() RETURNS trigger AS $$
