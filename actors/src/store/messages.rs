@@ -805,6 +805,25 @@ mod tests {
         drop_pg: Option<(String, String)>,
     }
 
+    impl TestDb {
+        /// The PostgreSQL test database's URL, for connections of a test's own; `None`
+        /// on SQLite.
+        fn postgres_url(&self) -> Option<String> {
+            self.drop_pg
+                .as_ref()
+                .map(|(server, name)| format!("{server}/{name}"))
+        }
+    }
+
+    /// The `conversation_counts` slot a PostgreSQL connection's writes count into.
+    fn backend_slot(conn: &mut PgConnection) -> i32 {
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+            "pg_backend_pid() % 16",
+        ))
+        .get_result(conn)
+        .expect("backend pid")
+    }
+
     impl Drop for TestDb {
         fn drop(&mut self) {
             if let Some((server, name)) = &self.drop_pg {
@@ -1128,13 +1147,10 @@ mod tests {
     #[test]
     fn on_postgres_two_batches_creating_the_same_conversations_share_them() {
         for db in databases() {
-            let mut first = db.pool.get().expect("connection");
-            let DbConn::Postgres(_) = first else {
+            let Some(url) = db.postgres_url() else {
                 continue;
             };
-            let Some((server, name)) = db.drop_pg.clone() else {
-                unreachable!("a PostgreSQL test database")
-            };
+            let mut first = db.pool.get().expect("connection");
             let news = new_messages(20, "+1201557");
             let reversed: Vec<NewOutbound> = news.iter().rev().cloned().collect();
             let pool = db.pool.clone();
@@ -1150,8 +1166,7 @@ mod tests {
                         insert_many(&mut second, &reversed.iter().collect::<Vec<_>>())
                     });
                     // Commit only once the other batch waits on our new conversations.
-                    let mut watcher = PgConnection::establish(&format!("{server}/{name}"))
-                        .expect("watcher connection");
+                    let mut watcher = PgConnection::establish(&url).expect("watcher connection");
                     let deadline = std::time::Instant::now() + Duration::from_secs(10);
                     loop {
                         let waiting: i64 =
@@ -1412,13 +1427,10 @@ mod tests {
     #[test]
     fn on_postgres_two_writers_count_into_one_conversation_without_waiting() {
         for db in databases() {
-            let mut first = db.pool.get().expect("connection");
-            let DbConn::Postgres(_) = first else {
+            let Some(url) = db.postgres_url() else {
                 continue;
             };
-            let Some((server, name)) = db.drop_pg.clone() else {
-                unreachable!("a PostgreSQL test database")
-            };
+            let mut first = db.pool.get().expect("connection");
             let (_, conversation) = created(&insert_one(
                 &mut first,
                 &outbound(
@@ -1426,21 +1438,14 @@ mod tests {
                     Some("p"),
                 ),
             ));
-            let slot = |conn: &mut PgConnection| -> i32 {
-                diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
-                    "pg_backend_pid() % 16",
-                ))
-                .get_result(conn)
-                .expect("backend pid")
-            };
             let DbConn::Postgres(c) = &mut first else {
                 unreachable!("a PostgreSQL connection")
             };
-            let first_slot = slot(c);
+            let first_slot = backend_slot(c);
             // Writers whose pids share a slot wait for each other by design: pick another.
             let mut second = (0..100)
-                .map(|_| PgConnection::establish(&format!("{server}/{name}")).expect("connection"))
-                .find_map(|mut conn| (slot(&mut conn) != first_slot).then_some(conn))
+                .map(|_| PgConnection::establish(&url).expect("connection"))
+                .find_map(|mut conn| (backend_slot(&mut conn) != first_slot).then_some(conn))
                 .expect("a connection with a slot of its own");
             let batch = |n: usize| -> Vec<NewOutbound> {
                 (0..n)
@@ -1491,22 +1496,15 @@ mod tests {
         use diesel_migrations::MigrationHarness;
 
         for db in databases() {
-            let DbConn::Postgres(_) = db.pool.get().expect("connection") else {
+            let Some(url) = db.postgres_url() else {
                 continue;
-            };
-            let Some((server, name)) = db.drop_pg.clone() else {
-                unreachable!("a PostgreSQL test database")
             };
             // Four backends whose pids fall in four slots.
             let mut slots_taken = Vec::new();
             let mut writers: Vec<PgConnection> = (0..100)
-                .map(|_| PgConnection::establish(&format!("{server}/{name}")).expect("connection"))
+                .map(|_| PgConnection::establish(&url).expect("connection"))
                 .filter_map(|mut conn| {
-                    let slot: i32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
-                        "pg_backend_pid() % 16",
-                    ))
-                    .get_result(&mut conn)
-                    .expect("backend pid");
+                    let slot = backend_slot(&mut conn);
                     (!slots_taken.contains(&slot)).then(|| {
                         slots_taken.push(slot);
                         conn
@@ -1547,8 +1545,7 @@ mod tests {
             };
             assert_eq!(total(&mut writers[0]), 1 + 2 + 3 + 4);
 
-            let mut conn =
-                PgConnection::establish(&format!("{server}/{name}")).expect("connection");
+            let mut conn = PgConnection::establish(&url).expect("connection");
             let migrations =
                 MigrationSource::<Pg>::migrations(&crate::store::backend::POSTGRES_MIGRATIONS)
                     .expect("migrations");
@@ -1575,13 +1572,9 @@ mod tests {
     fn on_postgres_a_deadlock_is_a_rolled_back_transaction() {
         use diesel::connection::SimpleConnection;
         for db in databases() {
-            let DbConn::Postgres(_) = db.pool.get().expect("connection") else {
+            let Some(url) = db.postgres_url() else {
                 continue;
             };
-            let Some((server, name)) = db.drop_pg.clone() else {
-                unreachable!("a PostgreSQL test database")
-            };
-            let url = format!("{server}/{name}");
             let mut setup = PgConnection::establish(&url).expect("connection");
             setup
                 .batch_execute(

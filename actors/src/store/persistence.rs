@@ -470,12 +470,21 @@ mod tests {
         kind: Option<BulkRunner<Probe, u32>>,
         log: &Arc<Mutex<Vec<String>>>,
     ) -> (Box<dyn Job>, Reply) {
+        job_running(n, runner(), kind, log)
+    }
+
+    fn job_running(
+        n: u32,
+        run: Runner<Probe, u32>,
+        kind: Option<BulkRunner<Probe, u32>>,
+        log: &Arc<Mutex<Vec<String>>>,
+    ) -> (Box<dyn Job>, Reply) {
         let (reply, answer) = oneshot::channel();
         let probe = Probe {
             n,
             log: log.clone(),
         };
-        (WriteJob::boxed(probe, runner(), kind, reply), answer)
+        (WriteJob::boxed(probe, run, kind, reply), answer)
     }
 
     fn run(mut jobs: Vec<Box<dyn Job>>) -> Result<(), StoreError> {
@@ -556,34 +565,26 @@ mod tests {
             super::super::backend::open(&url, 1, std::time::Duration::from_secs(10)).expect("open");
         let mut writer = PersistenceActor::new(pool, Arc::new(WriteQueue::default()));
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (reply, answer) = oneshot::channel();
         let retried = Runner {
             sqlite: |_, p| deadlocked_once(p),
             postgres: |_, p| deadlocked_once(p),
         };
-        let probe = Probe {
-            n: 7,
-            log: log.clone(),
-        };
-        writer.commit(vec![WriteJob::boxed(probe, retried, None, reply)]);
+        let (batch, answer) = job_running(7, retried, None, &log);
+        writer.commit(vec![batch]);
         assert_eq!(answer.blocking_recv().expect("answered"), Ok(70));
         assert_eq!(log.lock().expect("log").len(), 2, "run once more");
 
         // Rolled back every time: run twice, no more, and the caller hears why.
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (reply, answer) = oneshot::channel();
         let always = Runner {
             sqlite: |_, p| always_deadlocked(p),
             postgres: |_, p| always_deadlocked(p),
         };
-        let probe = Probe {
-            n: 8,
-            log: log.clone(),
-        };
+        let (batch, answer) = job_running(8, always, None, &log);
         // A write queued behind the batch is not the deadlock's: it waits for its own.
         let (queued, mut queued_answer) = job(9, None, &log);
         writer.queue.lock().waiting.push(queued);
-        writer.commit(vec![WriteJob::boxed(probe, always, None, reply)]);
+        writer.commit(vec![batch]);
         assert!(matches!(
             answer.blocking_recv().expect("answered"),
             Err(StoreError::RolledBack(_))
