@@ -333,7 +333,7 @@ impl PersistenceActor {
         if matches!(commit, Err(StoreError::RolledBack(_))) {
             commit = match self.connection() {
                 Ok(conn) => in_write_transaction(conn, |tx| apply_all(&mut jobs, tx)),
-                Err(e) => Err(e.clone()),
+                Err(e) => Err(e),
             };
         }
         match commit {
