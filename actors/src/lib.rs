@@ -26,7 +26,7 @@
 //! ```text
 //! HTTP handlers --AcceptOutbound / RequeueFailed--> RouterActor --insert / requeue--> Store
 //!   (AcceptOutbound goes to the router's twin on the handler's own thread)
-//!                                       |  --Dispatch--> ProviderActor (one per provider)
+//!                                       |  --Dispatch(Many)--> ProviderActor (one per provider)
 //!                                       |                   --record_attempt--> Store
 //! start-up --ResumeQueued--> RouterActor (queued rows, in id order, to their providers)
 //! LeaseKeeper --GetHeldIds--> ProviderActor; --renew/claim--> Store; --RouteQueued--> RouterActor

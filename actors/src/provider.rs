@@ -2,13 +2,14 @@
 //! outcome stream (`Pcg64`), its queue of messages and its counters; nothing it holds is
 //! shared with another provider.
 //!
-//! A message arrives as `Dispatch`. Each attempt first asks the provider's breaker for a
-//! permit; while the breaker refuses, messages wait in the queue, no outcome is drawn and
-//! nothing is failed. An admitted attempt draws the next outcome when it starts, so the
-//! k-th attempt gets the k-th draw whatever the timing; it then takes the simulated latency
-//! on a timer (many attempts are in flight at once, none blocks a thread), reports its
-//! result to the breaker, is recorded through the store's group commit, and is retried per
-//! `RetryPolicy` until it succeeds or runs out of attempts.
+//! A message arrives as `Dispatch`, or with others in one `DispatchMany`. Each attempt
+//! first asks the provider's breaker for a permit; while the breaker refuses, messages
+//! wait in the queue, no outcome is drawn and nothing is failed. An admitted attempt draws
+//! the next outcome when it starts, so the k-th attempt gets the k-th draw whatever the
+//! timing; it then takes the simulated latency on a timer (many attempts are in flight at
+//! once, none blocks a thread), reports its result to the breaker, is recorded through the
+//! store's group commit, and is retried per `RetryPolicy` until it succeeds or runs out
+//! of attempts.
 //!
 //! Supervision: a panic inside the actor is caught and stops it; its `Supervisor` restarts
 //! it at once. A restart drops the context's timers, so every message the actor holds
@@ -97,6 +98,12 @@ pub struct Dispatch {
     /// Attempts made before its latest retry; `max_attempts` counts from here.
     pub retry_base: u32,
 }
+
+/// Several `Dispatch`es in one mailbox item: an HTTP worker hands over what it accepted
+/// in one turn of its loop with a single wake-up of this actor's thread.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DispatchMany(pub Vec<Dispatch>);
 
 /// A provider as `/api/providers` shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -676,35 +683,64 @@ impl Supervised for ProviderActor {
     }
 }
 
+impl ProviderActor {
+    /// Takes one message in: held for its due time, or ready for the next `pump`
+    /// (answers whether it is ready).
+    fn take_in(&mut self, msg: Dispatch, ctx: &mut Context<Self>) -> bool {
+        if !self.held.insert(msg.message_id) {
+            // Already here: the slot the router took for this copy goes back.
+            self.backlog.release();
+            return false;
+        }
+        self.superseded.remove(&msg.message_id);
+        let job = Job {
+            message_id: msg.message_id,
+            channel: msg.channel,
+            attempts_made: msg.attempts_made,
+            sender: msg.sender,
+            retry_base: msg.retry_base,
+        };
+        match msg.due.map(Timestamp::until).filter(|wait| !wait.is_zero()) {
+            Some(wait) => {
+                self.hold(ctx, wait, job, |provider, job, _| {
+                    provider.ready.push_back(job)
+                });
+                false
+            }
+            None => {
+                self.ready.push_back(job);
+                true
+            }
+        }
+    }
+}
+
 impl Handler<Dispatch> for ProviderActor {
     type Result = ();
 
     fn handle(&mut self, msg: Dispatch, ctx: &mut Self::Context) {
         self.guarded(ctx, |provider, ctx| {
-            if !provider.held.insert(msg.message_id) {
-                // Already here: the slot the router took for this copy goes back.
-                provider.backlog.release();
-                return;
-            }
-            provider.superseded.remove(&msg.message_id);
+            let ready = provider.take_in(msg, ctx);
             provider.set_pending_gauge();
-            let job = Job {
-                message_id: msg.message_id,
-                channel: msg.channel,
-                attempts_made: msg.attempts_made,
-                sender: msg.sender,
-                retry_base: msg.retry_base,
-            };
-            match msg.due.map(Timestamp::until).filter(|wait| !wait.is_zero()) {
-                Some(wait) => {
-                    provider.hold(ctx, wait, job, |provider, job, _| {
-                        provider.ready.push_back(job)
-                    });
-                }
-                None => {
-                    provider.ready.push_back(job);
-                    provider.pump(ctx);
-                }
+            if ready {
+                provider.pump(ctx);
+            }
+        });
+    }
+}
+
+impl Handler<DispatchMany> for ProviderActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DispatchMany, ctx: &mut Self::Context) {
+        self.guarded(ctx, |provider, ctx| {
+            let mut ready = false;
+            for dispatch in msg.0 {
+                ready |= provider.take_in(dispatch, ctx);
+            }
+            provider.set_pending_gauge();
+            if ready {
+                provider.pump(ctx);
             }
         });
     }

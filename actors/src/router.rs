@@ -5,6 +5,7 @@
 //! with `RouteError::NoProvider`, the message stored `failed` so nothing retries it; a
 //! stored message with an unknown channel is an invalid route, failed the same way.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -17,7 +18,8 @@ use crate::breaker::Override;
 use crate::domain::{Channel, IdempotencyKey, MessageContent, Timestamp};
 use crate::metrics::Metrics;
 use crate::provider::{
-    sender_key, Dispatch, ForceBreaker, GetProviderStatus, ProviderActor, ProviderStatus,
+    sender_key, Dispatch, DispatchMany, ForceBreaker, GetProviderStatus, ProviderActor,
+    ProviderStatus,
 };
 use crate::store::{
     NewOutbound, OutboundStored, QueuedMessage, RequeueTarget, Requeued, Store, StoreError,
@@ -261,6 +263,39 @@ impl RouterActor {
     }
 }
 
+thread_local! {
+    /// What this thread accepted in the current turn of its loop and has not handed to
+    /// the providers yet, by provider.
+    static OUTGOING: RefCell<Vec<(Addr<ProviderActor>, Vec<Dispatch>)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// Hands an accepted message to its provider at the end of this turn of the thread's
+/// loop, together with the others accepted in it. Why: one committed batch wakes tens of
+/// requests on an HTTP worker at once, and a mailbox item each would wake the provider's
+/// thread for each of them.
+fn hand_over(provider: &Addr<ProviderActor>, dispatch: Dispatch) {
+    let first = OUTGOING.with(|outgoing| {
+        let mut outgoing = outgoing.borrow_mut();
+        let first = outgoing.is_empty();
+        match outgoing.iter_mut().find(|(addr, _)| addr == provider) {
+            Some((_, dispatches)) => dispatches.push(dispatch),
+            None => outgoing.push((provider.clone(), vec![dispatch])),
+        }
+        first
+    });
+    if first {
+        actix::spawn(async {
+            // Runs again once the tasks woken with this one have had their turn.
+            tokio::task::yield_now().await;
+            let outgoing = OUTGOING.with(|outgoing| std::mem::take(&mut *outgoing.borrow_mut()));
+            for (provider, dispatches) in outgoing {
+                provider.do_send(DispatchMany(dispatches));
+            }
+        });
+    }
+}
+
 /// How many queued messages one claim takes at most, at start and in a sweep, so that
 /// neither a start after a long outage nor an instance taking over from a dead one
 /// holds everything in one transaction.
@@ -340,14 +375,17 @@ impl Handler<AcceptOutbound> for RouterActor {
                             .with_label_values(&[channel.as_str()])
                             .inc();
                         if let Some(addr) = routes.providers.get(&provider) {
-                            addr.do_send(Dispatch {
-                                message_id: id,
-                                channel,
-                                attempts_made: 0,
-                                due: send_at,
-                                sender,
-                                retry_base: 0,
-                            });
+                            hand_over(
+                                addr,
+                                Dispatch {
+                                    message_id: id,
+                                    channel,
+                                    attempts_made: 0,
+                                    due: send_at,
+                                    sender,
+                                    retry_base: 0,
+                                },
+                            );
                         }
                         Ok(Accepted {
                             id,

@@ -217,6 +217,66 @@ async fn the_kth_attempt_gets_the_kth_draw_whatever_the_latencies() {
     assert_eq!(observed, expected);
 }
 
+/// Messages accepted in one turn of a thread reach their providers together (one mailbox
+/// item per provider): each still goes to its own provider, none is lost, and each
+/// provider takes them in the order they were accepted (its kth attempt, the kth draw).
+#[actix::test]
+async fn messages_accepted_together_reach_their_own_providers_in_order() {
+    // Rate limits vary the draws without opening a breaker (they count as neither).
+    let odds = OutcomeOdds {
+        ratelimit_pct: 50.0,
+        ..NO_FAULTS
+    };
+    let mut sms = provider("sms-mms", &[Channel::Sms], Some(7), odds);
+    sms.retry.max_attempts = 1;
+    let mut email = provider("email", &[Channel::Email], Some(8), odds);
+    email.retry.max_attempts = 1;
+    let h = start(vec![sms, email], 100);
+
+    // Every request is in the router's mailbox before the first is answered, so their
+    // writes share a commit and their answers one turn of the loop.
+    let requests: Vec<_> = (0..60)
+        .map(|n| {
+            let channel = if n % 2 == 0 {
+                Channel::Sms
+            } else {
+                Channel::Email
+            };
+            let request = h.router.send(AcceptOutbound {
+                content: content(channel, n),
+                idempotency: None,
+                options: Default::default(),
+            });
+            (channel, request)
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for (channel, request) in requests {
+        let id = request.await.expect("router answers").expect("accepted").id;
+        accepted.push((channel, id));
+    }
+
+    for (channel, name, seed) in [(Channel::Sms, "sms-mms", 7), (Channel::Email, "email", 8)] {
+        let mut ids: Vec<i64> = accepted
+            .iter()
+            .filter(|(c, _)| *c == channel)
+            .map(|(_, id)| *id)
+            .collect();
+        ids.sort_unstable();
+        let mut observed = Vec::new();
+        for id in ids {
+            let (message, attempts) = h.finished(id).await;
+            assert_eq!(message.provider.as_deref(), Some(name));
+            assert_eq!(attempts.len(), 1, "message {id}");
+            assert_eq!(attempts[0].provider, name, "message {id}");
+            observed.push(Outcome::parse(&attempts[0].outcome).expect("known outcome"));
+        }
+        let mut stream = OutcomeStream::new(Some(seed), odds);
+        let expected: Vec<Outcome> = (0..30).map(|_| stream.draw()).collect();
+        assert_eq!(observed, expected, "{name} took its messages out of order");
+    }
+}
+
 #[actix::test]
 async fn errors_are_retried_until_max_attempts_then_the_message_fails() {
     let all_errors = OutcomeOdds {
