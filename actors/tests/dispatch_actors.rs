@@ -234,7 +234,7 @@ async fn messages_accepted_together_reach_their_own_providers_in_order() {
     let h = start(vec![sms, email], 100);
 
     // Every request is in the router's mailbox before the first is answered, so their
-    // writes share a commit and their answers one turn of the loop.
+    // writes share commits and their answers come in bursts, many to a turn of the loop.
     let requests: Vec<_> = (0..60)
         .map(|n| {
             let channel = if n % 2 == 0 {

@@ -291,6 +291,15 @@ impl TestApp {
         if let Some(reader) = self.reader.take() {
             reader.join().expect("log reader");
         }
+        if !status.success() {
+            // What the process said on its way out (a panic, an abort's cause) goes into
+            // the failing test's output; the assertion on the status comes after.
+            let mut stderr = String::new();
+            if let Some(mut e) = self.child.stderr.take() {
+                let _ = e.read_to_string(&mut stderr);
+            }
+            eprintln!("messaging-service exited with {status}; its stderr:\n{stderr}");
+        }
         (status, self.all_logs())
     }
 }
