@@ -11,7 +11,8 @@ use super::StoreError;
 use crate::domain::{Direction, MessageStatus, Timestamp};
 
 /// `status = 'queued'`, written into the SQL rather than bound: the partial indexes on
-/// queued messages (`messages_queued`, `messages_queued_due`) serve only a query whose
+/// queued messages (`messages_queued`; on PostgreSQL also `messages_queued_due` and
+/// `messages_queued_lease`) serve only a query whose
 /// text names the value (when a statement is prepared, a bound value could be anything),
 /// and without them a claim reads the whole table.
 pub(crate) fn is_queued() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
@@ -392,6 +393,51 @@ mod tests {
     struct Step {
         #[diesel(sql_type = Text)]
         opcode: String,
+    }
+
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+
+    /// Every index on `messages` costs each new message an entry, and the queue's indexes
+    /// a second change when its first attempt sets its status, on the one writer: each
+    /// must serve a read. `messages_queued_due` served none and is dropped (migration
+    /// 000012); this list is what stays, with its readers.
+    #[test]
+    fn on_sqlite_messages_keep_only_the_indexes_some_query_reads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("indexes.db").display());
+        let pool = open(&url, 1, Duration::from_secs(5)).expect("open");
+        let DbConn::Sqlite(mut conn) = pool.get().expect("connection") else {
+            panic!("a SQLite url opens SQLite");
+        };
+        let mut names: Vec<String> = diesel::sql_query(
+            "SELECT name FROM sqlite_master \
+             WHERE type = 'index' AND tbl_name = 'messages' AND sql IS NOT NULL",
+        )
+        .load::<Name>(&mut *conn)
+        .expect("indexes")
+        .into_iter()
+        .map(|index| index.name)
+        .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                // A conversation's messages, in time order.
+                "messages_conversation_time",
+                // An Idempotency-Key's earlier request.
+                "messages_idempotency_key",
+                // Webhooks and provider receipts deduplicated by the provider's id.
+                "messages_inbound_provider_id",
+                // A delivery receipt finds its outbound message.
+                "messages_outbound_provider_id",
+                // Claims, the sweep and the release at a stop.
+                "messages_queued",
+            ]
+        );
     }
 
     /// SQLite checks `x IN ('a', 'b', 'c')` by building a temporary b-tree of the values,
