@@ -267,6 +267,8 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         Ok(count) => info!(log, "released leases"; "count" => count),
         Err(e) => warn!(log, "could not release leases"; "error" => e.to_string()),
     }
+    // No query may still run as the process exits (see `Store::close`).
+    store.close().await;
     Ok(())
 }
 

@@ -212,6 +212,8 @@ pub struct Store {
     /// One thread, one connection: the only writer, its prepared statements kept warm.
     writer: Addr<PersistenceActor>,
     readers: Addr<PersistenceActor>,
+    /// How many threads `readers` has.
+    reader_threads: usize,
     queue: Arc<WriteQueue>,
     backend: Backend,
     /// This instance's name on the leases it takes and the attempts it records.
@@ -239,13 +241,15 @@ impl Store {
             PersistenceActor::new(write_pool.clone(), shared.clone())
         });
         let shared = queue.clone();
-        let readers = SyncArbiter::start(threads.max(1), move || {
+        let reader_threads = threads.max(1);
+        let readers = SyncArbiter::start(reader_threads, move || {
             PersistenceActor::new(pool.clone(), shared.clone())
         });
         let instance = format!("{:016x}", rand_pcg::Pcg64::from_os_rng().next_u64());
         Store {
             writer,
             readers,
+            reader_threads,
             queue,
             backend,
             instance: instance.into(),
@@ -488,6 +492,28 @@ impl Store {
             .await
     }
 
+    /// Ends the use of the database for good, at a graceful stop after the last write
+    /// that matters (the leases' release): the writer and every reader finish what they
+    /// are doing, hand their connections back to the pool and take nothing more, so that
+    /// no query runs while the process exits. Writes and reads after it wait until their
+    /// timeout. Answers once every thread has stopped, or after the store's timeout.
+    pub async fn close(&self) {
+        let mut stopped = Vec::with_capacity(self.reader_threads + 1);
+        for (arbiter, threads) in [(&self.writer, 1), (&self.readers, self.reader_threads)] {
+            for _ in 0..threads {
+                let (tell, told) = oneshot::channel();
+                arbiter.do_send(persistence::Close(tell));
+                stopped.push(told);
+            }
+        }
+        let all = async {
+            for told in stopped {
+                let _ = told.await;
+            }
+        };
+        let _ = tokio::time::timeout(self.timeout, all).await;
+    }
+
     pub async fn get_message(
         &self,
         id: i64,
@@ -586,7 +612,71 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::StoreError;
+    use std::time::Duration;
+
+    use super::{open, DbPool, NewOutbound, Store, StoreError};
+    use crate::domain::{Channel, MessageContent, Timestamp};
+
+    fn new_message(n: u32) -> NewOutbound {
+        NewOutbound {
+            content: MessageContent {
+                channel: Channel::Sms,
+                from: "+12016661234".into(),
+                to: format!("+1804555{n:04}"),
+                body: "hi".into(),
+                attachments: None,
+                timestamp: Timestamp::now(),
+                subject: None,
+            },
+            provider: Some("sms-mms".into()),
+            idempotency: None,
+            lease: None,
+            status_callback: None,
+            send_at: None,
+        }
+    }
+
+    /// After `close` no thread of the store holds a connection or runs a query: every
+    /// pooled connection is idle (the writer keeps one checked out while it runs), and a
+    /// write made after it is never applied.
+    #[actix::test]
+    async fn after_close_no_connection_is_in_use_and_nothing_more_is_written() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("close.db").display());
+        let pool = open(&url, 3, Duration::from_secs(5)).expect("open");
+        let DbPool::Sqlite(watched) = pool.clone() else {
+            panic!("a SQLite url opens SQLite");
+        };
+        let store = Store::start(pool, 2, Duration::from_secs(30), Duration::from_millis(500));
+        store
+            .insert_outbound(new_message(1))
+            .await
+            .expect("written");
+        let read = store.get_message(1).await.expect("read");
+        assert!(read.is_some());
+        let state = watched.state();
+        assert!(
+            state.idle_connections < state.connections,
+            "the writer holds its connection while it runs: {state:?}"
+        );
+
+        store.close().await;
+        let state = watched.state();
+        assert_eq!(state.idle_connections, state.connections, "{state:?}");
+
+        let late = store.insert_outbound(new_message(2)).await;
+        assert!(matches!(late, Err(StoreError::TimedOut(_))), "{late:?}");
+        let mut conn = watched.get().expect("a connection");
+        let stored: i64 = {
+            use diesel::dsl::count_star;
+            use diesel::{QueryDsl, RunQueryDsl};
+            super::schema::messages::table
+                .select(count_star())
+                .first(&mut *conn)
+                .expect("count")
+        };
+        assert_eq!(stored, 1, "nothing was written after the close");
+    }
 
     #[test]
     fn driver_messages_keep_their_kind() {

@@ -368,6 +368,31 @@ impl PersistenceActor {
     }
 }
 
+/// Ends one thread's use of the database for good, at a graceful stop: its connection
+/// goes back to the pool, the sender hears so, and the thread takes no message again.
+/// Why: on PostgreSQL the process crashed now and then after its last log line (SIGABRT
+/// once, SIGSEGV once in CI), most likely a query still running on one of these threads
+/// while the C runtime tore libpq's TLS state down at exit. A parked thread leaves a
+/// second `Close` sent to its arbiter for another of the arbiter's threads.
+pub(crate) struct Close(pub(crate) oneshot::Sender<()>);
+
+impl Message for Close {
+    type Result = ();
+}
+
+impl Handler<Close> for PersistenceActor {
+    type Result = ();
+
+    fn handle(&mut self, close: Close, _: &mut Self::Context) {
+        self.conn = None;
+        let _ = close.0.send(());
+        // Until the process ends, which does not wait for this thread.
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
 /// A read-only query run on one pooled connection.
 pub(crate) struct Read<F, O> {
     query: F,
