@@ -430,7 +430,7 @@ mod tests {
                 "messages_conversation_time",
                 // An Idempotency-Key's earlier request.
                 "messages_idempotency_key",
-                // Webhooks and provider receipts deduplicated by the provider's id.
+                // An inbound message stored once per provider id (webhooks' dedupe).
                 "messages_inbound_provider_id",
                 // A delivery receipt finds its outbound message.
                 "messages_outbound_provider_id",
