@@ -809,9 +809,8 @@ impl ProviderActor {
 mod tests {
     use super::*;
     use crate::breaker::BreakerConfig;
-    use crate::domain::MessageContent;
     use crate::outcome::OutcomeOdds;
-    use crate::store::{self, NewOutbound, OutboundStored};
+    use crate::store::{self, OutboundStored};
 
     /// Stands for a bug: a panic inside a guarded handler.
     #[derive(Message)]
@@ -893,22 +892,7 @@ mod tests {
         let mut ids = Vec::new();
         for n in 0..5 {
             let stored = store
-                .insert_outbound(NewOutbound {
-                    content: MessageContent {
-                        channel: Channel::Sms,
-                        from: "+12016661234".into(),
-                        to: format!("+1804555{n:04}"),
-                        body: "hi".into(),
-                        attachments: None,
-                        timestamp: Timestamp::now(),
-                        subject: None,
-                    },
-                    provider: Some("sms-mms".into()),
-                    idempotency: None,
-                    lease: None,
-                    status_callback: None,
-                    send_at: None,
-                })
+                .insert_outbound(store::tests::new_message(n))
                 .await
                 .expect("stored");
             let OutboundStored::Created { id, .. } = stored else {

@@ -395,6 +395,22 @@ mod tests {
         opcode: String,
     }
 
+    type SqliteConn = diesel::r2d2::PooledConnection<
+        diesel::r2d2::ConnectionManager<diesel::sqlite::SqliteConnection>,
+    >;
+
+    /// A connection to a new SQLite database `file`, made by the service's migrations (the
+    /// directory holding it lives as long as the first value).
+    fn sqlite(file: &str) -> (tempfile::TempDir, SqliteConn) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join(file).display());
+        let pool = open(&url, 1, Duration::from_secs(5)).expect("open");
+        let DbConn::Sqlite(conn) = pool.get().expect("connection") else {
+            panic!("a SQLite url opens SQLite");
+        };
+        (dir, conn)
+    }
+
     #[derive(QueryableByName)]
     struct Name {
         #[diesel(sql_type = Text)]
@@ -407,12 +423,7 @@ mod tests {
     /// 000012); this list is what stays, with its readers.
     #[test]
     fn on_sqlite_messages_keep_only_the_indexes_some_query_reads() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("indexes.db").display());
-        let pool = open(&url, 1, Duration::from_secs(5)).expect("open");
-        let DbConn::Sqlite(mut conn) = pool.get().expect("connection") else {
-            panic!("a SQLite url opens SQLite");
-        };
+        let (_dir, mut conn) = sqlite("indexes.db");
         let mut names: Vec<String> = diesel::sql_query(
             "SELECT name FROM sqlite_master \
              WHERE type = 'index' AND tbl_name = 'messages' AND sql IS NOT NULL",
@@ -447,12 +458,7 @@ mod tests {
     /// callback's state) must build none, triggers included.
     #[test]
     fn the_writes_of_every_message_build_no_temporary_tables() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("ops.db").display());
-        let pool = open(&url, 1, Duration::from_secs(5)).expect("open");
-        let DbConn::Sqlite(mut conn) = pool.get().expect("connection") else {
-            panic!("a SQLite url opens SQLite");
-        };
+        let (_dir, mut conn) = sqlite("ops.db");
         for sql in [
             "INSERT INTO messages (conversation_id, direction, channel, from_addr, to_addr, \
              body, timestamp, status, created_at, updated_at, status_callback) \
@@ -481,12 +487,7 @@ mod tests {
     /// its partial index in its plan.
     #[test]
     fn claims_and_releases_read_the_queued_index_not_the_whole_table() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("plan.db").display());
-        let pool = open(&url, 1, Duration::from_secs(5)).expect("open");
-        let DbConn::Sqlite(mut conn) = pool.get().expect("connection") else {
-            panic!("a SQLite url opens SQLite");
-        };
+        let (_dir, mut conn) = sqlite("plan.db");
         for every_lease in [true, false] {
             let claim = Claim {
                 lease: Lease {

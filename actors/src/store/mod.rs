@@ -611,13 +611,14 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::{open, DbPool, NewOutbound, Store, StoreError};
     use crate::domain::{Channel, MessageContent, Timestamp};
 
-    fn new_message(n: u32) -> NewOutbound {
+    /// An SMS to recipient `n` for the `sms-mms` provider, as the router stores one.
+    pub(crate) fn new_message(n: u32) -> NewOutbound {
         NewOutbound {
             content: MessageContent {
                 channel: Channel::Sms,
