@@ -6,10 +6,14 @@
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
+use diesel::pg::Pg;
 use diesel::pg::PgConnection;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::serialize::ToSql;
+use diesel::sql_types::{HasSqlType, Untyped};
 use diesel::sqlite::SqliteConnection;
-use diesel::{Connection, RunQueryDsl};
+use diesel::{Connection, QueryResult, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::StoreError;
@@ -189,6 +193,107 @@ pub fn open(url: &str, pool_size: u32, timeout: Duration) -> Result<DbPool, Stor
         }
     }
 }
+
+/// The text of a PostgreSQL statement that never changes, each parameter written `?`
+/// and bound in order (`FixedSql(SQL).bind::<Type, _>(value)...`), kept prepared on its
+/// connection as Diesel keeps what its query builder makes. (`diesel::sql_query` is never
+/// kept: Diesel cannot tell whether its text is fixed.)
+pub(crate) struct FixedSql(pub &'static str);
+
+/// `query` with its next parameter bound, of SQL type `ST`.
+pub(crate) struct Bound<Q, V, ST> {
+    query: Q,
+    value: V,
+    _type: std::marker::PhantomData<ST>,
+}
+
+/// `FixedSql` and every `Bound` made from it: binds the next parameter, and writes the
+/// text with the parameters bound so far.
+pub(crate) trait BindFixed: Sized {
+    fn bind<ST, V>(self, value: V) -> Bound<Self, V, ST> {
+        Bound {
+            query: self,
+            value,
+            _type: std::marker::PhantomData,
+        }
+    }
+
+    fn text(&self) -> &'static str;
+
+    /// Writes the text up to this parameter's `?`, the parameter, and the text after it
+    /// up to the next; `pieces` is the text split at each `?`.
+    fn walk_bound<'b>(
+        &'b self,
+        pass: &mut AstPass<'_, 'b, Pg>,
+        pieces: &mut std::str::Split<'static, char>,
+    ) -> QueryResult<()>;
+}
+
+impl BindFixed for FixedSql {
+    fn text(&self) -> &'static str {
+        self.0
+    }
+
+    fn walk_bound<'b>(
+        &'b self,
+        pass: &mut AstPass<'_, 'b, Pg>,
+        pieces: &mut std::str::Split<'static, char>,
+    ) -> QueryResult<()> {
+        pass.push_sql(pieces.next().unwrap_or_default());
+        Ok(())
+    }
+}
+
+impl<Q, V, ST> BindFixed for Bound<Q, V, ST>
+where
+    Q: BindFixed,
+    Pg: HasSqlType<ST>,
+    V: ToSql<ST, Pg>,
+{
+    fn text(&self) -> &'static str {
+        self.query.text()
+    }
+
+    fn walk_bound<'b>(
+        &'b self,
+        pass: &mut AstPass<'_, 'b, Pg>,
+        pieces: &mut std::str::Split<'static, char>,
+    ) -> QueryResult<()> {
+        self.query.walk_bound(pass, pieces)?;
+        pass.push_bind_param::<ST, V>(&self.value)?;
+        pass.push_sql(pieces.next().unwrap_or_default());
+        Ok(())
+    }
+}
+
+impl<Q, V, ST> QueryFragment<Pg> for Bound<Q, V, ST>
+where
+    Self: BindFixed,
+{
+    fn walk_ast<'b>(&'b self, mut pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let mut pieces = self.text().split('?');
+        self.walk_bound(&mut pass, &mut pieces)?;
+        // Text with more `?` than bound parameters must fail, not run with fewer.
+        match pieces.next() {
+            None => Ok(()),
+            Some(_) => Err(diesel::result::Error::QueryBuilderError(
+                "a fixed statement has a parameter left unbound".into(),
+            )),
+        }
+    }
+}
+
+/// Kept by its text and bind types: no type of its own names it.
+impl<Q, V, ST> QueryId for Bound<Q, V, ST> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q, V, ST> Query for Bound<Q, V, ST> {
+    type SqlType = Untyped;
+}
+
+impl<Q, V, ST, C> RunQueryDsl<C> for Bound<Q, V, ST> {}
 
 /// A connection inside a transaction: what a write runs on.
 pub(crate) enum Tx<'a> {

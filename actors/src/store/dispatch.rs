@@ -4,7 +4,7 @@
 
 use diesel::prelude::*;
 
-use super::backend::{for_cached_chunks, for_each_backend};
+use super::backend::{for_cached_chunks, for_each_backend, BindFixed, FixedSql};
 use super::rows::NewAttemptRow;
 use super::schema::{breaker_overrides, dispatch_attempts, messages, readiness_probe};
 use super::StoreError;
@@ -139,6 +139,56 @@ fn attempt_row(record: &AttemptRecord, instance: &str, now: &str) -> NewAttemptR
     }
 }
 
+/// A batch's attempt records in one statement: one array per column (see
+/// `InsertAttempts`).
+const INSERT_ATTEMPTS: &str = "INSERT INTO dispatch_attempts (message_id, provider_name, \
+    attempt, outcome, latency_ms, error_code, provider_message_id, created_at, \
+    message_status, next_attempt_at, recorded_by) \
+    SELECT * FROM unnest(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// How each backend inserts a batch's attempt records.
+pub(super) trait InsertAttempts {
+    fn insert_attempts(&mut self, rows: &[NewAttemptRow]) -> Result<(), StoreError>;
+}
+
+/// On SQLite, multi-row inserts of a few fixed sizes, each prepared once per connection
+/// (`for_cached_chunks!`); the triggers run for each row as they do for one.
+impl InsertAttempts for diesel::sqlite::SqliteConnection {
+    fn insert_attempts(&mut self, rows: &[NewAttemptRow]) -> Result<(), StoreError> {
+        for_cached_chunks!(rows, |chunk| {
+            diesel::insert_into(dispatch_attempts::table)
+                .values(chunk)
+                .execute(self)?;
+        });
+        Ok(())
+    }
+}
+
+/// On PostgreSQL one statement for any number of records, one array per column (see
+/// `InsertMessages` in messages.rs): its statement triggers run once per batch.
+impl InsertAttempts for diesel::pg::PgConnection {
+    fn insert_attempts(&mut self, rows: &[NewAttemptRow]) -> Result<(), StoreError> {
+        use super::messages::column;
+        use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
+        FixedSql(INSERT_ATTEMPTS)
+            .bind::<Array<BigInt>, _>(column(rows, |row| row.message_id))
+            .bind::<Array<Text>, _>(column(rows, |row| row.provider_name.as_str()))
+            .bind::<Array<Integer>, _>(column(rows, |row| row.attempt))
+            .bind::<Array<Text>, _>(column(rows, |row| row.outcome))
+            .bind::<Array<BigInt>, _>(column(rows, |row| row.latency_ms))
+            .bind::<Array<Nullable<Text>>, _>(column(rows, |row| row.error_code.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(column(rows, |row| {
+                row.provider_message_id.as_deref()
+            }))
+            .bind::<Array<Text>, _>(column(rows, |row| row.created_at.as_str()))
+            .bind::<Array<Nullable<Text>>, _>(column(rows, |row| row.message_status))
+            .bind::<Array<Nullable<Text>>, _>(column(rows, |row| row.next_attempt_at.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(column(rows, |row| row.recorded_by.as_deref()))
+            .execute(self)?;
+        Ok(())
+    }
+}
+
 for_each_backend! {
     /// A trigger (`dispatch_attempts_fenced`; on PostgreSQL `dispatch_attempts_apply`)
     /// refuses the record when another instance holds the message's lease now
@@ -158,8 +208,8 @@ for_each_backend! {
         Ok(())
     }
 
-    /// `record_attempt` for a batch's records in multi-row statements
-    /// (`for_cached_chunks!`); the triggers run for each row as they do for one, and one
+    /// `record_attempt` for a batch's records, inserted together (`InsertAttempts`); the
+    /// triggers run for each record as they do for one, and one
     /// superseded record fails its statement and so the batch's transaction (the batch is
     /// then rerun record by record).
     pub(crate) fn record_attempts(
@@ -171,11 +221,7 @@ for_each_backend! {
             .iter()
             .map(|(record, instance)| attempt_row(record, instance, &now))
             .collect();
-        for_cached_chunks!(rows, |chunk| {
-            diesel::insert_into(dispatch_attempts::table)
-                .values(chunk)
-                .execute(conn)?;
-        });
+        conn.insert_attempts(&rows)?;
         Ok(vec![(); records.len()])
     }
 
