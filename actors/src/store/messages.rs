@@ -432,9 +432,9 @@ impl InsertMessages for diesel::sqlite::SqliteConnection {
 }
 
 /// On PostgreSQL every statement is a round trip and runs the statement triggers
-/// (`messages_count_in_conversations`, three queries) once: the fixed sizes split a
-/// batch of 63 into six statements, and the server's CPU, not the wire, bounded ingest.
-/// One statement takes any number of rows as one array per column, and is prepared once.
+/// (`messages_count_in_conversations`, three queries) once, and the fixed sizes split a
+/// batch of 63 into six statements. One statement takes any number of rows as one array
+/// per column, and its fixed text is prepared once per connection (`FixedSql`).
 impl InsertMessages for diesel::pg::PgConnection {
     fn insert_messages(&mut self, rows: &[NewMessageRow]) -> Result<Vec<i64>, StoreError> {
         use diesel::sql_types::{Array, BigInt, Nullable, Text};
@@ -1379,9 +1379,10 @@ pub(crate) mod tests {
             .join("|")
     }
 
-    /// A batch's rows go in as one statement per table (on PostgreSQL one array per
-    /// column): every value lands in its own column of its own row, NULLs included.
-    /// Each column holds a value no other column holds, so two swapped columns show.
+    /// A batch's rows go in together (on PostgreSQL one statement of one array per
+    /// column, on SQLite statements of fixed sizes): every value lands in its own column
+    /// of its own row, NULLs included. Each column holds a value no other column holds,
+    /// so two swapped columns show.
     #[test]
     fn a_batch_insert_puts_every_value_in_its_own_column() {
         use super::super::dispatch::InsertAttempts;
@@ -1561,14 +1562,14 @@ pub(crate) mod tests {
             let DbConn::Postgres(c) = &mut conn else {
                 continue;
             };
-            let two = FixedSql("SELECT CAST(? AS BIGINT) + CAST(? AS BIGINT) AS id");
-            let sum = FixedSql("SELECT CAST(? AS BIGINT) + CAST(? AS BIGINT) AS id")
+            const SUM: &str = "SELECT CAST(? AS BIGINT) + CAST(? AS BIGINT) AS id";
+            let sum = FixedSql(SUM)
                 .bind::<diesel::sql_types::BigInt, _>(2_i64)
                 .bind::<diesel::sql_types::BigInt, _>(3_i64)
                 .load::<InsertedId>(c)
                 .expect("both bound");
             assert_eq!(sum.first().map(|row| row.id), Some(5));
-            let one_short = two
+            let one_short = FixedSql(SUM)
                 .bind::<diesel::sql_types::BigInt, _>(2_i64)
                 .load::<InsertedId>(c);
             assert!(
