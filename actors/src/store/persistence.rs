@@ -620,11 +620,17 @@ mod tests {
             };
             let (first, mut first_answer) = job_running(1, gated, None, &log);
             queue.push(first, &writer);
-            // Until the first batch waits for the lock.
+            // Until the first batch waits for the lock: this database's wait for this key
+            // (other tests take advisory locks of their own, migrations' for one).
+            let waiting_for_gate = format!(
+                "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                 AND objsubid = 1 AND (classid::bigint << 32 | objid::bigint) = {GATE})"
+            );
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             loop {
                 let waiting: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                    "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)",
+                    &waiting_for_gate,
                 ))
                 .get_result(&mut holder)
                 .expect("locks");
