@@ -32,7 +32,7 @@
 //! LeaseKeeper --GetHeldIds--> ProviderActor; --renew/claim--> Store; --RouteQueued--> RouterActor
 //! CallbackWorker --claim/finish callbacks--> Store; POST --> clients
 //! HTTP handlers --insert_inbound / reads------------------------->  Store
-//! Store: WriteQueue --CommitQueued--> PersistenceActor (SyncArbiter: SQLite 1 writer, PG 2)
+//! Store: WriteQueue --CommitQueued--> PersistenceActor (SyncArbiter, one writer)
 //!        reads -----------Read-------> PersistenceActor (pool_size readers)
 //! ```
 

@@ -46,19 +46,6 @@ impl Backend {
             sqlite_path(url).map(|_| Backend::Sqlite)
         }
     }
-
-    /// Writers that commit batches at once. SQLite allows one. On PostgreSQL one writer
-    /// left the machine 36-41% idle at 64 connections: a batch spends most of its time
-    /// waiting for the server (its statements' round trips, the commit's WAL flush). A
-    /// second writer fills and runs the next batch meanwhile: 5.1-6.5k req/s with one,
-    /// 8.1-8.3k with two (interleaved, three rounds), the machine then 4-6% idle; three or
-    /// four took less than two (6.0-7.0k: smaller batches for the same CPU).
-    pub fn writers(self) -> usize {
-        match self {
-            Backend::Sqlite => 1,
-            Backend::Postgres => 2,
-        }
-    }
 }
 
 /// The file path inside `sqlite://PATH` (relative) or `sqlite:///abs/path`.
@@ -155,26 +142,24 @@ impl DbPool {
     }
 }
 
-/// Opens the pool (`pool_size` readers and the writers) and applies pending migrations
+/// Opens the pool (`pool_size` workers plus one spare) and applies pending migrations
 /// before anything is served. `timeout` bounds each database call (`database.timeout_ms`).
 /// The pool checks a connection before handing it out, so one that broke while idle is
 /// replaced rather than used.
 pub fn open(url: &str, pool_size: u32, timeout: Duration) -> Result<DbPool, StoreError> {
     fn builder<M: diesel::r2d2::ManageConnection>(
-        connections: u32,
+        pool_size: u32,
         timeout: Duration,
     ) -> diesel::r2d2::Builder<M> {
         Pool::builder()
-            .max_size(connections)
+            .max_size(pool_size + 1)
             .min_idle(Some(1))
             .test_on_check_out(true)
             .connection_timeout(timeout)
     }
-    let backend = Backend::of(url)?;
-    let connections = pool_size + u32::try_from(backend.writers()).unwrap_or(1);
-    match backend {
+    match Backend::of(url)? {
         Backend::Sqlite => {
-            let pool = builder(connections, timeout)
+            let pool = builder(pool_size, timeout)
                 .connection_customizer(Box::new(SqlitePragmas))
                 .build(ConnectionManager::<SqliteConnection>::new(sqlite_path(
                     url,
@@ -186,7 +171,7 @@ pub fn open(url: &str, pool_size: u32, timeout: Duration) -> Result<DbPool, Stor
             Ok(DbPool::Sqlite(pool))
         }
         Backend::Postgres => {
-            let pool = builder(connections, timeout)
+            let pool = builder(pool_size, timeout)
                 .connection_customizer(Box::new(PgTimeouts {
                     statement_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                 }))

@@ -209,14 +209,11 @@ macro_rules! on_backend {
 /// The handle to storage: cheap to clone, safe to share between threads.
 #[derive(Clone)]
 pub struct Store {
-    /// The writers (`Backend::writers`), each with one connection, its prepared
-    /// statements kept warm.
+    /// One thread, one connection: the only writer, its prepared statements kept warm.
     writer: Addr<PersistenceActor>,
     readers: Addr<PersistenceActor>,
     /// How many threads `readers` has.
     reader_threads: usize,
-    /// How many threads `writer` has.
-    writers: usize,
     queue: Arc<WriteQueue>,
     backend: Backend,
     /// This instance's name on the leases it takes and the attempts it records.
@@ -233,15 +230,14 @@ pub struct Store {
 }
 
 impl Store {
-    /// Starts the writers (a `SyncArbiter` of `Backend::writers` threads) and `threads`
-    /// readers; `lease` is how long a claim on a queued message lasts unless renewed. Must
-    /// run inside an actix system.
+    /// Starts the writer (a `SyncArbiter` of one thread) and `threads` readers; `lease` is
+    /// how long a claim on a queued message lasts unless renewed. Must run inside an actix
+    /// system.
     pub fn start(pool: DbPool, threads: usize, lease: Duration, timeout: Duration) -> Store {
         let backend = pool.backend();
-        let writers = backend.writers();
-        let queue = Arc::new(WriteQueue::new(writers));
+        let queue = Arc::new(WriteQueue::default());
         let (write_pool, shared) = (pool.clone(), queue.clone());
-        let writer = SyncArbiter::start(writers, move || {
+        let writer = SyncArbiter::start(1, move || {
             PersistenceActor::new(write_pool.clone(), shared.clone())
         });
         let shared = queue.clone();
@@ -254,7 +250,6 @@ impl Store {
             writer,
             readers,
             reader_threads,
-            writers,
             queue,
             backend,
             instance: instance.into(),
@@ -503,11 +498,8 @@ impl Store {
     /// no query runs while the process exits. Writes and reads after it wait until their
     /// timeout. Answers once every thread has stopped, or after the store's timeout.
     pub async fn close(&self) {
-        let mut stopped = Vec::with_capacity(self.reader_threads + self.writers);
-        for (arbiter, threads) in [
-            (&self.writer, self.writers),
-            (&self.readers, self.reader_threads),
-        ] {
+        let mut stopped = Vec::with_capacity(self.reader_threads + 1);
+        for (arbiter, threads) in [(&self.writer, 1), (&self.readers, self.reader_threads)] {
             for _ in 0..threads {
                 let (tell, told) = oneshot::channel();
                 arbiter.do_send(persistence::Close(tell));

@@ -2,16 +2,14 @@
 //! `SyncArbiter` (blocking Diesel calls never stall an async thread) and handles two kinds
 //! of message: `CommitQueued`, which commits the `WriteQueue` batch after batch, and a read.
 //!
-//! Group commit: callers push onto the `WriteQueue`, and a caller that finds a writer
-//! idle sends `CommitQueued`. The writer that gets it takes everything queued, commits it
-//! as one transaction, and takes again until the queue is empty; whatever arrives while
-//! one transaction commits goes into the next. So a burst pays for one fsync, and a lone
-//! write waits for nothing but its own commit. SQLite has one writer (it allows no more);
-//! PostgreSQL two (`Backend::writers`), so that the second takes what arrived while the
-//! first waits for the server. Within a transaction, writes of one kind (a
-//! `BulkRunner`'s) share multi-row statements, so a burst also pays for few statements.
-//! A thread of its own answers a committed batch's callers, so the writer starts the
-//! next at once.
+//! Group commit: writers push onto the `WriteQueue` and only the writer that finds no
+//! commit scheduled sends `CommitQueued`. The actor that gets it takes everything queued,
+//! commits it as one transaction, and takes again until the queue is empty; whatever
+//! arrives while one transaction commits goes into the next. So there is one writer at a
+//! time (SQLite allows no more), a burst pays for one fsync, and a lone write waits for
+//! nothing but its own commit. Within a transaction, writes of one kind (a `BulkRunner`'s)
+//! share multi-row statements, so a burst also pays for few statements. A thread of its
+//! own answers a committed batch's callers, so the writer starts the next at once.
 
 use std::any::Any;
 use std::sync::mpsc::{self, SyncSender};
@@ -32,20 +30,16 @@ const BULK_ROWS: usize = 512;
 /// the thread that tells them (it never falls far behind: telling is a channel send).
 const BATCHES_TO_ANSWER: usize = 64;
 
-/// Writes waiting for their transaction, and how many writers are committing them.
+/// Writes waiting for their transaction, and whether a commit is already on its way.
+#[derive(Default)]
 pub(crate) struct WriteQueue {
     state: Mutex<QueueState>,
-    /// Writers that may commit at once: one on SQLite (it allows no more); on
-    /// PostgreSQL more, so that one batch fills and runs while another waits for the
-    /// server's round trips and its commit's WAL flush.
-    writers: usize,
 }
 
 #[derive(Default)]
 struct QueueState {
     waiting: Vec<Box<dyn Job>>,
-    /// Writers told to commit that have not yet found the queue empty.
-    committing: usize,
+    commit_scheduled: bool,
 }
 
 impl WriteQueue {
@@ -57,26 +51,15 @@ impl WriteQueue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn new(writers: usize) -> Self {
-        WriteQueue {
-            state: Mutex::default(),
-            writers: writers.max(1),
-        }
-    }
-
-    /// Queues a write; asks one more writer to commit unless all of them already are.
+    /// Queues a write; asks for a commit unless one is already scheduled.
     pub(crate) fn push(&self, job: Box<dyn Job>, persistence: &Addr<PersistenceActor>) {
         let kick = {
             let mut state = self.lock();
             state.waiting.push(job);
-            let idle = state.committing < self.writers;
-            if idle {
-                state.committing += 1;
-            }
-            idle
+            !std::mem::replace(&mut state.commit_scheduled, true)
         };
         if kick {
-            // At most one message per writer, so the unbounded send is bounded here.
+            // One message at a time at most, so the unbounded send is bounded here.
             persistence.do_send(CommitQueued);
         }
     }
@@ -88,11 +71,11 @@ impl WriteQueue {
         std::mem::take(&mut self.lock().waiting)
     }
 
-    /// The next batch, or `None` (and one writer fewer committing) when nothing waits.
+    /// The next batch, or `None` (and no commit scheduled any more) when nothing waits.
     fn take(&self) -> Option<Vec<Box<dyn Job>>> {
         let mut state = self.lock();
         if state.waiting.is_empty() {
-            state.committing = state.committing.saturating_sub(1);
+            state.commit_scheduled = false;
             return None;
         }
         let take = state.waiting.len().min(MAX_BATCH);
@@ -120,12 +103,11 @@ impl PersistenceActor {
         }
     }
 
-    /// Tells a committed batch's callers on a thread of its own. Why: the writer is what
-    /// every write waits for, and each answer wakes the caller's thread with a `write`
-    /// system call (a tenth of the writer's samples in perf at 64 connections) and drops
-    /// the write's data.
-    /// The writer starts the next batch at once; its answers still go out in its commit
-    /// order.
+    /// Tells a committed batch's callers on a thread of its own. Why: the one writer is
+    /// what every write waits for, and each answer wakes the caller's thread with a
+    /// `write` system call (a tenth of the writer's samples in perf at 64 connections)
+    /// and drops the write's data.
+    /// The writer starts the next batch at once; answers still go out in commit order.
     /// Should that thread be gone, the writer answers itself.
     fn answer(&mut self, jobs: Vec<Box<dyn Job>>, commit: Result<(), StoreError>) {
         if self.answers.is_none() {
@@ -584,83 +566,6 @@ mod tests {
         assert_eq!(sizes, [BULK_ROWS, 3]);
     }
 
-    /// Waits, inside the batch's transaction, for an advisory lock the test holds.
-    fn held_back(conn: &mut diesel::pg::PgConnection, probe: &Probe) -> Result<u32, StoreError> {
-        use diesel::RunQueryDsl;
-        diesel::sql_query(format!("SELECT pg_advisory_xact_lock({GATE})")).execute(conn)?;
-        one(probe)
-    }
-
-    const GATE: i64 = 0x7772_6974_6572; // "writer"
-
-    /// On PostgreSQL a second writer commits what arrives while the first waits on the
-    /// server: a batch held back by a lock does not hold back the writes queued after it.
-    /// With one writer the second write would wait for the first's commit.
-    #[actix::test]
-    async fn on_postgres_a_write_commits_while_an_earlier_batch_waits() {
-        use actix::SyncArbiter;
-        use diesel::RunQueryDsl;
-        for db in crate::store::messages::tests::databases() {
-            let Some(url) = db.postgres_url() else {
-                continue;
-            };
-            let queue = Arc::new(WriteQueue::new(db.pool.backend().writers()));
-            let (pool, shared) = (db.pool.clone(), queue.clone());
-            let writer = SyncArbiter::start(db.pool.backend().writers(), move || {
-                PersistenceActor::new(pool.clone(), shared.clone())
-            });
-            let mut holder = diesel::pg::PgConnection::establish(&url).expect("connect");
-            diesel::sql_query(format!("SELECT pg_advisory_lock({GATE})"))
-                .execute(&mut holder)
-                .expect("lock");
-            let log = Arc::new(Mutex::new(Vec::new()));
-            let gated = Runner {
-                sqlite: |_, p| one(p),
-                postgres: held_back,
-            };
-            let (first, mut first_answer) = job_running(1, gated, None, &log);
-            queue.push(first, &writer);
-            // Until the first batch waits for the lock: this database's wait for this key
-            // (other tests take advisory locks of their own, migrations' for one).
-            let waiting_for_gate = format!(
-                "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
-                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                 AND objsubid = 1 AND (classid::bigint << 32 | objid::bigint) = {GATE})"
-            );
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            loop {
-                let waiting: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                    &waiting_for_gate,
-                ))
-                .get_result(&mut holder)
-                .expect("locks");
-                if waiting == 1 {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the first batch never ran"
-                );
-                tokio::task::yield_now().await;
-            }
-            let (second, second_answer) = job(2, None, &log);
-            queue.push(second, &writer);
-            let second = tokio::time::timeout(std::time::Duration::from_secs(5), second_answer)
-                .await
-                .expect("the second write waited for the first batch");
-            assert_eq!(second.expect("answered"), Ok(20));
-            assert_eq!(
-                first_answer.try_recv(),
-                Err(oneshot::error::TryRecvError::Empty),
-                "the first batch is still held back"
-            );
-            diesel::sql_query(format!("SELECT pg_advisory_unlock({GATE})"))
-                .execute(&mut holder)
-                .expect("unlock");
-            assert_eq!(first_answer.await.expect("answered"), Ok(10));
-        }
-    }
-
     /// Fails its first run as PostgreSQL fails the transaction it picks to break a
     /// deadlock; succeeds after.
     fn deadlocked_once(probe: &Probe) -> Result<u32, StoreError> {
@@ -683,7 +588,7 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("retry.db").display());
         let pool =
             super::super::backend::open(&url, 1, std::time::Duration::from_secs(10)).expect("open");
-        let mut writer = PersistenceActor::new(pool, Arc::new(WriteQueue::new(1)));
+        let mut writer = PersistenceActor::new(pool, Arc::new(WriteQueue::default()));
         let log = Arc::new(Mutex::new(Vec::new()));
         let retried = Runner {
             sqlite: |_, p| deadlocked_once(p),
