@@ -719,13 +719,7 @@ impl Handler<Dispatch> for ProviderActor {
     type Result = ();
 
     fn handle(&mut self, msg: Dispatch, ctx: &mut Self::Context) {
-        self.guarded(ctx, |provider, ctx| {
-            let ready = provider.take_in(msg, ctx);
-            provider.set_pending_gauge();
-            if ready {
-                provider.pump(ctx);
-            }
-        });
+        <Self as Handler<DispatchMany>>::handle(self, DispatchMany(vec![msg]), ctx);
     }
 }
 

@@ -1348,35 +1348,48 @@ mod tests {
         joined: String,
     }
 
-    /// `columns` of `table`'s rows `ids`, in id order, each row's values joined by `|`
-    /// (`~` for NULL): the same SQL on both backends.
-    fn stored(conn: &mut DbConn, table: &str, columns: &[&str], ids: &[i64]) -> Vec<String> {
-        let joined: Vec<String> = columns
+    /// A column's name and how a row to insert gives its value (`None` for NULL).
+    type Column<R> = (&'static str, fn(&R) -> Option<String>);
+
+    /// Asserts that `table`'s rows `ids` hold `rows`' values, column by column, in id
+    /// order: each row's values are read joined by `|` (`~` for NULL), the same SQL on
+    /// both backends.
+    fn assert_stored<R>(
+        conn: &mut DbConn,
+        table: &str,
+        columns: &[Column<R>],
+        rows: &[R],
+        ids: &[i64],
+    ) {
+        let read: Vec<String> = columns
             .iter()
-            .map(|c| format!("coalesce(CAST({c} AS TEXT), '~')"))
+            .map(|(name, _)| format!("coalesce(CAST({name} AS TEXT), '~')"))
             .collect();
         let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
         let sql = format!(
             "SELECT {} AS joined FROM {table} WHERE id IN ({}) ORDER BY id",
-            joined.join(" || '|' || "),
+            read.join(" || '|' || "),
             ids.join(", ")
         );
-        let rows = match conn {
+        let stored: Vec<String> = match conn {
             DbConn::Sqlite(c) => diesel::sql_query(sql).load::<Joined>(c),
             DbConn::Postgres(c) => diesel::sql_query(sql).load::<Joined>(c),
-        };
-        rows.expect("stored rows")
-            .into_iter()
-            .map(|row| row.joined)
-            .collect()
-    }
-
-    fn joined(values: &[Option<String>]) -> String {
-        values
+        }
+        .expect("stored rows")
+        .into_iter()
+        .map(|row| row.joined)
+        .collect();
+        let expected: Vec<String> = rows
             .iter()
-            .map(|v| v.as_deref().unwrap_or("~"))
-            .collect::<Vec<_>>()
-            .join("|")
+            .map(|row| {
+                columns
+                    .iter()
+                    .map(|(_, value)| value(row).unwrap_or_else(|| "~".to_owned()))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect();
+        assert_eq!(stored, expected, "{table}");
     }
 
     /// A batch's rows go in together (on PostgreSQL one statement of one array per
@@ -1426,56 +1439,29 @@ mod tests {
                 DbConn::Postgres(c) => c.insert_messages(&rows),
             }
             .expect("inserted");
-            let columns = [
-                "conversation_id",
-                "direction",
-                "channel",
-                "from_addr",
-                "to_addr",
-                "body",
-                "attachments",
-                "timestamp",
-                "provider_name",
-                "status",
-                "idempotency_key",
-                "request_fingerprint",
-                "provider_message_id",
-                "next_attempt_at",
-                "created_at",
-                "updated_at",
-                "lease_owner",
-                "lease_until",
-                "subject",
-                "status_callback",
+            let columns: [Column<NewMessageRow>; 20] = [
+                ("conversation_id", |r| Some(r.conversation_id.to_string())),
+                ("direction", |r| Some(r.direction.to_owned())),
+                ("channel", |r| Some(r.channel.clone())),
+                ("from_addr", |r| Some(r.from_addr.clone())),
+                ("to_addr", |r| Some(r.to_addr.clone())),
+                ("body", |r| Some(r.body.clone())),
+                ("attachments", |r| r.attachments.clone()),
+                ("timestamp", |r| Some(r.timestamp.clone())),
+                ("provider_name", |r| r.provider_name.clone()),
+                ("status", |r| Some(r.status.to_owned())),
+                ("idempotency_key", |r| r.idempotency_key.clone()),
+                ("request_fingerprint", |r| r.request_fingerprint.clone()),
+                ("provider_message_id", |r| r.provider_message_id.clone()),
+                ("next_attempt_at", |r| r.next_attempt_at.clone()),
+                ("created_at", |r| Some(r.created_at.clone())),
+                ("updated_at", |r| Some(r.updated_at.clone())),
+                ("lease_owner", |r| r.lease_owner.clone()),
+                ("lease_until", |r| r.lease_until.clone()),
+                ("subject", |r| r.subject.clone()),
+                ("status_callback", |r| r.status_callback.clone()),
             ];
-            let expected: Vec<String> = rows
-                .iter()
-                .map(|r| {
-                    joined(&[
-                        Some(r.conversation_id.to_string()),
-                        Some(r.direction.to_owned()),
-                        Some(r.channel.clone()),
-                        Some(r.from_addr.clone()),
-                        Some(r.to_addr.clone()),
-                        Some(r.body.clone()),
-                        r.attachments.clone(),
-                        Some(r.timestamp.clone()),
-                        r.provider_name.clone(),
-                        Some(r.status.to_owned()),
-                        r.idempotency_key.clone(),
-                        r.request_fingerprint.clone(),
-                        r.provider_message_id.clone(),
-                        r.next_attempt_at.clone(),
-                        Some(r.created_at.clone()),
-                        Some(r.updated_at.clone()),
-                        r.lease_owner.clone(),
-                        r.lease_until.clone(),
-                        r.subject.clone(),
-                        r.status_callback.clone(),
-                    ])
-                })
-                .collect();
-            assert_eq!(stored(&mut conn, "messages", &columns, &ids), expected);
+            assert_stored(&mut conn, "messages", &columns, &rows, &ids);
 
             // Attempt records of the queued message (row 0, leased by "owner-0").
             let records: Vec<NewAttemptRow> = (0..3)
@@ -1511,40 +1497,25 @@ mod tests {
                 }
                 .expect("attempt ids")
             };
-            let columns = [
-                "message_id",
-                "provider_name",
-                "attempt",
-                "outcome",
-                "latency_ms",
-                "error_code",
-                "provider_message_id",
-                "created_at",
-                "message_status",
-                "next_attempt_at",
-                "recorded_by",
+            let columns: [Column<NewAttemptRow>; 11] = [
+                ("message_id", |r| Some(r.message_id.to_string())),
+                ("provider_name", |r| Some(r.provider_name.clone())),
+                ("attempt", |r| Some(r.attempt.to_string())),
+                ("outcome", |r| Some(r.outcome.to_owned())),
+                ("latency_ms", |r| Some(r.latency_ms.to_string())),
+                ("error_code", |r| r.error_code.clone()),
+                ("provider_message_id", |r| r.provider_message_id.clone()),
+                ("created_at", |r| Some(r.created_at.clone())),
+                ("message_status", |r| r.message_status.map(str::to_owned)),
+                ("next_attempt_at", |r| r.next_attempt_at.clone()),
+                ("recorded_by", |r| r.recorded_by.clone()),
             ];
-            let expected: Vec<String> = records
-                .iter()
-                .map(|r| {
-                    joined(&[
-                        Some(r.message_id.to_string()),
-                        Some(r.provider_name.clone()),
-                        Some(r.attempt.to_string()),
-                        Some(r.outcome.to_owned()),
-                        Some(r.latency_ms.to_string()),
-                        r.error_code.clone(),
-                        r.provider_message_id.clone(),
-                        Some(r.created_at.clone()),
-                        r.message_status.map(str::to_owned),
-                        r.next_attempt_at.clone(),
-                        r.recorded_by.clone(),
-                    ])
-                })
-                .collect();
-            assert_eq!(
-                stored(&mut conn, "dispatch_attempts", &columns, &attempt_ids),
-                expected
+            assert_stored(
+                &mut conn,
+                "dispatch_attempts",
+                &columns,
+                &records,
+                &attempt_ids,
             );
             // The last record's status and provider id reached the message.
             let (view, _) = read(&mut conn, ids[0]);
