@@ -32,7 +32,7 @@
 //! LeaseKeeper --GetHeldIds--> ProviderActor; --renew/claim--> Store; --RouteQueued--> RouterActor
 //! CallbackWorker --claim/finish callbacks--> Store; POST --> clients
 //! HTTP handlers --insert_inbound / reads------------------------->  Store
-//! Store: WriteQueue --CommitQueued--> PersistenceActor (SyncArbiter, one writer)
+//! Store: WriteQueue --CommitQueued--> PersistenceActor (one writer per lane: SQLite 1, PG 2)
 //!        reads -----------Read-------> PersistenceActor (pool_size readers)
 //! ```
 

@@ -46,6 +46,17 @@ impl Backend {
             sqlite_path(url).map(|_| Backend::Sqlite)
         }
     }
+
+    /// Writers, each committing its own lane of writes (see `Store`): SQLite allows one.
+    /// PostgreSQL has a second for new outbound messages alone, so that a batch of them
+    /// runs while the first writer's batch waits for the server (its round trips, its
+    /// commit's WAL flush).
+    pub fn writers(self) -> usize {
+        match self {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 2,
+        }
+    }
 }
 
 /// The file path inside `sqlite://PATH` (relative) or `sqlite:///abs/path`.
@@ -142,24 +153,26 @@ impl DbPool {
     }
 }
 
-/// Opens the pool (`pool_size` workers plus one spare) and applies pending migrations
+/// Opens the pool (`pool_size` readers and the writers) and applies pending migrations
 /// before anything is served. `timeout` bounds each database call (`database.timeout_ms`).
 /// The pool checks a connection before handing it out, so one that broke while idle is
 /// replaced rather than used.
 pub fn open(url: &str, pool_size: u32, timeout: Duration) -> Result<DbPool, StoreError> {
     fn builder<M: diesel::r2d2::ManageConnection>(
-        pool_size: u32,
+        connections: u32,
         timeout: Duration,
     ) -> diesel::r2d2::Builder<M> {
         Pool::builder()
-            .max_size(pool_size + 1)
+            .max_size(connections)
             .min_idle(Some(1))
             .test_on_check_out(true)
             .connection_timeout(timeout)
     }
-    match Backend::of(url)? {
+    let backend = Backend::of(url)?;
+    let connections = pool_size.saturating_add(u32::try_from(backend.writers()).unwrap_or(1));
+    match backend {
         Backend::Sqlite => {
-            let pool = builder(pool_size, timeout)
+            let pool = builder(connections, timeout)
                 .connection_customizer(Box::new(SqlitePragmas))
                 .build(ConnectionManager::<SqliteConnection>::new(sqlite_path(
                     url,
@@ -171,7 +184,7 @@ pub fn open(url: &str, pool_size: u32, timeout: Duration) -> Result<DbPool, Stor
             Ok(DbPool::Sqlite(pool))
         }
         Backend::Postgres => {
-            let pool = builder(pool_size, timeout)
+            let pool = builder(connections, timeout)
                 .connection_customizer(Box::new(PgTimeouts {
                     statement_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                 }))

@@ -861,7 +861,7 @@ for_each_backend! {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
@@ -876,8 +876,8 @@ mod tests {
 
     /// A database to run on: SQLite always, and PostgreSQL too when the suite has a
     /// server (`MESSAGING_TEST_POSTGRES_URL`); the PostgreSQL one is dropped after.
-    struct TestDb {
-        pool: DbPool,
+    pub(in crate::store) struct TestDb {
+        pub(in crate::store) pool: DbPool,
         _sqlite_dir: Option<tempfile::TempDir>,
         drop_pg: Option<(String, String)>,
     }
@@ -885,7 +885,7 @@ mod tests {
     impl TestDb {
         /// The PostgreSQL test database's URL, for connections of a test's own; `None`
         /// on SQLite.
-        fn postgres_url(&self) -> Option<String> {
+        pub(in crate::store) fn postgres_url(&self) -> Option<String> {
             self.drop_pg
                 .as_ref()
                 .map(|(server, name)| format!("{server}/{name}"))
@@ -913,7 +913,7 @@ mod tests {
         }
     }
 
-    fn databases() -> Vec<TestDb> {
+    pub(in crate::store) fn databases() -> Vec<TestDb> {
         // Tests run in parallel threads of one process: each database gets its own name.
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let dir = tempfile::tempdir().expect("temp dir");

@@ -2,10 +2,11 @@
 //! their migrations, the `PersistenceActor` that runs Diesel on `SyncArbiter`s and commits
 //! queued writes in batches (group commit), and `Store`, the handle everyone else calls.
 //!
-//! Write path: caller -> `Store::write` -> `WriteQueue` -> `PersistenceActor` (one
-//! transaction per batch) -> the caller's reply is sent only after its batch committed.
-//! While one batch commits, the next one fills, so a burst of requests pays for one
-//! commit, not one each.
+//! Write path: caller -> `Store::write` -> its lane's `WriteQueue` -> that lane's
+//! `PersistenceActor` (one transaction per batch) -> the caller's reply is sent only after
+//! its batch committed. While one batch commits, the next one fills, so a burst of
+//! requests pays for one commit, not one each. SQLite has one lane; PostgreSQL two, whose
+//! batches run at once (see `Lane` for which write takes which).
 //!
 //! With PostgreSQL, instances share the queued work through leases: the instance that
 //! accepts a message leases it at once and renews its leases while it works them; the
@@ -206,15 +207,34 @@ macro_rules! on_backend {
     };
 }
 
+/// One writer thread and the queue it commits, batch after batch, in the order queued.
+///
+/// Why lanes: on PostgreSQL one writer left the machine idle part of the time at 64
+/// connections, since a batch spends most of its time waiting for the server (its round
+/// trips, its commit's WAL flush); a second writer runs a batch meanwhile. But one writer
+/// is also an order that callers lean on: a provider queues an attempt's record and goes
+/// on without waiting for it, so two writers taking any write let attempt 2's record
+/// commit before attempt 1's. So each write has its lane by what it must follow: a
+/// message's attempt records always the same lane (by its id); new outbound messages the
+/// last (nothing can name a message before its insert has been answered, and keyed
+/// inserts keep one order there); everything else the first, after waiting for the other
+/// lanes where it must follow records it cannot name (`after_queued_writes`). SQLite has
+/// one lane, which is all of them.
+struct Lane {
+    queue: Arc<WriteQueue>,
+    writer: Addr<PersistenceActor>,
+}
+
 /// The handle to storage: cheap to clone, safe to share between threads.
 #[derive(Clone)]
 pub struct Store {
-    /// One thread, one connection: the only writer, its prepared statements kept warm.
-    writer: Addr<PersistenceActor>,
+    /// `Backend::writers` lanes, each a queue and one writer thread with its own
+    /// connection (its prepared statements kept warm). The first takes every write but
+    /// new outbound messages, which go to the last: on SQLite the same one. See `Lane`.
+    lanes: Arc<[Lane]>,
     readers: Addr<PersistenceActor>,
     /// How many threads `readers` has.
     reader_threads: usize,
-    queue: Arc<WriteQueue>,
     backend: Backend,
     /// This instance's name on the leases it takes and the attempts it records.
     instance: Arc<str>,
@@ -230,27 +250,32 @@ pub struct Store {
 }
 
 impl Store {
-    /// Starts the writer (a `SyncArbiter` of one thread) and `threads` readers; `lease` is
-    /// how long a claim on a queued message lasts unless renewed. Must run inside an actix
-    /// system.
+    /// Starts the writers (`Backend::writers`, a `SyncArbiter` of one thread each) and
+    /// `threads` readers; `lease` is how long a claim on a queued message lasts unless
+    /// renewed. Must run inside an actix system.
     pub fn start(pool: DbPool, threads: usize, lease: Duration, timeout: Duration) -> Store {
         let backend = pool.backend();
-        let queue = Arc::new(WriteQueue::default());
-        let (write_pool, shared) = (pool.clone(), queue.clone());
-        let writer = SyncArbiter::start(1, move || {
-            PersistenceActor::new(write_pool.clone(), shared.clone())
-        });
-        let shared = queue.clone();
+        let lanes: Arc<[Lane]> = (0..backend.writers())
+            .map(|_| {
+                let queue = Arc::new(WriteQueue::default());
+                let (pool, shared) = (pool.clone(), queue.clone());
+                let writer = SyncArbiter::start(1, move || {
+                    PersistenceActor::new(pool.clone(), shared.clone())
+                });
+                Lane { queue, writer }
+            })
+            .collect();
         let reader_threads = threads.max(1);
+        // Readers never commit: the queue they are given stays unused.
+        let unused = Arc::new(WriteQueue::default());
         let readers = SyncArbiter::start(reader_threads, move || {
-            PersistenceActor::new(pool.clone(), shared.clone())
+            PersistenceActor::new(pool.clone(), unused.clone())
         });
         let instance = format!("{:016x}", rand_pcg::Pcg64::from_os_rng().next_u64());
         Store {
-            writer,
+            lanes,
             readers,
             reader_threads,
-            queue,
             backend,
             instance: instance.into(),
             lease,
@@ -322,8 +347,13 @@ impl Store {
             None => Some(bulk_runner!(messages::insert_outbound_many)),
             Some(_) => None,
         };
-        self.write_with(new, runner!(messages::insert_outbound), bulk)
-            .await
+        self.write_on(
+            self.new_messages_lane(),
+            new,
+            runner!(messages::insert_outbound),
+            bulk,
+        )
+        .await
     }
 
     /// The answer an earlier request with this idempotency key got, if there was one.
@@ -343,7 +373,8 @@ impl Store {
     /// Records a finished attempt and the message status it leads to, in one transaction;
     /// `StoreError::Superseded` when another instance holds the message's lease now.
     pub async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
-        self.write_with(
+        self.write_on(
+            self.lane_of(record.message_id),
             (record, self.instance.to_string()),
             runner!(dispatch::record_attempt),
             Some(bulk_runner!(dispatch::record_attempts)),
@@ -352,10 +383,14 @@ impl Store {
     }
 
     /// Applies a delivery receipt; the message id, or `None` for an unknown provider id.
+    /// It names the message by the provider's id, so it cannot know which lane holds the
+    /// attempt record it follows: it waits until every lane has committed what was
+    /// queued on it before, as one writer's order would have it.
     pub async fn record_delivery(
         &self,
         receipt: DeliveryReceipt,
     ) -> Result<Option<i64>, StoreError> {
+        self.after_queued_writes().await;
         self.write(receipt, runner!(messages::record_delivery))
             .await
     }
@@ -485,21 +520,24 @@ impl Store {
     /// Hands this instance's queued work back, for another instance to claim at once.
     /// Claims stop first: the lease keeper's sweep, still running until the process
     /// exits, would otherwise take the freed messages straight back and leave the next
-    /// start waiting out their leases.
+    /// start waiting out their leases. Records queued before it land first, so another
+    /// instance never claims a message whose finished attempt is still on its way.
     pub async fn release_leases(&self) -> Result<usize, StoreError> {
         self.released.store(true, Ordering::Release);
+        self.after_queued_writes().await;
         self.write(self.instance.to_string(), runner!(dispatch::release_leases))
             .await
     }
 
     /// Ends the use of the database for good, at a graceful stop after the last write
-    /// that matters (the leases' release): the writer and every reader finish what they
+    /// that matters (the leases' release): the writers and every reader finish what they
     /// are doing, hand their connections back to the pool and take nothing more, so that
     /// no query runs while the process exits. Writes and reads after it wait until their
     /// timeout. Answers once every thread has stopped, or after the store's timeout.
     pub async fn close(&self) {
-        let mut stopped = Vec::with_capacity(self.reader_threads + 1);
-        for (arbiter, threads) in [(&self.writer, 1), (&self.readers, self.reader_threads)] {
+        let mut stopped = Vec::with_capacity(self.reader_threads + self.lanes.len());
+        let writers = self.lanes.iter().map(|lane| (&lane.writer, 1));
+        for (arbiter, threads) in writers.chain([(&self.readers, self.reader_threads)]) {
             for _ in 0..threads {
                 let (tell, told) = oneshot::channel();
                 arbiter.do_send(persistence::Close(tell));
@@ -581,9 +619,49 @@ impl Store {
         I: Send + 'static,
         O: Send + 'static,
     {
+        self.write_on(&self.lanes[0], input, run, bulk).await
+    }
+
+    /// The lane of new outbound messages: the last (on SQLite the only one).
+    fn new_messages_lane(&self) -> &Lane {
+        &self.lanes[self.lanes.len() - 1]
+    }
+
+    /// The lane of one message's attempt records, always the same one, so that they
+    /// commit in the order its provider queued them.
+    fn lane_of(&self, message_id: i64) -> &Lane {
+        let lanes = self.lanes.len() as u64;
+        &self.lanes[(message_id.unsigned_abs() % lanes) as usize]
+    }
+
+    /// Returns once every lane but the first has committed (or failed) what was queued on
+    /// it before this call: a write queued on the first lane after it then follows them
+    /// all. An empty write in each lane's queue marks the point.
+    async fn after_queued_writes(&self) {
+        let empty = Runner {
+            sqlite: |_, _: &()| Ok(()),
+            postgres: |_, _: &()| Ok(()),
+        };
+        for lane in self.lanes.iter().skip(1) {
+            // Its outcome does not matter, only that the writes before it are done.
+            let _ = self.write_on(lane, (), empty, None).await;
+        }
+    }
+
+    async fn write_on<I, O>(
+        &self,
+        lane: &Lane,
+        input: I,
+        run: Runner<I, O>,
+        bulk: Option<BulkRunner<I, O>>,
+    ) -> Result<O, StoreError>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .push(WriteJob::boxed(input, run, bulk, reply), &self.writer);
+        lane.queue
+            .push(WriteJob::boxed(input, run, bulk, reply), &lane.writer);
         // A dropped sender means the batch never ran (actor stopped): not stored. A write
         // that outlives the timeout may still commit later: the caller answers 503 and
         // never 202, and an Idempotency-Key retry finds what did commit.
@@ -614,8 +692,18 @@ impl Store {
 pub(crate) mod tests {
     use std::time::Duration;
 
-    use super::{open, DbPool, NewOutbound, Store, StoreError};
-    use crate::domain::{Channel, MessageContent, Timestamp};
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    use diesel::pg::PgConnection;
+    use diesel::{Connection, RunQueryDsl};
+
+    use super::messages::tests::databases;
+    use super::{
+        open, AttemptRecord, DbPool, DeliveryReceipt, DeliveryStatus, Lane, NewOutbound,
+        OutboundStored, Store, StoreError,
+    };
+    use crate::domain::{Channel, MessageContent, MessageStatus, Timestamp};
 
     /// An SMS to recipient `n` for the `sms-mms` provider, as the router stores one.
     pub(crate) fn new_message(n: u32) -> NewOutbound {
@@ -634,6 +722,142 @@ pub(crate) mod tests {
             lease: None,
             status_callback: None,
             send_at: None,
+        }
+    }
+
+    /// Polls a write once: its first poll queues it, and says whether it was answered.
+    fn answered<F: Future + Unpin>(write: &mut F) -> bool {
+        let mut context = Context::from_waker(Waker::noop());
+        matches!(std::pin::Pin::new(write).poll(&mut context), Poll::Ready(_))
+    }
+
+    fn success(message_id: i64, provider_message_id: Option<&str>) -> AttemptRecord {
+        AttemptRecord {
+            message_id,
+            provider: "sms-mms".into(),
+            attempt: 1,
+            outcome: "success",
+            latency_ms: 1,
+            error_code: None,
+            provider_message_id: provider_message_id.map(str::to_owned),
+            status: MessageStatus::Sent,
+            next_attempt_at: None,
+        }
+    }
+
+    /// Holds message `id`'s row from a connection of the test's own, in a transaction
+    /// left open: an attempt record of it waits (its trigger locks the row) until
+    /// `let_go`, and so does the rest of its batch.
+    fn hold(holder: &mut PgConnection, id: i64) {
+        diesel::sql_query("BEGIN").execute(holder).expect("begin");
+        diesel::sql_query(format!(
+            "SELECT id FROM messages WHERE id = {id} FOR UPDATE"
+        ))
+        .execute(holder)
+        .expect("lock the row");
+    }
+
+    fn let_go(holder: &mut PgConnection) {
+        diesel::sql_query("ROLLBACK")
+            .execute(holder)
+            .expect("rollback");
+    }
+
+    /// Until a session of this database waits for a lock.
+    async fn until_a_write_waits(holder: &mut PgConnection) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "(SELECT count(*) FROM pg_stat_activity \
+                  WHERE datname = current_database() AND wait_event_type = 'Lock')",
+            ))
+            .get_result(holder)
+            .expect("sessions");
+            if waiting > 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the held write never waited"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// On PostgreSQL writes go in two lanes, each committing in its own order. While an
+    /// attempt record waits on a lock, a later record of a message in its lane waits
+    /// behind it, and a delivery receipt waits for it (and then finds its provider id),
+    /// but records of the other lane, the readiness probe and new messages commit. Each
+    /// of these fails if its write took another lane: a receipt without the wait would
+    /// answer at once that no message has that id.
+    #[actix::test]
+    async fn on_postgres_each_lane_waits_only_for_its_own_writes() {
+        for db in databases() {
+            let Some(url) = db.postgres_url() else {
+                continue;
+            };
+            let store = Store::start(
+                db.pool.clone(),
+                1,
+                Duration::from_secs(30),
+                Duration::from_secs(20),
+            );
+            let mut ids = Vec::new();
+            for n in 0..6 {
+                match store.insert_outbound(new_message(n)).await {
+                    Ok(OutboundStored::Created { id, .. }) => ids.push(id),
+                    other => panic!("not stored: {other:?}"),
+                }
+            }
+            let first: &Lane = &store.lanes[0];
+            assert!(
+                !std::ptr::eq(first, store.new_messages_lane()),
+                "new messages have a lane of their own"
+            );
+            let (on_first, on_last): (Vec<i64>, Vec<i64>) = ids
+                .iter()
+                .partition(|&&id| std::ptr::eq(store.lane_of(id), first));
+            assert!(on_first.len() >= 2 && on_last.len() >= 2, "{ids:?}");
+            let mut holder = PgConnection::establish(&url).expect("connect");
+
+            // A record in the lane of new messages waits.
+            hold(&mut holder, on_last[0]);
+            let mut held = Box::pin(store.record_attempt(success(on_last[0], Some("SM-held"))));
+            assert!(!answered(&mut held));
+            until_a_write_waits(&mut holder).await;
+            let mut behind = Box::pin(store.record_attempt(success(on_last[1], None)));
+            let mut receipt = Box::pin(store.record_delivery(DeliveryReceipt {
+                provider_message_id: "SM-held".into(),
+                status: DeliveryStatus::Delivered,
+                error_code: None,
+            }));
+            assert!(!answered(&mut behind) && !answered(&mut receipt));
+            store
+                .record_attempt(success(on_first[0], None))
+                .await
+                .expect("the first lane commits");
+            store.probe().await.expect("the probe commits");
+            assert!(!answered(&mut held), "the held record commits only after");
+            assert!(!answered(&mut behind), "a record waits behind its lane");
+            assert!(!answered(&mut receipt), "a receipt waits for every record");
+            let_go(&mut holder);
+            held.await.expect("recorded");
+            behind.await.expect("recorded");
+            assert_eq!(receipt.await.expect("applied"), Some(on_last[0]));
+
+            // A record in the first lane waits; new messages do not.
+            hold(&mut holder, on_first[1]);
+            let mut held = Box::pin(store.record_attempt(success(on_first[1], None)));
+            assert!(!answered(&mut held));
+            until_a_write_waits(&mut holder).await;
+            let created = store.insert_outbound(new_message(7)).await;
+            assert!(
+                matches!(created, Ok(OutboundStored::Created { .. })),
+                "{created:?}"
+            );
+            assert!(!answered(&mut held), "the held record commits only after");
+            let_go(&mut holder);
+            held.await.expect("recorded");
         }
     }
 

@@ -2,14 +2,15 @@
 //! `SyncArbiter` (blocking Diesel calls never stall an async thread) and handles two kinds
 //! of message: `CommitQueued`, which commits the `WriteQueue` batch after batch, and a read.
 //!
-//! Group commit: writers push onto the `WriteQueue` and only the writer that finds no
-//! commit scheduled sends `CommitQueued`. The actor that gets it takes everything queued,
-//! commits it as one transaction, and takes again until the queue is empty; whatever
-//! arrives while one transaction commits goes into the next. So there is one writer at a
-//! time (SQLite allows no more), a burst pays for one fsync, and a lone write waits for
-//! nothing but its own commit. Within a transaction, writes of one kind (a `BulkRunner`'s)
-//! share multi-row statements, so a burst also pays for few statements. A thread of its
-//! own answers a committed batch's callers, so the writer starts the next at once.
+//! Group commit: callers push onto a `WriteQueue` and only the caller that finds no
+//! commit scheduled sends `CommitQueued` to the queue's own writer (one thread). It takes
+//! everything queued, commits it as one transaction, and takes again until the queue is
+//! empty; whatever arrives while one transaction commits goes into the next. So a queue
+//! commits in the order it was filled (the store's lanes are one queue each), a burst
+//! pays for one fsync, and a lone write waits for nothing but its own commit. Within a
+//! transaction, writes of one kind (a `BulkRunner`'s) share multi-row statements, so a
+//! burst also pays for few statements. A thread of its own answers a committed batch's
+//! callers, so the writer starts the next at once.
 
 use std::any::Any;
 use std::sync::mpsc::{self, SyncSender};
@@ -103,8 +104,8 @@ impl PersistenceActor {
         }
     }
 
-    /// Tells a committed batch's callers on a thread of its own. Why: the one writer is
-    /// what every write waits for, and each answer wakes the caller's thread with a
+    /// Tells a committed batch's callers on a thread of its own. Why: a lane's one writer
+    /// is what its writes wait for, and each answer wakes the caller's thread with a
     /// `write` system call (a tenth of the writer's samples in perf at 64 connections)
     /// and drops the write's data.
     /// The writer starts the next batch at once; answers still go out in commit order.
