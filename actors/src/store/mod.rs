@@ -218,7 +218,7 @@ macro_rules! on_backend {
 /// message's attempt records always the same lane (by its id); new outbound messages the
 /// last (nothing can name a message before its insert has been answered, and keyed
 /// inserts keep one order there); everything else the first, after waiting for the other
-/// lanes where it must follow records it cannot name (`after_queued_writes`). SQLite has
+/// lanes where it must follow records it cannot name (`write_after_queued`). SQLite has
 /// one lane, which is all of them.
 struct Lane {
     queue: Arc<WriteQueue>,
@@ -384,14 +384,12 @@ impl Store {
 
     /// Applies a delivery receipt; the message id, or `None` for an unknown provider id.
     /// It names the message by the provider's id, so it cannot know which lane holds the
-    /// attempt record it follows: it waits until every lane has committed what was
-    /// queued on it before, as one writer's order would have it.
+    /// attempt record it follows: it comes after every write queued before it.
     pub async fn record_delivery(
         &self,
         receipt: DeliveryReceipt,
     ) -> Result<Option<i64>, StoreError> {
-        self.after_queued_writes().await;
-        self.write(receipt, runner!(messages::record_delivery))
+        self.write_after_queued(receipt, runner!(messages::record_delivery))
             .await
     }
 
@@ -524,8 +522,7 @@ impl Store {
     /// instance never claims a message whose finished attempt is still on its way.
     pub async fn release_leases(&self) -> Result<usize, StoreError> {
         self.released.store(true, Ordering::Release);
-        self.after_queued_writes().await;
-        self.write(self.instance.to_string(), runner!(dispatch::release_leases))
+        self.write_after_queued(self.instance.to_string(), runner!(dispatch::release_leases))
             .await
     }
 
@@ -634,17 +631,29 @@ impl Store {
         &self.lanes[(message_id.unsigned_abs() % lanes) as usize]
     }
 
-    /// Returns once every lane but the first has committed (or failed) what was queued on
-    /// it before this call: a write queued on the first lane after it then follows them
-    /// all. An empty write in each lane's queue marks the point.
-    async fn after_queued_writes(&self) {
+    /// A write on the first lane once every other lane has committed what was queued on
+    /// it before this call, so that it follows every write queued before it, whatever
+    /// their lanes. An empty write in each other lane's queue marks the point; should
+    /// one fail, so does this write (the database is failing the writes before it too).
+    /// One `database.timeout_ms` bounds the whole.
+    async fn write_after_queued<I, O>(&self, input: I, run: Runner<I, O>) -> Result<O, StoreError>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+    {
         let empty = Runner {
             sqlite: |_, _: &()| Ok(()),
             postgres: |_, _: &()| Ok(()),
         };
-        for lane in self.lanes.iter().skip(1) {
-            // Its outcome does not matter, only that the writes before it are done.
-            let _ = self.write_on(lane, (), empty, None).await;
+        let ordered = async {
+            for lane in self.lanes.iter().skip(1) {
+                self.write_on(lane, (), empty, None).await?;
+            }
+            self.write(input, run).await
+        };
+        match tokio::time::timeout(self.timeout, ordered).await {
+            Ok(written) => written,
+            Err(_) => Err(self.timed_out()),
         }
     }
 
