@@ -464,37 +464,48 @@ mod tests {
     }
 
     /// Every index on `messages` costs each new message an entry, and the queue's indexes
-    /// a second change when its first attempt sets its status, on the one writer: each
-    /// must serve a read. `messages_queued_due` served none and is dropped (migration
-    /// 000012); this list is what stays, with its readers.
+    /// a second change when its first attempt sets its status, on the writer: each must
+    /// serve a read. `messages_queued_due` served none and is dropped (SQLite's migration
+    /// 000012), and on PostgreSQL `messages_queued_lease` too (its 000011); this list is
+    /// what stays on both, with its readers.
     #[test]
-    fn on_sqlite_messages_keep_only_the_indexes_some_query_reads() {
-        let (_dir, mut conn) = sqlite("indexes.db");
-        let mut names: Vec<String> = diesel::sql_query(
-            "SELECT name FROM sqlite_master \
-             WHERE type = 'index' AND tbl_name = 'messages' AND sql IS NOT NULL",
-        )
-        .load::<Name>(&mut *conn)
-        .expect("indexes")
-        .into_iter()
-        .map(|index| index.name)
-        .collect();
-        names.sort();
-        assert_eq!(
-            names,
-            [
-                // A conversation's messages, in time order.
-                "messages_conversation_time",
-                // An Idempotency-Key's earlier request.
-                "messages_idempotency_key",
-                // An inbound message stored once per provider id (webhooks' dedupe).
-                "messages_inbound_provider_id",
-                // A delivery receipt finds its outbound message.
-                "messages_outbound_provider_id",
-                // Claims, the sweep and the release at a stop.
-                "messages_queued",
-            ]
-        );
+    fn messages_keep_only_the_indexes_some_query_reads() {
+        for db in crate::store::messages::tests::databases() {
+            let mut conn = db.pool.get().expect("connection");
+            let names = match &mut conn {
+                DbConn::Sqlite(c) => diesel::sql_query(
+                    "SELECT name FROM sqlite_master \
+                     WHERE type = 'index' AND tbl_name = 'messages' AND sql IS NOT NULL",
+                )
+                .load::<Name>(&mut **c),
+                DbConn::Postgres(c) => diesel::sql_query(
+                    "SELECT indexname AS name FROM pg_indexes \
+                     WHERE tablename = 'messages' AND indexname <> 'messages_pkey'",
+                )
+                .load::<Name>(&mut **c),
+            };
+            let mut names: Vec<String> = names
+                .expect("indexes")
+                .into_iter()
+                .map(|index| index.name)
+                .collect();
+            names.sort();
+            assert_eq!(
+                names,
+                [
+                    // A conversation's messages, in time order.
+                    "messages_conversation_time",
+                    // An Idempotency-Key's earlier request.
+                    "messages_idempotency_key",
+                    // An inbound message stored once per provider id (webhooks' dedupe).
+                    "messages_inbound_provider_id",
+                    // A delivery receipt finds its outbound message.
+                    "messages_outbound_provider_id",
+                    // Claims, the sweep and the release at a stop.
+                    "messages_queued",
+                ]
+            );
+        }
     }
 
     /// SQLite checks `x IN ('a', 'b', 'c')` by building a temporary b-tree of the values,

@@ -1845,9 +1845,16 @@ pub(super) mod tests {
             let migrations =
                 MigrationSource::<Pg>::migrations(&crate::store::backend::POSTGRES_MIGRATIONS)
                     .expect("migrations");
-            let last = migrations.last().expect("some");
-            assert!(last.name().to_string().ends_with("conversation_counts"));
-            conn.revert_migration(last.as_ref()).expect("revert");
+            let slotted = migrations
+                .iter()
+                .position(|m| m.name().to_string().ends_with("conversation_counts"))
+                .expect("the slotted counts are a migration");
+            let (counts, later) = migrations[slotted..].split_first().expect("some");
+            for migration in later.iter().rev() {
+                conn.revert_migration(migration.as_ref())
+                    .expect("revert a later migration");
+            }
+            conn.revert_migration(counts.as_ref()).expect("revert");
             let folded: i64 = conversations::table
                 .select(conversations::message_count)
                 .first(&mut conn)
@@ -1856,7 +1863,9 @@ pub(super) mod tests {
                 folded, 10,
                 "the slots were folded into the conversation's row"
             );
-            conn.run_migration(last.as_ref()).expect("apply again");
+            for migration in &migrations[slotted..] {
+                conn.run_migration(migration.as_ref()).expect("apply again");
+            }
             assert_eq!(total(&mut conn), 10);
         }
     }
