@@ -229,8 +229,8 @@ struct Lane {
 #[derive(Clone)]
 pub struct Store {
     /// `Backend::writers` lanes, each a queue and one writer thread with its own
-    /// connection (its prepared statements kept warm). The first takes every write but
-    /// new outbound messages, which go to the last: on SQLite the same one. See `Lane`.
+    /// connection (its prepared statements kept warm); `Lane` says which write takes
+    /// which.
     lanes: Arc<[Lane]>,
     readers: Addr<PersistenceActor>,
     /// How many threads `readers` has.
@@ -596,27 +596,13 @@ impl Store {
         self.write((), runner!(dispatch::probe)).await
     }
 
+    /// A write on the first lane.
     async fn write<I, O>(&self, input: I, run: Runner<I, O>) -> Result<O, StoreError>
     where
         I: Send + 'static,
         O: Send + 'static,
     {
-        self.write_with(input, run, None).await
-    }
-
-    /// A write that, with `bulk`, may share a multi-row statement with the others of its
-    /// kind in its batch (and runs alone as `run` when a batch is rerun write by write).
-    async fn write_with<I, O>(
-        &self,
-        input: I,
-        run: Runner<I, O>,
-        bulk: Option<BulkRunner<I, O>>,
-    ) -> Result<O, StoreError>
-    where
-        I: Send + 'static,
-        O: Send + 'static,
-    {
-        self.write_on(&self.lanes[0], input, run, bulk).await
+        self.write_on(&self.lanes[0], input, run, None).await
     }
 
     /// The lane of new outbound messages: the last (on SQLite the only one).
@@ -657,6 +643,9 @@ impl Store {
         }
     }
 
+    /// A write on `lane` that, with `bulk`, may share a multi-row statement with the
+    /// others of its kind in its batch (and runs alone as `run` when a batch is rerun write
+    /// by write).
     async fn write_on<I, O>(
         &self,
         lane: &Lane,
