@@ -217,9 +217,9 @@ macro_rules! on_backend {
 /// commit before attempt 1's. So each write has its lane by what it must follow: a
 /// message's attempt records always the same lane (by its id); new outbound messages the
 /// last (nothing can name a message before its insert has been answered, and keyed
-/// inserts keep one order there); everything else the first, after waiting for the other
-/// lanes where it must follow records it cannot name (`write_after_queued`). SQLite has
-/// one lane, which is all of them.
+/// inserts keep one order there); its lease renewals the lane of its records; everything
+/// else the first, after waiting for every lane where it must follow records it cannot
+/// name (`write_after_queued`). SQLite has one lane, which is all of them.
 struct Lane {
     queue: Arc<WriteQueue>,
     writer: Addr<PersistenceActor>,
@@ -506,13 +506,31 @@ impl Store {
         self.write(claim, run).await
     }
 
-    /// Extends this instance's leases on `ids`, the messages it holds in memory.
+    /// Extends this instance's leases on `ids`, the messages it holds in memory. Each
+    /// message's renewal goes on the lane of its attempt records: a renewal on another
+    /// lane would lock the rows those records' trigger locks, from a transaction running
+    /// at the same time, in an order of its own (a deadlock PostgreSQL breaks only after
+    /// a second).
     pub async fn renew_leases(&self, ids: Vec<i64>) -> Result<usize, StoreError> {
-        let renewal = Renewal {
-            lease: self.lease(),
-            ids,
-        };
-        self.write(renewal, runner!(dispatch::renew_leases)).await
+        let lease = self.lease();
+        let mut by_lane: Vec<Vec<i64>> = vec![Vec::new(); self.lanes.len()];
+        for id in ids {
+            by_lane[self.lane_index(id)].push(id);
+        }
+        let mut renewed = 0;
+        for (lane, ids) in self.lanes.iter().zip(by_lane) {
+            if ids.is_empty() {
+                continue;
+            }
+            let renewal = Renewal {
+                lease: lease.clone(),
+                ids,
+            };
+            renewed += self
+                .write_on(lane, renewal, runner!(dispatch::renew_leases), None)
+                .await?;
+        }
+        Ok(renewed)
     }
 
     /// Hands this instance's queued work back, for another instance to claim at once.
@@ -610,18 +628,24 @@ impl Store {
         &self.lanes[self.lanes.len() - 1]
     }
 
-    /// The lane of one message's attempt records, always the same one, so that they
-    /// commit in the order its provider queued them.
+    /// The lane of one message's attempt records (and lease renewals), always the same
+    /// one, so that they commit in the order its provider queued them.
     fn lane_of(&self, message_id: i64) -> &Lane {
-        let lanes = self.lanes.len() as u64;
-        &self.lanes[(message_id.unsigned_abs() % lanes) as usize]
+        &self.lanes[self.lane_index(message_id)]
     }
 
-    /// A write on the first lane once every other lane has committed what was queued on
-    /// it before this call, so that it follows every write queued before it, whatever
-    /// their lanes. An empty write in each other lane's queue marks the point; should
-    /// one fail, so does this write (the database is failing the writes before it too).
-    /// One `database.timeout_ms` bounds the whole.
+    fn lane_index(&self, message_id: i64) -> usize {
+        let lanes = self.lanes.len() as u64;
+        (message_id.unsigned_abs() % lanes) as usize
+    }
+
+    /// A write on the first lane once every lane has committed what was queued on it
+    /// before this call, so that it follows every write queued before it, whatever their
+    /// lanes. An empty write in each lane's queue marks the point, the first lane's too:
+    /// within a batch, writes without a shared statement run before those with one, so a
+    /// receipt in the same batch as its record would run first. Should a mark fail, so
+    /// does this write (the database is failing the writes before it too). One
+    /// `database.timeout_ms` bounds the whole.
     async fn write_after_queued<I, O>(&self, input: I, run: Runner<I, O>) -> Result<O, StoreError>
     where
         I: Send + 'static,
@@ -632,7 +656,7 @@ impl Store {
             postgres: |_, _: &()| Ok(()),
         };
         let ordered = async {
-            for lane in self.lanes.iter().skip(1) {
+            for lane in self.lanes.iter() {
                 self.write_on(lane, (), empty, None).await?;
             }
             self.write(input, run).await
@@ -783,11 +807,12 @@ pub(crate) mod tests {
     }
 
     /// On PostgreSQL writes go in two lanes, each committing in its own order. While an
-    /// attempt record waits on a lock, a later record of a message in its lane waits
-    /// behind it, and a delivery receipt waits for it (and then finds its provider id),
-    /// but records of the other lane, the readiness probe and new messages commit. Each
-    /// of these fails if its write took another lane: a receipt without the wait would
-    /// answer at once that no message has that id.
+    /// attempt record waits on a lock, a later record or lease renewal of a message in its
+    /// lane waits behind it, and a delivery receipt waits for it (and then finds its
+    /// provider id), but records of the other lane, the readiness probe and new messages
+    /// commit. Each of these fails if its write took another lane: a receipt without the
+    /// wait would answer at once that no message has that id; and one that shares a batch
+    /// with its record would run before it (writes without a shared statement go first).
     #[actix::test]
     async fn on_postgres_each_lane_waits_only_for_its_own_writes() {
         for db in databases() {
@@ -824,12 +849,9 @@ pub(crate) mod tests {
             assert!(!answered(&mut held));
             until_a_write_waits(&mut holder).await;
             let mut behind = Box::pin(store.record_attempt(success(on_last[1], None)));
-            let mut receipt = Box::pin(store.record_delivery(DeliveryReceipt {
-                provider_message_id: "SM-held".into(),
-                status: DeliveryStatus::Delivered,
-                error_code: None,
-            }));
-            assert!(!answered(&mut behind) && !answered(&mut receipt));
+            let mut renewal = Box::pin(store.renew_leases(vec![on_last[2]]));
+            let mut receipt = Box::pin(store.record_delivery(receipt_for("SM-held")));
+            assert!(!answered(&mut behind) && !answered(&mut renewal) && !answered(&mut receipt));
             store
                 .record_attempt(success(on_first[0], None))
                 .await
@@ -837,13 +859,19 @@ pub(crate) mod tests {
             store.probe().await.expect("the probe commits");
             assert!(!answered(&mut held), "the held record commits only after");
             assert!(!answered(&mut behind), "a record waits behind its lane");
+            assert!(
+                !answered(&mut renewal),
+                "a renewal goes on its records' lane"
+            );
             assert!(!answered(&mut receipt), "a receipt waits for every record");
             let_go(&mut holder);
             held.await.expect("recorded");
             behind.await.expect("recorded");
+            assert_eq!(renewal.await.expect("renewed"), 1);
             assert_eq!(receipt.await.expect("applied"), Some(on_last[0]));
 
-            // A record in the first lane waits; new messages do not.
+            // A record in the first lane waits; new messages do not. A receipt that lands
+            // in one batch with its record still finds it.
             hold(&mut holder, on_first[1]);
             let mut held = Box::pin(store.record_attempt(success(on_first[1], None)));
             assert!(!answered(&mut held));
@@ -853,9 +881,32 @@ pub(crate) mod tests {
                 matches!(created, Ok(OutboundStored::Created { .. })),
                 "{created:?}"
             );
+            let mut record = Box::pin(store.record_attempt(success(on_first[2], Some("SM-first"))));
+            assert!(!answered(&mut record));
+            let mut receipt = Box::pin(store.record_delivery(receipt_for("SM-first")));
+            // Until the receipt (or its mark) waits behind the record in the first lane.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while store.lanes[0].queue.waiting() < 2 {
+                assert!(!answered(&mut receipt), "the receipt did not wait");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the receipt never queued"
+                );
+                tokio::task::yield_now().await;
+            }
             assert!(!answered(&mut held), "the held record commits only after");
             let_go(&mut holder);
             held.await.expect("recorded");
+            record.await.expect("recorded");
+            assert_eq!(receipt.await.expect("applied"), Some(on_first[2]));
+        }
+    }
+
+    fn receipt_for(provider_message_id: &str) -> DeliveryReceipt {
+        DeliveryReceipt {
+            provider_message_id: provider_message_id.into(),
+            status: DeliveryStatus::Delivered,
+            error_code: None,
         }
     }
 

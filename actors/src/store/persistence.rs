@@ -65,6 +65,12 @@ impl WriteQueue {
         }
     }
 
+    /// How many writes wait for a batch now.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.lock().waiting.len()
+    }
+
     /// Everything waiting now: when the database refused a whole batch for a reason that
     /// is not the batch's own (a lock, a lost server), the writes queued behind it would
     /// meet the same fault, so they are answered at once instead of waiting in turn.
@@ -327,9 +333,10 @@ impl PersistenceActor {
             }
         };
         let mut commit = in_write_transaction(conn, |tx| apply_all(&mut jobs, tx));
-        // Two instances' batches that lock the same conversations in different orders
-        // (a batch's inserts are several statements) can wait on each other; PostgreSQL
-        // rolls one back. Nothing of it was written, so it runs again once before its
+        // Two batches that lock the same conversations in different orders (a batch's
+        // inserts are several statements), of two instances or of one instance's two
+        // lanes (inbound and outbound messages to one conversation), can wait on each
+        // other; PostgreSQL rolls one back. Nothing of it was written, so it runs again once before its
         // callers hear of it.
         if matches!(commit, Err(StoreError::RolledBack(_))) {
             commit = match self.connection() {
