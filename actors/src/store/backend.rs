@@ -47,10 +47,10 @@ impl Backend {
         }
     }
 
-    /// Writers, each committing its own lane of writes (see `Store`): SQLite allows one.
-    /// PostgreSQL has a second for new outbound messages alone, so that a batch of them
-    /// runs while the first writer's batch waits for the server (its round trips, its
-    /// commit's WAL flush).
+    /// Writers, each committing its own lane of writes (see `Lane` in the store): SQLite
+    /// allows one. PostgreSQL has a second (new outbound messages and half the messages'
+    /// attempt records), so that one batch runs while the other waits for the server
+    /// (its round trips, its commit's WAL flush).
     pub fn writers(self) -> usize {
         match self {
             Backend::Sqlite => 1,

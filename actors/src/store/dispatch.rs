@@ -10,11 +10,10 @@ use super::schema::{breaker_overrides, dispatch_attempts, messages, readiness_pr
 use super::StoreError;
 use crate::domain::{Direction, MessageStatus, Timestamp};
 
-/// `status = 'queued'`, written into the SQL rather than bound: the partial indexes on
-/// queued messages (`messages_queued`; on PostgreSQL also `messages_queued_due` and
-/// `messages_queued_lease`) serve only a query whose
-/// text names the value (when a statement is prepared, a bound value could be anything),
-/// and without them a claim reads the whole table.
+/// `status = 'queued'`, written into the SQL rather than bound: the partial index on
+/// queued messages (`messages_queued`) serves only a query whose text names the value
+/// (when a statement is prepared, a bound value could be anything), and without it a
+/// claim reads the whole table.
 pub(crate) fn is_queued() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
     diesel::dsl::sql("status = 'queued'")
 }
