@@ -840,7 +840,7 @@ pub(crate) mod tests {
             let (on_first, on_last): (Vec<i64>, Vec<i64>) = ids
                 .iter()
                 .partition(|&&id| std::ptr::eq(store.lane_of(id), first));
-            assert!(on_first.len() >= 2 && on_last.len() >= 2, "{ids:?}");
+            assert!(on_first.len() >= 3 && on_last.len() >= 3, "{ids:?}");
             let mut holder = PgConnection::establish(&url).expect("connect");
 
             // A record in the lane of new messages waits.
