@@ -892,6 +892,16 @@ pub(super) mod tests {
         }
     }
 
+    /// How many sessions of `conn`'s database wait for a lock now.
+    pub(in crate::store) fn sessions_waiting_for_a_lock(conn: &mut PgConnection) -> i64 {
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT count(*) FROM pg_stat_activity \
+              WHERE datname = current_database() AND wait_event_type = 'Lock')",
+        ))
+        .get_result(conn)
+        .expect("pg_stat_activity")
+    }
+
     /// The `conversation_counts` slot a PostgreSQL connection's writes count into.
     fn backend_slot(conn: &mut PgConnection) -> i32 {
         diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
@@ -1246,14 +1256,7 @@ pub(super) mod tests {
                     let mut watcher = PgConnection::establish(&url).expect("watcher connection");
                     let deadline = std::time::Instant::now() + Duration::from_secs(10);
                     loop {
-                        let waiting: i64 =
-                            diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                                "(SELECT count(*) FROM pg_stat_activity \
-                             WHERE datname = current_database() AND wait_event_type = 'Lock')",
-                            ))
-                            .get_result(&mut watcher)
-                            .expect("pg_stat_activity");
-                        if waiting > 0 {
+                        if sessions_waiting_for_a_lock(&mut watcher) > 0 {
                             break;
                         }
                         assert!(

@@ -720,7 +720,7 @@ pub(crate) mod tests {
     use diesel::pg::PgConnection;
     use diesel::{Connection, RunQueryDsl};
 
-    use super::messages::tests::databases;
+    use super::messages::tests::{databases, sessions_waiting_for_a_lock};
     use super::{
         open, AttemptRecord, DbPool, DeliveryReceipt, DeliveryStatus, Lane, NewOutbound,
         OutboundStored, Store, StoreError,
@@ -789,13 +789,7 @@ pub(crate) mod tests {
     async fn until_a_write_waits(holder: &mut PgConnection) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let waiting: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                "(SELECT count(*) FROM pg_stat_activity \
-                  WHERE datname = current_database() AND wait_event_type = 'Lock')",
-            ))
-            .get_result(holder)
-            .expect("sessions");
-            if waiting > 0 {
+            if sessions_waiting_for_a_lock(holder) > 0 {
                 return;
             }
             assert!(
