@@ -18,6 +18,7 @@
 //! restart the provider is as after a process start: breaker `closed`, outcome stream
 //! seeded afresh; an attempt the panic interrupted is made again (at-least-once).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -222,7 +223,9 @@ pub struct ProviderActor {
     /// A second `Dispatch` of one of them (a sweep that met a lapsed lease) is ignored.
     held: HashSet<i64>,
     /// Finished here, their records not yet in the database: their leases still matter.
-    unrecorded: HashSet<i64>,
+    /// Counted per message: a retry's record can be on its way while an earlier one is
+    /// still retried, and the message stays leased until the last of them settles.
+    unrecorded: HashMap<i64, u32>,
     /// Taken over by another instance while held here: dropped when next met.
     superseded: HashSet<i64>,
     /// Per sender, the earliest time its next message may leave (`sender_interval`).
@@ -256,7 +259,7 @@ impl ProviderActor {
             next_token: 0,
             in_flight: 0,
             held: HashSet::new(),
-            unrecorded: HashSet::new(),
+            unrecorded: HashMap::new(),
             superseded: HashSet::new(),
             sender_slots: HashMap::new(),
             credentials_logged: None,
@@ -572,7 +575,7 @@ impl ProviderActor {
             ),
             (_, None) => (MessageStatus::Failed, None),
         };
-        self.unrecorded.insert(job.message_id);
+        *self.unrecorded.entry(job.message_id).or_default() += 1;
         self.record(
             ctx.address(),
             AttemptRecord {
@@ -759,7 +762,8 @@ impl Handler<GetHeldIds> for ProviderActor {
     type Result = MessageResult<GetHeldIds>;
 
     fn handle(&mut self, _: GetHeldIds, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.held.union(&self.unrecorded).copied().collect())
+        let unrecorded = self.unrecorded.keys().filter(|id| !self.held.contains(id));
+        MessageResult(self.held.iter().chain(unrecorded).copied().collect())
     }
 }
 
@@ -767,11 +771,31 @@ impl Handler<RecordSettled> for ProviderActor {
     type Result = ();
 
     fn handle(&mut self, settled: RecordSettled, _: &mut Self::Context) {
-        self.unrecorded.remove(&settled.message_id);
+        if let Entry::Occupied(mut records) = self.unrecorded.entry(settled.message_id) {
+            *records.get_mut() -= 1;
+            if *records.get() == 0 {
+                records.remove();
+            }
+        }
         if settled.superseded && self.held.contains(&settled.message_id) {
             // Waiting for a retry or in flight: dropped where it is next met.
             self.superseded.insert(settled.message_id);
         }
+    }
+}
+
+/// How many attempt records are on their way to the database (tests follow them).
+#[cfg(test)]
+#[derive(Debug, Message)]
+#[rtype(result = "u32")]
+struct CountUnrecorded;
+
+#[cfg(test)]
+impl Handler<CountUnrecorded> for ProviderActor {
+    type Result = u32;
+
+    fn handle(&mut self, _: CountUnrecorded, _: &mut Self::Context) -> u32 {
+        self.unrecorded.values().sum()
     }
 }
 
@@ -934,5 +958,99 @@ mod tests {
             .expect("the actor answers");
         assert_eq!(status.pending, 0);
         assert_eq!(backlog.pending(), 0);
+    }
+
+    /// Attempt 1's record is retried (the database refuses it) while attempt 2 is made and
+    /// its record is refused too; when attempt 1's lands, the message must still be among
+    /// the leases to renew: its last record is not stored yet, and were its lease to lapse,
+    /// another instance would send it again.
+    #[actix::test]
+    async fn a_message_stays_leased_until_its_last_record_lands() {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let timeout = Duration::from_secs(5);
+        let store = Store::start(
+            store::open(&url, 2, timeout).expect("open"),
+            2,
+            Duration::from_secs(30),
+            timeout,
+        );
+        let mut gate = diesel::SqliteConnection::establish(&url["sqlite://".len()..])
+            .expect("a second connection");
+        gate.batch_execute(
+            "CREATE TABLE refused_attempts (attempt INTEGER NOT NULL);
+             INSERT INTO refused_attempts VALUES (1), (2);
+             CREATE TRIGGER refuse_attempts BEFORE INSERT ON dispatch_attempts
+             WHEN NEW.attempt IN (SELECT attempt FROM refused_attempts)
+             BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+        )
+        .expect("the gate");
+
+        let mut config = config();
+        config.latency = Duration::from_millis(10);
+        config.odds.error_pct = 100.0;
+        config.retry.max_attempts = 2;
+        let metrics =
+            Arc::new(Metrics::new(&[("sms-mms".to_owned(), vec![Channel::Sms])]).expect("metrics"));
+        let backlog = Arc::new(Backlog::new(100));
+        let log = Logger::root(slog::Discard, o!());
+        let addr = ProviderActor::new(
+            config,
+            store.clone(),
+            metrics.clone(),
+            backlog.clone(),
+            &log,
+        )
+        .start();
+
+        let stored = store
+            .insert_outbound(store::tests::new_message(1))
+            .await
+            .expect("stored");
+        let OutboundStored::Created { id, .. } = stored else {
+            panic!("not created: {stored:?}");
+        };
+        backlog.add(1);
+        addr.do_send(Dispatch {
+            message_id: id,
+            channel: Channel::Sms,
+            attempts_made: 0,
+            due: None,
+            sender: 0,
+            retry_base: 0,
+        });
+        poll_until("both attempts' records on their way", async || {
+            addr.send(CountUnrecorded).await.expect("the actor answers") == 2
+        })
+        .await;
+        let held = addr.send(GetHeldIds).await.expect("the actor answers");
+        assert_eq!(held, vec![id], "finished, but its records are not stored");
+
+        gate.batch_execute("DELETE FROM refused_attempts WHERE attempt = 1")
+            .expect("attempt 1 let through");
+        poll_until("attempt 1's record to land", async || {
+            addr.send(CountUnrecorded).await.expect("the actor answers") < 2
+        })
+        .await;
+        let (_, recorded) = store.get_message(id).await.expect("read").expect("found");
+        assert_eq!(recorded.iter().map(|a| a.attempt).collect::<Vec<_>>(), [1]);
+        let held = addr.send(GetHeldIds).await.expect("the actor answers");
+        assert_eq!(held, vec![id], "attempt 2's record is still on its way");
+
+        gate.batch_execute("DELETE FROM refused_attempts")
+            .expect("attempt 2 let through");
+        poll_until("attempt 2's record to land", async || {
+            addr.send(GetHeldIds)
+                .await
+                .expect("the actor answers")
+                .is_empty()
+        })
+        .await;
+        let (message, recorded) = store.get_message(id).await.expect("read").expect("found");
+        assert_eq!(recorded.len(), 2);
+        assert_eq!(message.status, "failed");
     }
 }
