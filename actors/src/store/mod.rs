@@ -215,9 +215,10 @@ macro_rules! on_backend {
 /// is also an order that callers lean on: a provider queues an attempt's record and goes
 /// on without waiting for it, so two writers taking any write let attempt 2's record
 /// commit before attempt 1's. So each write has its lane by what it must follow: a
-/// message's attempt records always the same lane (by its id); new outbound messages the
-/// last (nothing can name a message before its insert has been answered, and keyed
-/// inserts keep one order there); its lease renewals the lane of its records; everything
+/// message's attempt records always the same lane (by its id); new messages, outbound and
+/// inbound, the last (nothing can name a message before its insert has been answered,
+/// keyed inserts keep one order there, and only inserts lock conversation rows, so the
+/// lanes never wait on each other for those); its lease renewals the lane of its records; everything
 /// else the first, after waiting for every lane where it must follow records it cannot
 /// name (`write_after_queued`). SQLite has one lane, which is all of them.
 struct Lane {
@@ -365,9 +366,17 @@ impl Store {
             .await
     }
 
-    /// Stores an inbound message unless its provider id was seen before.
+    /// Stores an inbound message unless its provider id was seen before. It takes the lane
+    /// of new outbound messages: inserts are the only writes that lock conversation rows,
+    /// so with them in one lane an instance's two lanes never wait on each other there.
     pub async fn insert_inbound(&self, new: NewInbound) -> Result<InboundStored, StoreError> {
-        self.write(new, runner!(messages::insert_inbound)).await
+        self.write_on(
+            self.new_messages_lane(),
+            new,
+            runner!(messages::insert_inbound),
+            None,
+        )
+        .await
     }
 
     /// Records a finished attempt and the message status it leads to, in one transaction;
@@ -623,7 +632,7 @@ impl Store {
         self.write_on(&self.lanes[0], input, run, None).await
     }
 
-    /// The lane of new outbound messages: the last (on SQLite the only one).
+    /// The lane of new messages, outbound and inbound: the last (on SQLite the only one).
     fn new_messages_lane(&self) -> &Lane {
         &self.lanes[self.lanes.len() - 1]
     }
@@ -722,8 +731,8 @@ pub(crate) mod tests {
 
     use super::messages::tests::{databases, sessions_waiting_for_a_lock};
     use super::{
-        open, AttemptRecord, DbPool, DeliveryReceipt, DeliveryStatus, Lane, NewOutbound,
-        OutboundStored, Store, StoreError,
+        open, AttemptRecord, DbPool, DeliveryReceipt, DeliveryStatus, InboundStored, Lane,
+        NewInbound, NewOutbound, OutboundStored, Store, StoreError,
     };
     use crate::domain::{Channel, MessageContent, MessageStatus, Timestamp};
 
@@ -804,7 +813,7 @@ pub(crate) mod tests {
     /// attempt record waits on a lock, a later record or lease renewal of a message in its
     /// lane waits behind it, and a delivery receipt waits for it (and then finds its
     /// provider id), but records of the other lane, the readiness probe and new messages
-    /// commit. Each of these fails if its write took another lane: a receipt without the
+    /// (inbound too) commit. Each of these fails if its write took another lane: a receipt without the
     /// wait would answer at once that no message has that id; and one that shares a batch
     /// with its record would run before it (writes without a shared statement go first).
     #[actix::test]
@@ -874,6 +883,15 @@ pub(crate) mod tests {
             assert!(
                 matches!(created, Ok(OutboundStored::Created { .. })),
                 "{created:?}"
+            );
+            let inbound = NewInbound {
+                content: new_message(7).content,
+                provider_message_id: "SM-inbound".into(),
+            };
+            let received = store.insert_inbound(inbound).await;
+            assert!(
+                matches!(received, Ok(InboundStored::Created { .. })),
+                "inbound messages take the lane of new messages: {received:?}"
             );
             let mut record = Box::pin(store.record_attempt(success(on_first[2], Some("SM-first"))));
             assert!(!answered(&mut record));
