@@ -981,7 +981,8 @@ mod tests {
         let mut gate = diesel::SqliteConnection::establish(&url["sqlite://".len()..])
             .expect("a second connection");
         gate.batch_execute(
-            "CREATE TABLE refused_attempts (attempt INTEGER NOT NULL);
+            "PRAGMA busy_timeout = 5000;
+             CREATE TABLE refused_attempts (attempt INTEGER NOT NULL);
              INSERT INTO refused_attempts VALUES (1), (2);
              CREATE TRIGGER refuse_attempts BEFORE INSERT ON dispatch_attempts
              WHEN NEW.attempt IN (SELECT attempt FROM refused_attempts)
@@ -993,6 +994,10 @@ mod tests {
         config.latency = Duration::from_millis(10);
         config.odds.error_pct = 100.0;
         config.retry.max_attempts = 2;
+        // Far enough apart that the two records never share a batch: a refused record fails
+        // its whole batch, and both would then be written again together, each time.
+        config.retry.backoff_initial = Duration::from_millis(300);
+        config.retry.backoff_max = Duration::from_millis(300);
         let metrics =
             Arc::new(Metrics::new(&[("sms-mms".to_owned(), vec![Channel::Sms])]).expect("metrics"));
         let backlog = Arc::new(Backlog::new(100));

@@ -48,8 +48,8 @@ impl Backend {
     }
 
     /// Writers, each committing its own lane of writes (see `Lane` in the store): SQLite
-    /// allows one. PostgreSQL has a second (new outbound messages and half the messages'
-    /// attempt records), so that one batch runs while the other waits for the server
+    /// allows one. PostgreSQL has a second (new messages and half the messages' attempt
+    /// records), so that one batch runs while the other waits for the server
     /// (its round trips, its commit's WAL flush).
     pub fn writers(self) -> usize {
         match self {

@@ -217,10 +217,11 @@ macro_rules! on_backend {
 /// commit before attempt 1's. So each write has its lane by what it must follow: a
 /// message's attempt records always the same lane (by its id); new messages, outbound and
 /// inbound, the last (nothing can name a message before its insert has been answered,
-/// keyed inserts keep one order there, and only inserts lock conversation rows, so the
-/// lanes never wait on each other for those); its lease renewals the lane of its records; everything
-/// else the first, after waiting for every lane where it must follow records it cannot
-/// name (`write_after_queued`). SQLite has one lane, which is all of them.
+/// keyed inserts keep one order there, and only message inserts lock conversation rows,
+/// so the lanes never wait on each other for those); its lease renewals the lane of its
+/// records; everything else the first, after waiting for every lane where it must follow
+/// records it cannot name (`write_after_queued`). SQLite has one lane, which is all of
+/// them.
 struct Lane {
     queue: Arc<WriteQueue>,
     writer: Addr<PersistenceActor>,
@@ -367,8 +368,8 @@ impl Store {
     }
 
     /// Stores an inbound message unless its provider id was seen before. It takes the lane
-    /// of new outbound messages: inserts are the only writes that lock conversation rows,
-    /// so with them in one lane an instance's two lanes never wait on each other there.
+    /// of new messages: message inserts are the only writes that lock conversation rows,
+    /// so with all of them in one lane an instance's lanes never wait on each other there.
     pub async fn insert_inbound(&self, new: NewInbound) -> Result<InboundStored, StoreError> {
         self.write_on(
             self.new_messages_lane(),
@@ -813,9 +814,10 @@ pub(crate) mod tests {
     /// attempt record waits on a lock, a later record or lease renewal of a message in its
     /// lane waits behind it, and a delivery receipt waits for it (and then finds its
     /// provider id), but records of the other lane, the readiness probe and new messages
-    /// (inbound too) commit. Each of these fails if its write took another lane: a receipt without the
-    /// wait would answer at once that no message has that id; and one that shares a batch
-    /// with its record would run before it (writes without a shared statement go first).
+    /// (inbound too) commit. Each of these fails if its write took another lane: a receipt
+    /// without the wait would answer at once that no message has that id; and one that
+    /// shares a batch with its record would run before it (writes without a shared
+    /// statement go first).
     #[actix::test]
     async fn on_postgres_each_lane_waits_only_for_its_own_writes() {
         for db in databases() {

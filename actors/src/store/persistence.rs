@@ -333,11 +333,10 @@ impl PersistenceActor {
             }
         };
         let mut commit = in_write_transaction(conn, |tx| apply_all(&mut jobs, tx));
-        // Two batches that lock the same conversations in different orders (a batch's
-        // inserts are several statements), of two instances or of one instance's two
-        // lanes (inbound and outbound messages to one conversation), can wait on each
-        // other; PostgreSQL rolls one back. Nothing of it was written, so it runs again once before its
-        // callers hear of it.
+        // Two batches of two instances that lock the same conversations in different
+        // orders (a batch's inserts are several statements) can wait on each other;
+        // PostgreSQL rolls one back. Nothing of it was written, so it runs again once
+        // before its callers hear of it.
         if matches!(commit, Err(StoreError::RolledBack(_))) {
             commit = match self.connection() {
                 Ok(conn) => in_write_transaction(conn, |tx| apply_all(&mut jobs, tx)),
