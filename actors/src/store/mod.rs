@@ -619,9 +619,12 @@ impl Store {
     }
 
     /// Answers when the database takes writes: one small write through group commit, so
-    /// a locked, read-only or full database shows here as it would to a client.
+    /// a locked, read-only or full database shows here as it would to a client. It first
+    /// waits for every lane (a transaction on each lane's connection), so a lane whose
+    /// connection was lost or whose batch waits on a lock shows too: on PostgreSQL new
+    /// messages take the last lane, not the first. One `database.timeout_ms` bounds it.
     pub async fn probe(&self) -> Result<(), StoreError> {
-        self.write((), runner!(dispatch::probe)).await
+        self.write_after_queued((), runner!(dispatch::probe)).await
     }
 
     /// A write on the first lane.
@@ -813,11 +816,11 @@ pub(crate) mod tests {
     /// On PostgreSQL writes go in two lanes, each committing in its own order. While an
     /// attempt record waits on a lock, a later record or lease renewal of a message in its
     /// lane waits behind it, and a delivery receipt waits for it (and then finds its
-    /// provider id), but records of the other lane, the readiness probe and new messages
-    /// (inbound too) commit. Each of these fails if its write took another lane: a receipt
-    /// without the wait would answer at once that no message has that id; and one that
-    /// shares a batch with its record would run before it (writes without a shared
-    /// statement go first).
+    /// provider id), but records of the other lane and new messages (inbound too) commit;
+    /// the readiness probe waits for every lane. Each of these fails if its write took
+    /// another lane: a receipt without the wait would answer at once that no message has
+    /// that id; and one that shares a batch with its record would run before it (writes
+    /// without a shared statement go first).
     #[actix::test]
     async fn on_postgres_each_lane_waits_only_for_its_own_writes() {
         for db in databases() {
@@ -857,11 +860,13 @@ pub(crate) mod tests {
             let mut renewal = Box::pin(store.renew_leases(vec![on_last[2]]));
             let mut receipt = Box::pin(store.record_delivery(receipt_for("SM-held")));
             assert!(!answered(&mut behind) && !answered(&mut renewal) && !answered(&mut receipt));
+            let mut probe = Box::pin(store.probe());
+            assert!(!answered(&mut probe));
             store
                 .record_attempt(success(on_first[0], None))
                 .await
                 .expect("the first lane commits");
-            store.probe().await.expect("the probe commits");
+            assert!(!answered(&mut probe), "the probe waits for every lane");
             assert!(!answered(&mut held), "the held record commits only after");
             assert!(!answered(&mut behind), "a record waits behind its lane");
             assert!(
@@ -872,6 +877,7 @@ pub(crate) mod tests {
             let_go(&mut holder);
             held.await.expect("recorded");
             behind.await.expect("recorded");
+            probe.await.expect("the probe commits after");
             assert_eq!(renewal.await.expect("renewed"), 1);
             assert_eq!(receipt.await.expect("applied"), Some(on_last[0]));
 
