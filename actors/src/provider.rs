@@ -29,6 +29,7 @@ use actix::{
     MessageResult, SpawnHandle, Supervised, Supervisor, WrapFuture,
 };
 use slog::{error, info, o, warn, Logger};
+use tokio::sync::oneshot;
 
 use crate::admission::Backlog;
 use crate::breaker::{
@@ -225,7 +226,7 @@ pub struct ProviderActor {
     /// Finished here, their records not yet in the database: their leases still matter.
     /// Counted per message: a retry's record can be on its way while an earlier one is
     /// still retried, and the message stays leased until the last of them settles.
-    unrecorded: HashMap<i64, u32>,
+    unrecorded: HashMap<i64, Unrecorded>,
     /// Taken over by another instance while held here: dropped when next met.
     superseded: HashSet<i64>,
     /// Per sender, the earliest time its next message may leave (`sender_interval`).
@@ -238,6 +239,40 @@ pub struct ProviderActor {
     metrics: Arc<Metrics>,
     backlog: Arc<Backlog>,
     log: Logger,
+}
+
+/// A message's attempt records on their way to the database.
+struct Unrecorded {
+    records: u32,
+    /// Closed when the newest of them settles: the next record waits for it, so a record
+    /// written again after a refusal still lands before its successors.
+    newest: oneshot::Receiver<()>,
+}
+
+/// A record's place in its message's line: what to wait for, and what to close once
+/// settled (dropping it closes it, a panic's unwinding too).
+struct Turn {
+    previous: Option<oneshot::Receiver<()>>,
+    settled: oneshot::Sender<()>,
+}
+
+impl Unrecorded {
+    /// Counts one more record of the message on its way and gives it its turn.
+    fn queue(unrecorded: &mut HashMap<i64, Unrecorded>, message_id: i64) -> Turn {
+        let (settled, newest) = oneshot::channel();
+        let previous = match unrecorded.entry(message_id) {
+            Entry::Occupied(mut on_its_way) => {
+                let on_its_way = on_its_way.get_mut();
+                on_its_way.records += 1;
+                Some(std::mem::replace(&mut on_its_way.newest, newest))
+            }
+            Entry::Vacant(none) => {
+                none.insert(Unrecorded { records: 1, newest });
+                None
+            }
+        };
+        Turn { previous, settled }
+    }
 }
 
 impl ProviderActor {
@@ -575,9 +610,10 @@ impl ProviderActor {
             ),
             (_, None) => (MessageStatus::Failed, None),
         };
-        *self.unrecorded.entry(job.message_id).or_default() += 1;
+        let turn = Unrecorded::queue(&mut self.unrecorded, job.message_id);
         self.record(
             ctx.address(),
+            turn,
             AttemptRecord {
                 message_id: job.message_id,
                 provider: self.config.name.clone(),
@@ -626,10 +662,18 @@ impl ProviderActor {
 
     /// Writes the record through group commit, again and again while the database refuses
     /// it: the message stays queued in the database until its record lands, so a restart
-    /// in the meantime dispatches it again rather than losing it.
-    fn record(&self, me: Addr<ProviderActor>, record: AttemptRecord) {
+    /// in the meantime dispatches it again rather than losing it. A message's records are
+    /// written one after another in attempt order: one still being written again holds
+    /// back the next, which would otherwise land first and leave the attempts list
+    /// without it until then.
+    fn record(&self, me: Addr<ProviderActor>, turn: Turn, record: AttemptRecord) {
         let (store, log) = (self.store.clone(), self.log.clone());
+        let Turn { previous, settled } = turn;
         actix::spawn(async move {
+            if let Some(previous) = previous {
+                // Closed whether the earlier record landed or was refused for good.
+                let _ = previous.await;
+            }
             let message_id = record.message_id;
             let superseded = loop {
                 match store.record_attempt(record.clone()).await {
@@ -649,6 +693,7 @@ impl ProviderActor {
                     }
                 }
             };
+            drop(settled);
             me.do_send(RecordSettled {
                 message_id,
                 superseded,
@@ -771,10 +816,10 @@ impl Handler<RecordSettled> for ProviderActor {
     type Result = ();
 
     fn handle(&mut self, settled: RecordSettled, _: &mut Self::Context) {
-        if let Entry::Occupied(mut records) = self.unrecorded.entry(settled.message_id) {
-            *records.get_mut() -= 1;
-            if *records.get() == 0 {
-                records.remove();
+        if let Entry::Occupied(mut on_its_way) = self.unrecorded.entry(settled.message_id) {
+            on_its_way.get_mut().records -= 1;
+            if on_its_way.get().records == 0 {
+                on_its_way.remove();
             }
         }
         if settled.superseded && self.held.contains(&settled.message_id) {
@@ -795,7 +840,10 @@ impl Handler<CountUnrecorded> for ProviderActor {
     type Result = u32;
 
     fn handle(&mut self, _: CountUnrecorded, _: &mut Self::Context) -> u32 {
-        self.unrecorded.values().sum()
+        self.unrecorded
+            .values()
+            .map(|on_its_way| on_its_way.records)
+            .sum()
     }
 }
 
@@ -1056,6 +1104,103 @@ mod tests {
         .await;
         let (message, recorded) = store.get_message(id).await.expect("read").expect("found");
         assert_eq!(recorded.len(), 2);
+        assert_eq!(message.status, "failed");
+    }
+
+    /// Attempt 1's record is refused for a while, attempt 2's would be taken at once: it
+    /// still lands after attempt 1's, so the attempts list never skips an attempt.
+    #[actix::test]
+    async fn a_record_written_again_still_lands_before_the_next() {
+        use diesel::connection::SimpleConnection;
+        use diesel::{Connection, RunQueryDsl};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let timeout = Duration::from_secs(5);
+        let store = Store::start(
+            store::open(&url, 2, timeout).expect("open"),
+            2,
+            Duration::from_secs(30),
+            timeout,
+        );
+        let mut gate = diesel::SqliteConnection::establish(&url["sqlite://".len()..])
+            .expect("a second connection");
+        gate.batch_execute(
+            "PRAGMA busy_timeout = 5000;
+             CREATE TABLE refused_attempts (attempt INTEGER NOT NULL);
+             INSERT INTO refused_attempts VALUES (1);
+             CREATE TRIGGER refuse_attempts BEFORE INSERT ON dispatch_attempts
+             WHEN NEW.attempt IN (SELECT attempt FROM refused_attempts)
+             BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+        )
+        .expect("the gate");
+
+        let mut config = config();
+        config.latency = Duration::from_millis(10);
+        config.odds.error_pct = 100.0;
+        config.retry.max_attempts = 2;
+        // Attempt 2's record comes well between two tries of attempt 1's (one a second).
+        config.retry.backoff_initial = Duration::from_millis(300);
+        config.retry.backoff_max = Duration::from_millis(300);
+        let metrics =
+            Arc::new(Metrics::new(&[("sms-mms".to_owned(), vec![Channel::Sms])]).expect("metrics"));
+        let backlog = Arc::new(Backlog::new(100));
+        let log = Logger::root(slog::Discard, o!());
+        let addr = ProviderActor::new(
+            config,
+            store.clone(),
+            metrics.clone(),
+            backlog.clone(),
+            &log,
+        )
+        .start();
+
+        let stored = store
+            .insert_outbound(store::tests::new_message(1))
+            .await
+            .expect("stored");
+        let OutboundStored::Created { id, .. } = stored else {
+            panic!("not created: {stored:?}");
+        };
+        backlog.add(1);
+        addr.do_send(Dispatch {
+            message_id: id,
+            channel: Channel::Sms,
+            attempts_made: 0,
+            due: None,
+            sender: 0,
+            retry_base: 0,
+        });
+        let errors = || {
+            metrics
+                .dispatch_outcomes
+                .with_label_values(&["sms-mms", "sms", "error"])
+                .get()
+        };
+        poll_until("both attempts made", async || errors() == 2).await;
+        // Attempt 1's record has been refused at least once by now (it was written before
+        // attempt 2 was made); attempt 2's was free to land at once.
+        let (message, recorded) = store.get_message(id).await.expect("read").expect("found");
+        assert!(recorded.is_empty(), "{recorded:?}");
+        assert_eq!(message.status, "queued");
+
+        gate.batch_execute("DELETE FROM refused_attempts")
+            .expect("attempt 1 let through");
+        poll_until("both records to land", async || {
+            addr.send(GetHeldIds)
+                .await
+                .expect("the actor answers")
+                .is_empty()
+        })
+        .await;
+        let landed: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+            "(SELECT group_concat(attempt, ',') FROM \
+             (SELECT attempt FROM dispatch_attempts ORDER BY id))",
+        ))
+        .get_result(&mut gate)
+        .expect("the order they landed in");
+        assert_eq!(landed, "1,2");
+        let (message, _) = store.get_message(id).await.expect("read").expect("found");
         assert_eq!(message.status, "failed");
     }
 }
