@@ -1008,6 +1008,94 @@ mod tests {
         assert_eq!(backlog.pending(), 0);
     }
 
+    /// A provider whose every attempt fails (two at most, 300 ms apart) on a SQLite store
+    /// that refuses the attempt records numbered in `refused` (SQL `VALUES` rows) until
+    /// the test deletes them from `refused_attempts` through `gate`; one message sent to it.
+    struct Refusing {
+        _dir: tempfile::TempDir,
+        store: Store,
+        gate: diesel::SqliteConnection,
+        addr: Addr<ProviderActor>,
+        metrics: Arc<Metrics>,
+        id: i64,
+    }
+
+    impl Refusing {
+        async fn start(refused: &str) -> Refusing {
+            use diesel::connection::SimpleConnection;
+            use diesel::Connection;
+
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("sqlite://{}", dir.path().join("m.db").display());
+            let timeout = Duration::from_secs(5);
+            let store = Store::start(
+                store::open(&url, 2, timeout).expect("open"),
+                2,
+                Duration::from_secs(30),
+                timeout,
+            );
+            let mut gate = diesel::SqliteConnection::establish(&url["sqlite://".len()..])
+                .expect("a second connection");
+            gate.batch_execute(&format!(
+                "PRAGMA busy_timeout = 5000;
+                 CREATE TABLE refused_attempts (attempt INTEGER NOT NULL);
+                 INSERT INTO refused_attempts VALUES {refused};
+                 CREATE TRIGGER refuse_attempts BEFORE INSERT ON dispatch_attempts
+                 WHEN NEW.attempt IN (SELECT attempt FROM refused_attempts)
+                 BEGIN SELECT RAISE(ABORT, 'injected fault'); END;"
+            ))
+            .expect("the gate");
+
+            let mut config = config();
+            config.latency = Duration::from_millis(10);
+            config.odds.error_pct = 100.0;
+            config.retry.max_attempts = 2;
+            // Far enough apart that the two records never share a batch (a refused record
+            // fails its whole batch, and both would then be written again together each
+            // time), and attempt 2's comes well between two tries of attempt 1's.
+            config.retry.backoff_initial = Duration::from_millis(300);
+            config.retry.backoff_max = Duration::from_millis(300);
+            let metrics = Arc::new(
+                Metrics::new(&[("sms-mms".to_owned(), vec![Channel::Sms])]).expect("metrics"),
+            );
+            let backlog = Arc::new(Backlog::new(100));
+            let log = Logger::root(slog::Discard, o!());
+            let addr = ProviderActor::new(
+                config,
+                store.clone(),
+                metrics.clone(),
+                backlog.clone(),
+                &log,
+            )
+            .start();
+
+            let stored = store
+                .insert_outbound(store::tests::new_message(1))
+                .await
+                .expect("stored");
+            let OutboundStored::Created { id, .. } = stored else {
+                panic!("not created: {stored:?}");
+            };
+            backlog.add(1);
+            addr.do_send(Dispatch {
+                message_id: id,
+                channel: Channel::Sms,
+                attempts_made: 0,
+                due: None,
+                sender: 0,
+                retry_base: 0,
+            });
+            Refusing {
+                _dir: dir,
+                store,
+                gate,
+                addr,
+                metrics,
+                id,
+            }
+        }
+    }
+
     /// Attempt 1's record is retried (the database refuses it) while attempt 2 is made and
     /// its record is refused too; when attempt 1's lands, the message must still be among
     /// the leases to renew: its last record is not stored yet, and were its lease to lapse,
@@ -1015,66 +1103,15 @@ mod tests {
     #[actix::test]
     async fn a_message_stays_leased_until_its_last_record_lands() {
         use diesel::connection::SimpleConnection;
-        use diesel::Connection;
 
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("m.db").display());
-        let timeout = Duration::from_secs(5);
-        let store = Store::start(
-            store::open(&url, 2, timeout).expect("open"),
-            2,
-            Duration::from_secs(30),
-            timeout,
-        );
-        let mut gate = diesel::SqliteConnection::establish(&url["sqlite://".len()..])
-            .expect("a second connection");
-        gate.batch_execute(
-            "PRAGMA busy_timeout = 5000;
-             CREATE TABLE refused_attempts (attempt INTEGER NOT NULL);
-             INSERT INTO refused_attempts VALUES (1), (2);
-             CREATE TRIGGER refuse_attempts BEFORE INSERT ON dispatch_attempts
-             WHEN NEW.attempt IN (SELECT attempt FROM refused_attempts)
-             BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
-        )
-        .expect("the gate");
-
-        let mut config = config();
-        config.latency = Duration::from_millis(10);
-        config.odds.error_pct = 100.0;
-        config.retry.max_attempts = 2;
-        // Far enough apart that the two records never share a batch: a refused record fails
-        // its whole batch, and both would then be written again together, each time.
-        config.retry.backoff_initial = Duration::from_millis(300);
-        config.retry.backoff_max = Duration::from_millis(300);
-        let metrics =
-            Arc::new(Metrics::new(&[("sms-mms".to_owned(), vec![Channel::Sms])]).expect("metrics"));
-        let backlog = Arc::new(Backlog::new(100));
-        let log = Logger::root(slog::Discard, o!());
-        let addr = ProviderActor::new(
-            config,
-            store.clone(),
-            metrics.clone(),
-            backlog.clone(),
-            &log,
-        )
-        .start();
-
-        let stored = store
-            .insert_outbound(store::tests::new_message(1))
-            .await
-            .expect("stored");
-        let OutboundStored::Created { id, .. } = stored else {
-            panic!("not created: {stored:?}");
-        };
-        backlog.add(1);
-        addr.do_send(Dispatch {
-            message_id: id,
-            channel: Channel::Sms,
-            attempts_made: 0,
-            due: None,
-            sender: 0,
-            retry_base: 0,
-        });
+        let Refusing {
+            _dir,
+            store,
+            mut gate,
+            addr,
+            id,
+            ..
+        } = Refusing::start("(1), (2)").await;
         poll_until("both attempts' records on their way", async || {
             addr.send(CountUnrecorded).await.expect("the actor answers") == 2
         })
@@ -1112,65 +1149,16 @@ mod tests {
     #[actix::test]
     async fn a_record_written_again_still_lands_before_the_next() {
         use diesel::connection::SimpleConnection;
-        use diesel::{Connection, RunQueryDsl};
+        use diesel::RunQueryDsl;
 
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("m.db").display());
-        let timeout = Duration::from_secs(5);
-        let store = Store::start(
-            store::open(&url, 2, timeout).expect("open"),
-            2,
-            Duration::from_secs(30),
-            timeout,
-        );
-        let mut gate = diesel::SqliteConnection::establish(&url["sqlite://".len()..])
-            .expect("a second connection");
-        gate.batch_execute(
-            "PRAGMA busy_timeout = 5000;
-             CREATE TABLE refused_attempts (attempt INTEGER NOT NULL);
-             INSERT INTO refused_attempts VALUES (1);
-             CREATE TRIGGER refuse_attempts BEFORE INSERT ON dispatch_attempts
-             WHEN NEW.attempt IN (SELECT attempt FROM refused_attempts)
-             BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
-        )
-        .expect("the gate");
-
-        let mut config = config();
-        config.latency = Duration::from_millis(10);
-        config.odds.error_pct = 100.0;
-        config.retry.max_attempts = 2;
-        // Attempt 2's record comes well between two tries of attempt 1's (one a second).
-        config.retry.backoff_initial = Duration::from_millis(300);
-        config.retry.backoff_max = Duration::from_millis(300);
-        let metrics =
-            Arc::new(Metrics::new(&[("sms-mms".to_owned(), vec![Channel::Sms])]).expect("metrics"));
-        let backlog = Arc::new(Backlog::new(100));
-        let log = Logger::root(slog::Discard, o!());
-        let addr = ProviderActor::new(
-            config,
-            store.clone(),
-            metrics.clone(),
-            backlog.clone(),
-            &log,
-        )
-        .start();
-
-        let stored = store
-            .insert_outbound(store::tests::new_message(1))
-            .await
-            .expect("stored");
-        let OutboundStored::Created { id, .. } = stored else {
-            panic!("not created: {stored:?}");
-        };
-        backlog.add(1);
-        addr.do_send(Dispatch {
-            message_id: id,
-            channel: Channel::Sms,
-            attempts_made: 0,
-            due: None,
-            sender: 0,
-            retry_base: 0,
-        });
+        let Refusing {
+            _dir,
+            store,
+            mut gate,
+            addr,
+            metrics,
+            id,
+        } = Refusing::start("(1)").await;
         let errors = || {
             metrics
                 .dispatch_outcomes
