@@ -20,6 +20,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -668,22 +669,17 @@ impl ProviderActor {
     /// without it until then.
     fn record(&self, me: Addr<ProviderActor>, turn: Turn, record: AttemptRecord) {
         let (store, log) = (self.store.clone(), self.log.clone());
-        let Turn { previous, settled } = turn;
-        actix::spawn(async move {
-            if let Some(previous) = previous {
-                // Closed whether the earlier record landed or was refused for good.
-                let _ = previous.await;
-            }
-            let message_id = record.message_id;
-            let superseded = loop {
+        let message_id = record.message_id;
+        Self::spawn_record(me, turn, message_id, async move {
+            loop {
                 match store.record_attempt(record.clone()).await {
-                    Ok(()) => break false,
+                    Ok(()) => return false,
                     // Another instance took the message over (this one's lease lapsed):
                     // it holds the lease now, or recorded this attempt number first.
                     Err(StoreError::Superseded | StoreError::Conflict(_)) => {
                         warn!(log, "attempt superseded by another instance";
                             "message_id" => message_id, "attempt" => record.attempt);
-                        break true;
+                        return true;
                     }
                     Err(e) => {
                         warn!(log, "attempt not recorded; will retry";
@@ -692,12 +688,53 @@ impl ProviderActor {
                         tokio::time::sleep(RECORD_RETRY).await;
                     }
                 }
-            };
-            drop(settled);
-            me.do_send(RecordSettled {
-                message_id,
-                superseded,
-            });
+            }
+        });
+    }
+
+    /// Runs `write` (true when the message was superseded) once the message's previous
+    /// record has settled. However the task ends, the actor hears that this record
+    /// settled: a task that panicked would otherwise leave its message counted, its lease
+    /// renewed, until a restart.
+    fn spawn_record(
+        me: Addr<ProviderActor>,
+        turn: Turn,
+        message_id: i64,
+        write: impl Future<Output = bool> + 'static,
+    ) {
+        let Turn { previous, settled } = turn;
+        let settle = Settle {
+            me,
+            message_id,
+            superseded: false,
+            _settled: settled,
+        };
+        actix::spawn(async move {
+            // Moved in whole: the task, not this function, must own the guard.
+            let mut settle = settle;
+            if let Some(previous) = previous {
+                // Closed whether the earlier record landed or was refused for good.
+                let _ = previous.await;
+            }
+            settle.superseded = write.await;
+        });
+    }
+}
+
+/// Owned by a record's task; dropping it, however the task ends (a panic's unwinding
+/// too), closes the record's turn and tells the actor the record settled.
+struct Settle {
+    me: Addr<ProviderActor>,
+    message_id: i64,
+    superseded: bool,
+    _settled: oneshot::Sender<()>,
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        self.me.do_send(RecordSettled {
+            message_id: self.message_id,
+            superseded: self.superseded,
         });
     }
 }
@@ -888,6 +925,25 @@ mod tests {
 
         fn handle(&mut self, _: Explode, ctx: &mut Self::Context) {
             self.guarded(ctx, |_, _| panic!("injected fault"));
+        }
+    }
+
+    /// Stands for a bug in a record's task: the first of two records of a message panics
+    /// instead of writing; the second lands.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct RecordPanics(i64);
+
+    impl Handler<RecordPanics> for ProviderActor {
+        type Result = ();
+
+        fn handle(&mut self, RecordPanics(id): RecordPanics, ctx: &mut Self::Context) {
+            let first = Unrecorded::queue(&mut self.unrecorded, id);
+            Self::spawn_record(ctx.address(), first, id, async {
+                panic!("injected fault in a record's task")
+            });
+            let second = Unrecorded::queue(&mut self.unrecorded, id);
+            Self::spawn_record(ctx.address(), second, id, async { false });
         }
     }
 
@@ -1094,6 +1150,38 @@ mod tests {
                 id,
             }
         }
+    }
+
+    /// A record's task that panics still lets its message go, and lets the message's next
+    /// record go on: were it to stay counted, its lease would be renewed until a restart.
+    #[actix::test]
+    async fn a_record_task_that_panics_still_settles() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let timeout = Duration::from_secs(5);
+        let store = Store::start(
+            store::open(&url, 2, timeout).expect("open"),
+            2,
+            Duration::from_secs(30),
+            timeout,
+        );
+        let metrics =
+            Arc::new(Metrics::new(&[("sms-mms".to_owned(), vec![Channel::Sms])]).expect("metrics"));
+        let log = Logger::root(slog::Discard, o!());
+        let addr =
+            ProviderActor::new(config(), store, metrics, Arc::new(Backlog::new(10)), &log).start();
+
+        addr.send(RecordPanics(7)).await.expect("the actor answers");
+        poll_until("both records to settle", async || {
+            addr.send(CountUnrecorded).await.expect("the actor answers") == 0
+        })
+        .await;
+        assert!(addr
+            .send(GetHeldIds)
+            .await
+            .expect("the actor answers")
+            .is_empty());
+        assert!(addr.connected(), "the provider itself is unharmed");
     }
 
     /// Attempt 1's record is retried (the database refuses it) while attempt 2 is made and
