@@ -22,8 +22,9 @@ between them), and ingest for one and two instances when each message goes to on
 
 --large adds "flat as the data grows": ingest and the p99 of the four read endpoints on a
 SQLite database holding 1 M and then 10 M messages in 50,000 conversations, against one
-holding a message in each conversation (4 to 16 more minutes on two cores, most of it
-writing the 10 M rows).
+holding a message in each conversation, measured on a fresh copy right before and right
+after each larger one (5 to 17 more minutes on two cores, most of it writing the 10 M
+rows).
 
 It writes result.json and chart.svg (throughput and p99 against connections, and a bar
 for every other figure) to --out, after each part.
@@ -476,59 +477,93 @@ wrk.path = "%s"
 
 
 def at_scale(duration, out_dir, scripts):
-    """Ingest and the four read endpoints' p99 with 50 k, 1 M and 10 M messages stored."""
-    points = []
-    # The smallest database holds one message in each of the 50,000 conversations, so
-    # that every size answers the same pages (an empty one lists one conversation).
-    for messages in (CONVERSATIONS, 1_000_000, 10_000_000):
-        with tempfile.TemporaryDirectory() as db_dir:
-            server = service(db_dir)  # its first start makes the schema
+    """Ingest and the four read endpoints' p99 with 50 k, 1 M and 10 M messages stored.
+
+    Each larger database is measured between two measurements of a fresh copy of the
+    50 k one, taken right before and right after it, and its ratios are against their
+    mean: the sizes are minutes apart (the seeding), and this machine's speed drifts over
+    minutes, so a slower stretch measured on the larger database alone would read as
+    growth."""
+
+    def measure(db_dir):
+        server = service(db_dir)
+        try:
+            ingest = drive([server], 64, duration, scripts["sms"])
+            # The ingest's conversation and one of its messages: the same reads in every
+            # database, whatever else it holds.
+            request = urllib.request.Request(
+                server.url("/api/messages/sms"), data=json.dumps(SMS).encode(),
+                headers={"Content-Type": "application/json"})
+            accepted = json.load(urllib.request.urlopen(request, timeout=30))
+            conversation, message = accepted["conversation_id"], accepted["id"]
+            reads = {}
+            for name, path in (
+                    ("conversations", "/api/conversations?page_size=50"),
+                    ("conversation_messages",
+                     "/api/conversations/%d/messages?page_size=50" % conversation),
+                    ("message", "/api/messages/%d" % message),
+                    ("providers", "/api/providers")):
+                script = os.path.join(out_dir, "read_%s.lua" % name)
+                with open(script, "w") as f:
+                    f.write(read_script(path))
+                point = wrk(server.url(path), 16, duration, script)
+                reads[name] = {"rps": round(point["rps"], 1), "p99_ms": point["p99_ms"],
+                               "non_2xx": point["non_2xx"]}
+        finally:
             server.stop()
-            started = time.time()
-            seed(os.path.join(db_dir, "bench.db"), messages)
-            # The seed wrote without syncing: its gigabytes of dirty pages would otherwise
-            # be written back while the service runs, and its commits' fsyncs wait behind
-            # them (a p99 of 1.1 s at 10 M that was the disk's, not the service's).
-            os.sync()
-            seeded = time.time() - started
-            server = service(db_dir)
-            try:
-                ingest = drive([server], 64, duration, scripts["sms"])
-                # The ingest's conversation and one of its messages: the same reads in
-                # every database, whatever else it holds.
-                request = urllib.request.Request(
-                    server.url("/api/messages/sms"), data=json.dumps(SMS).encode(),
-                    headers={"Content-Type": "application/json"})
-                accepted = json.load(urllib.request.urlopen(request, timeout=30))
-                conversation, message = accepted["conversation_id"], accepted["id"]
-                reads = {}
-                for name, path in (
-                        ("conversations", "/api/conversations?page_size=50"),
-                        ("conversation_messages",
-                         "/api/conversations/%d/messages?page_size=50" % conversation),
-                        ("message", "/api/messages/%d" % message),
-                        ("providers", "/api/providers")):
-                    script = os.path.join(out_dir, "read_%s.lua" % name)
-                    with open(script, "w") as f:
-                        f.write(read_script(path))
-                    point = wrk(server.url(path), 16, duration, script)
-                    reads[name] = {"rps": round(point["rps"], 1), "p99_ms": point["p99_ms"],
-                                   "non_2xx": point["non_2xx"]}
-            finally:
-                server.stop()
-            points.append({"stored_messages": messages, "seed_seconds": round(seeded, 1),
-                           "ingest_rps": ingest["rps"], "ingest_p99_ms": ingest["p99_ms"],
-                           "reads": reads})
-            print("with %8d messages stored: ingest %.0f req/s; read p99 %s"
-                  % (messages, ingest["rps"],
-                     ", ".join("%s %.2f ms" % (k, v["p99_ms"]) for k, v in reads.items())),
-                  flush=True)
-    smallest = points[0]
-    for point in points[1:]:
-        point["ingest_over_smallest"] = round(point["ingest_rps"] / smallest["ingest_rps"], 3)
-        point["read_p99_over_smallest"] = {
-            k: round(v["p99_ms"] / smallest["reads"][k]["p99_ms"], 2)
-            for k, v in point["reads"].items()}
+        return {"ingest_rps": ingest["rps"], "ingest_p99_ms": ingest["p99_ms"], "reads": reads}
+
+    def seeded(db_dir, messages):
+        server = service(db_dir)  # its first start makes the schema
+        server.stop()
+        started = time.time()
+        seed(os.path.join(db_dir, "bench.db"), messages)
+        # The seed wrote without syncing: its gigabytes of dirty pages would otherwise be
+        # written back while the service runs, and its commits' fsyncs wait behind them
+        # (a p99 of 1.1 s at 10 M that was the disk's, not the service's).
+        os.sync()
+        return round(time.time() - started, 1)
+
+    def show(messages, point):
+        print("with %8d messages stored: ingest %.0f req/s; read p99 %s"
+              % (messages, point["ingest_rps"],
+                 ", ".join("%s %.2f ms" % (k, v["p99_ms"]) for k, v in point["reads"].items())),
+              flush=True)
+        return point
+
+    # The smallest database holds one message in each of the 50,000 conversations, so that
+    # every size answers the same pages (an empty one lists one conversation). Each of its
+    # measurements is on a fresh copy: ingest adds to it.
+    with tempfile.TemporaryDirectory() as smallest_dir:
+        seconds = seeded(smallest_dir, CONVERSATIONS)
+
+        def smallest():
+            with tempfile.TemporaryDirectory() as db_dir:
+                shutil.copy(os.path.join(smallest_dir, "bench.db"), db_dir)
+                return show(CONVERSATIONS, measure(db_dir))
+
+        points = []
+        for messages in (1_000_000, 10_000_000):
+            with tempfile.TemporaryDirectory() as db_dir:
+                seconds_large = seeded(db_dir, messages)
+                before = smallest()
+                if not points:
+                    points.append({"stored_messages": CONVERSATIONS, "seed_seconds": seconds,
+                                   **before})
+                point = show(messages, measure(db_dir))
+            after = smallest()
+
+            def mean(f):
+                return (f(before) + f(after)) / 2
+
+            points.append({
+                "stored_messages": messages, "seed_seconds": seconds_large, **point,
+                "smallest_before": before, "smallest_after": after,
+                "ingest_over_smallest": round(
+                    point["ingest_rps"] / mean(lambda p: p["ingest_rps"]), 3),
+                "read_p99_over_smallest": {
+                    k: round(v["p99_ms"] / mean(lambda p: p["reads"][k]["p99_ms"]), 2)
+                    for k, v in point["reads"].items()}})
     return points
 
 
