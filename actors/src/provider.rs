@@ -989,8 +989,9 @@ mod tests {
         }
     }
 
-    #[actix::test]
-    async fn a_panicking_provider_is_restarted_and_retries_what_it_held() {
+    /// A store on a new SQLite file in a temporary directory (kept alive by the caller),
+    /// and the file's `sqlite://` address.
+    fn sqlite_store() -> (tempfile::TempDir, String, Store) {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("m.db").display());
         let timeout = Duration::from_secs(5);
@@ -1000,8 +1001,43 @@ mod tests {
             Duration::from_secs(30),
             timeout,
         );
-        let metrics =
-            Arc::new(Metrics::new(&[("sms-mms".to_owned(), vec![Channel::Sms])]).expect("metrics"));
+        (dir, url, store)
+    }
+
+    fn sms_metrics() -> Arc<Metrics> {
+        Arc::new(Metrics::new(&[("sms-mms".to_owned(), vec![Channel::Sms])]).expect("metrics"))
+    }
+
+    /// Stores new outbound message `n` and hands it to the provider, as the router does.
+    async fn store_and_dispatch(
+        store: &Store,
+        backlog: &Backlog,
+        addr: &Addr<ProviderActor>,
+        n: u32,
+    ) -> i64 {
+        let stored = store
+            .insert_outbound(store::tests::new_message(n))
+            .await
+            .expect("stored");
+        let OutboundStored::Created { id, .. } = stored else {
+            panic!("not created: {stored:?}");
+        };
+        backlog.add(1);
+        addr.do_send(Dispatch {
+            message_id: id,
+            channel: Channel::Sms,
+            attempts_made: 0,
+            due: None,
+            sender: 0,
+            retry_base: 0,
+        });
+        id
+    }
+
+    #[actix::test]
+    async fn a_panicking_provider_is_restarted_and_retries_what_it_held() {
+        let (_dir, _, store) = sqlite_store();
+        let metrics = sms_metrics();
         let backlog = Arc::new(Backlog::new(100));
         let log = Logger::root(slog::Discard, o!());
         let addr = {
@@ -1013,23 +1049,7 @@ mod tests {
 
         let mut ids = Vec::new();
         for n in 0..5 {
-            let stored = store
-                .insert_outbound(store::tests::new_message(n))
-                .await
-                .expect("stored");
-            let OutboundStored::Created { id, .. } = stored else {
-                panic!("not created: {stored:?}");
-            };
-            backlog.add(1);
-            addr.do_send(Dispatch {
-                message_id: id,
-                channel: Channel::Sms,
-                attempts_made: 0,
-                due: None,
-                sender: 0,
-                retry_base: 0,
-            });
-            ids.push(id);
+            ids.push(store_and_dispatch(&store, &backlog, &addr, n).await);
         }
         let attempts = || {
             metrics
@@ -1081,15 +1101,7 @@ mod tests {
             use diesel::connection::SimpleConnection;
             use diesel::Connection;
 
-            let dir = tempfile::tempdir().expect("temp dir");
-            let url = format!("sqlite://{}", dir.path().join("m.db").display());
-            let timeout = Duration::from_secs(5);
-            let store = Store::start(
-                store::open(&url, 2, timeout).expect("open"),
-                2,
-                Duration::from_secs(30),
-                timeout,
-            );
+            let (dir, url, store) = sqlite_store();
             let mut gate = diesel::SqliteConnection::establish(&url["sqlite://".len()..])
                 .expect("a second connection");
             gate.batch_execute(&format!(
@@ -1111,9 +1123,7 @@ mod tests {
             // time), and attempt 2's comes well between two tries of attempt 1's.
             config.retry.backoff_initial = Duration::from_millis(300);
             config.retry.backoff_max = Duration::from_millis(300);
-            let metrics = Arc::new(
-                Metrics::new(&[("sms-mms".to_owned(), vec![Channel::Sms])]).expect("metrics"),
-            );
+            let metrics = sms_metrics();
             let backlog = Arc::new(Backlog::new(100));
             let log = Logger::root(slog::Discard, o!());
             let addr = ProviderActor::new(
@@ -1125,22 +1135,7 @@ mod tests {
             )
             .start();
 
-            let stored = store
-                .insert_outbound(store::tests::new_message(1))
-                .await
-                .expect("stored");
-            let OutboundStored::Created { id, .. } = stored else {
-                panic!("not created: {stored:?}");
-            };
-            backlog.add(1);
-            addr.do_send(Dispatch {
-                message_id: id,
-                channel: Channel::Sms,
-                attempts_made: 0,
-                due: None,
-                sender: 0,
-                retry_base: 0,
-            });
+            let id = store_and_dispatch(&store, &backlog, &addr, 1).await;
             Refusing {
                 _dir: dir,
                 store,
@@ -1156,20 +1151,16 @@ mod tests {
     /// record go on: were it to stay counted, its lease would be renewed until a restart.
     #[actix::test]
     async fn a_record_task_that_panics_still_settles() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("m.db").display());
-        let timeout = Duration::from_secs(5);
-        let store = Store::start(
-            store::open(&url, 2, timeout).expect("open"),
-            2,
-            Duration::from_secs(30),
-            timeout,
-        );
-        let metrics =
-            Arc::new(Metrics::new(&[("sms-mms".to_owned(), vec![Channel::Sms])]).expect("metrics"));
+        let (_dir, _, store) = sqlite_store();
         let log = Logger::root(slog::Discard, o!());
-        let addr =
-            ProviderActor::new(config(), store, metrics, Arc::new(Backlog::new(10)), &log).start();
+        let addr = ProviderActor::new(
+            config(),
+            store,
+            sms_metrics(),
+            Arc::new(Backlog::new(10)),
+            &log,
+        )
+        .start();
 
         addr.send(RecordPanics(7)).await.expect("the actor answers");
         poll_until("both records to settle", async || {
