@@ -18,7 +18,9 @@ postgres://postgres@127.0.0.1:5432): pgbench's one-row-insert rate from 64 clien
 rate in 64-row transactions on the same server, then ingest and end-to-end for one
 instance and for two instances sharing the database (the same 64 connections split
 between them), and ingest for one and two instances when each message goes to one of
-10,000 recipients (a conversation each) instead of all to one.
+10,000 recipients (a conversation each) instead of all to one. pgbench's one-row rate is
+measured right before and right after one instance's ingest, and one instance's ingest
+right before and right after two instances': each ratio is against the mean of the two.
 
 --large adds "flat as the data grows": ingest and the p99 of the four read endpoints on a
 SQLite database holding 1 M and then 10 M messages in 50,000 conversations, against one
@@ -366,7 +368,10 @@ def pgbench(url, duration, sql, clients=64):
 
 
 def postgres(server_url, duration, scripts):
-    """pgbench's insert rates, then one and two instances on one database."""
+    """pgbench's insert rates, then one and two instances on one database. Each figure a
+    target compares with another is measured right before and right after it, and the
+    ratio is against their mean: the parts are tens of seconds apart, and the machine's
+    speed drifts over that time (pgbench's rate moved by a third within a minute)."""
     try:
         if not shutil.which("pgbench"):
             raise FileNotFoundError("pgbench is not installed")
@@ -377,59 +382,77 @@ def postgres(server_url, duration, scripts):
     result = {}
     name = "bench_%d" % os.getpid()
     admin = with_database(server_url, "postgres")
+    insert = "INSERT INTO one_row (body) VALUES ('%s');\n" % SMS["body"]
 
     def fresh():
         psql(admin, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
         psql(admin, "CREATE DATABASE %s" % name)
         return with_database(server_url, name)
 
-    try:
+    def one_row_table():
         url = fresh()
         psql(url, "CREATE TABLE one_row (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL, "
                   "created_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-        insert = "INSERT INTO one_row (body) VALUES ('%s');\n" % SMS["body"]
-        result["pgbench_one_row_inserts_per_second"] = round(pgbench(url, duration, insert), 1)
+        return url
+
+    def one_row_inserts():
+        rate = round(pgbench(one_row_table(), duration, insert), 1)
+        print("pgbench, 64 clients: %.0f one-row inserts/s" % rate, flush=True)
+        return rate
+
+    def instances(count, script, label, e2e=False):
+        """`count` instances on a fresh database: ingest, then end to end if `e2e`."""
+        with tempfile.TemporaryDirectory() as settings_dir:
+            url = fresh()
+            servers = []
+            try:
+                for _ in range(count):
+                    servers.append(service(settings_dir, database_url=url))
+                ingest = drive(servers, 64, duration, script)
+                print("postgres, %d instance(s)%s: ingest %.0f req/s, p99 %.2f ms"
+                      % (count, label, ingest["rps"], ingest["p99_ms"]), flush=True)
+                if not e2e:
+                    return ingest
+                return ingest, end_to_end(servers, duration, script,
+                                          "postgres, %d instance(s)" % count)
+            finally:
+                for server in servers:
+                    server.stop()
+
+    def mean(a, b):
+        return (a + b) / 2
+
+    try:
+        before = one_row_inserts()
         result["pgbench_rows_per_second_in_64_row_transactions"] = round(
-            64 * pgbench(url, duration, "BEGIN;\n" + insert * 64 + "COMMIT;\n"), 1)
-        print("pgbench, 64 clients: %.0f one-row inserts/s; %.0f rows/s in 64-row transactions"
-              % (result["pgbench_one_row_inserts_per_second"],
-                 result["pgbench_rows_per_second_in_64_row_transactions"]), flush=True)
-        for instances in (1, 2):
-            with tempfile.TemporaryDirectory() as settings_dir:
-                url = fresh()
-                servers = []
-                try:
-                    for _ in range(instances):
-                        servers.append(service(settings_dir, database_url=url))
-                    ingest = drive(servers, 64, duration, scripts["sms"])
-                    print("postgres, %d instance(s): ingest %.0f req/s, p99 %.2f ms"
-                          % (instances, ingest["rps"], ingest["p99_ms"]), flush=True)
-                    e2e = end_to_end(servers, duration, scripts["sms"],
-                                     "postgres, %d instance(s)" % instances)
-                finally:
-                    for server in servers:
-                        server.stop()
-            result["instances_%d" % instances] = {"ingest": ingest, "end_to_end": e2e}
-        for instances in (1, 2):
-            with tempfile.TemporaryDirectory() as settings_dir:
-                url = fresh()
-                servers = []
-                try:
-                    for _ in range(instances):
-                        servers.append(service(settings_dir, database_url=url))
-                    many = drive(servers, 64, duration, scripts["sms_many"])
-                    print("postgres, %d instance(s), 10,000 recipients: ingest %.0f req/s, "
-                          "p99 %.2f ms" % (instances, many["rps"], many["p99_ms"]), flush=True)
-                finally:
-                    for server in servers:
-                        server.stop()
-            result["instances_%d" % instances]["ingest_10000_recipients"] = many
-        one = result["instances_1"]["ingest"]["rps"]
+            64 * pgbench(one_row_table(), duration, "BEGIN;\n" + insert * 64 + "COMMIT;\n"), 1)
+        print("pgbench, 64 clients: %.0f rows/s in 64-row transactions"
+              % result["pgbench_rows_per_second_in_64_row_transactions"], flush=True)
+        one, one_e2e = instances(1, scripts["sms"], "", e2e=True)
+        after = one_row_inserts()
+        two, two_e2e = instances(2, scripts["sms"], "", e2e=True)
+        one_again = instances(1, scripts["sms"], ", again")
+        many = [instances(n, scripts["sms_many"], ", 10,000 recipients") for n in (1, 2, 1)]
+        result["pgbench_one_row_inserts_per_second"] = round(mean(before, after), 1)
+        result["pgbench_one_row_inserts_per_second_before"] = before
+        result["pgbench_one_row_inserts_per_second_after"] = after
+        result["instances_1"] = {"ingest": one, "end_to_end": one_e2e, "ingest_again": one_again,
+                                 "ingest_10000_recipients": many[0],
+                                 "ingest_10000_recipients_again": many[2]}
+        result["instances_2"] = {"ingest": two, "end_to_end": two_e2e,
+                                 "ingest_10000_recipients": many[1]}
         result["ratios"] = {
             "one_instance_over_pgbench_one_row": round(
-                one / result["pgbench_one_row_inserts_per_second"], 3),
-            "two_instances_over_one": round(result["instances_2"]["ingest"]["rps"] / one, 3),
+                one["rps"] / result["pgbench_one_row_inserts_per_second"], 3),
+            "two_instances_over_one": round(
+                two["rps"] / mean(one["rps"], one_again["rps"]), 3),
+            "two_instances_over_one_10000_recipients": round(
+                many[1]["rps"] / mean(many[0]["rps"], many[2]["rps"]), 3),
+            # End to end has one measurement of one instance: it drains for seconds after.
+            "two_instances_over_one_end_to_end": round(
+                two_e2e["messages_per_second"] / one_e2e["messages_per_second"], 3),
         }
+        print("postgres ratios: %s" % json.dumps(result["ratios"]), flush=True)
         return result
     finally:
         psql(admin, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
@@ -628,16 +651,27 @@ def bar_rows(result):
         rows.append(("per second", "SQLite, end to end, " + d["run"], d["messages_per_second"]))
     pg = result.get("postgres")
     if pg:
-        rows += [("per second", "pgbench, one-row inserts, 64 clients",
-                  pg["pgbench_one_row_inserts_per_second"])]
+        for when in ("before", "after"):
+            key = "pgbench_one_row_inserts_per_second_" + when
+            if key in pg:
+                rows.append(("per second", "pgbench, one-row inserts, 64 clients, " + when,
+                             pg[key]))
+        rows.append(("per second", "pgbench, one-row inserts, 64 clients%s"
+                     % (", mean" if "pgbench_one_row_inserts_per_second_before" in pg else ""),
+                     pg["pgbench_one_row_inserts_per_second"]))
         for n in (1, 2):
             part = pg["instances_%d" % n]
             rows += [("per second", "PostgreSQL, %d instance(s), ingest" % n, part["ingest"]["rps"]),
                      ("per second", "PostgreSQL, %d instance(s), end to end" % n,
                       part["end_to_end"]["messages_per_second"])]
-            if "ingest_10000_recipients" in part:
-                rows.append(("per second", "PostgreSQL, %d instance(s), ingest, 10,000 recipients"
-                             % n, part["ingest_10000_recipients"]["rps"]))
+            if "ingest_again" in part:
+                rows.append(("per second", "PostgreSQL, %d instance(s), ingest, again" % n,
+                             part["ingest_again"]["rps"]))
+            for key, label in (("ingest_10000_recipients", ""),
+                               ("ingest_10000_recipients_again", ", again")):
+                if key in part:
+                    rows.append(("per second", "PostgreSQL, %d instance(s), ingest, 10,000 "
+                                 "recipients%s" % (n, label), part[key]["rps"]))
     for point in result.get("at_scale", []):
         stored = "%.2g M stored" % (point["stored_messages"] / 1e6)
         rows.append(("per second", "SQLite, ingest, %s" % stored, point["ingest_rps"]))
