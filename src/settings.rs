@@ -60,6 +60,24 @@ pub struct DatabaseSettings {
     pub pool_size: u32,
     /// Bound on one database call: connecting, a statement, a lost peer (keepalive).
     pub timeout_ms: u64,
+    /// Write lanes, each one writer thread with its own connection; unset, the backend's
+    /// own number (`Backend::writers`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writers: Option<u32>,
+}
+
+impl DatabaseSettings {
+    /// The write lanes this database gets: `writers` if set, else the backend's own.
+    pub fn writers(&self) -> usize {
+        match (
+            self.writers,
+            messaging_actors::store::Backend::of(&self.url),
+        ) {
+            (Some(n), _) => usize::try_from(n).unwrap_or(1),
+            (None, Ok(backend)) => backend.writers(),
+            (None, Err(_)) => 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -369,6 +387,7 @@ impl Default for DatabaseSettings {
             url: "sqlite://messaging.db".to_owned(),
             pool_size: 8,
             timeout_ms: 5_000,
+            writers: None,
         }
     }
 }
@@ -735,6 +754,22 @@ impl Settings {
             "database.timeout_ms",
             "must be from 100 to 600000",
         )?;
+        if let Some(writers) = self.database.writers {
+            check(
+                (1..=8).contains(&writers),
+                "database.writers",
+                "must be from 1 to 8",
+            )?;
+            check(
+                writers == 1
+                    || matches!(
+                        messaging_actors::store::Backend::of(&self.database.url),
+                        Ok(messaging_actors::store::Backend::Postgres)
+                    ),
+                "database.writers",
+                "must be 1 on SQLite (one writer at a time owns the file)",
+            )?;
+        }
         let d = &self.dispatch;
         check(
             d.max_attempts >= 1,
@@ -986,6 +1021,45 @@ mod tests {
                 "providers.email.error_pct"
             );
         });
+    }
+
+    #[test]
+    fn writers_default_to_the_backends_and_more_than_one_needs_postgres() {
+        with_env(&[], || {
+            let pg = "[database]\nurl = \"postgres://u@h/db\"\n";
+            assert_eq!(parse("").expect("defaults").database.writers(), 1);
+            assert_eq!(parse(pg).expect("postgres").database.writers(), 2);
+            let one = parse(&format!("{pg}writers = 1")).expect("one writer");
+            assert_eq!(one.database.writers(), 1);
+            let four = parse(&format!("{pg}writers = 4")).expect("four writers");
+            assert_eq!(four.database.writers(), 4);
+            assert_eq!(
+                parse("[database]\nwriters = 1")
+                    .expect("sqlite")
+                    .database
+                    .writers(),
+                1
+            );
+            for refused in [
+                format!("{pg}writers = 0"),
+                format!("{pg}writers = 9"),
+                "[database]\nwriters = 2".to_owned(),
+            ] {
+                assert_eq!(error_key(&refused), "database.writers", "{refused}");
+            }
+        });
+        with_env(
+            &[
+                ("MESSAGING__DATABASE__URL", "postgres://u@h/db"),
+                ("MESSAGING__DATABASE__WRITERS", "1"),
+            ],
+            || {
+                assert_eq!(
+                    parse("").expect("from the environment").database.writers(),
+                    1
+                )
+            },
+        );
     }
 
     #[test]

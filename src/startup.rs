@@ -136,8 +136,13 @@ fn provider_configs(
 /// Runs the service until a stop signal; must be called inside an actix `System`.
 pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(settings.database.timeout_ms);
-    let pool = store::open(&settings.database.url, settings.database.pool_size, timeout)
-        .with_context(|| format!("opening database {}", settings.database.url))?;
+    let pool = store::open(
+        &settings.database.url,
+        settings.database.pool_size,
+        settings.database.writers(),
+        timeout,
+    )
+    .with_context(|| format!("opening database {}", settings.database.url))?;
     let registry = registry(&settings);
     for (channel, provider) in registry.unserved() {
         warn!(log, "channel has no provider";

@@ -996,7 +996,7 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("m.db").display());
         let timeout = Duration::from_secs(5);
         let store = Store::start(
-            store::open(&url, 2, timeout).expect("open"),
+            store::open(&url, 2, 1, timeout).expect("open"),
             2,
             Duration::from_secs(30),
             timeout,

@@ -68,7 +68,7 @@ fn start(providers: Vec<ProviderConfig>, backlog_limit: u64) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("m.db").display());
     let timeout = Duration::from_secs(5);
-    let pool = store::open(&url, 2, timeout).expect("open store");
+    let pool = store::open(&url, 2, 1, timeout).expect("open store");
     let store = Store::start(pool, 2, Duration::from_secs(30), timeout);
     let registry = Registry::new(
         [

@@ -81,8 +81,16 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
     }
 }
 
+/// The connections of one database: its readers' and its writers'.
 #[derive(Clone)]
-pub enum DbPool {
+pub struct DbPool {
+    pub(crate) pools: Pools,
+    /// Write lanes the pool holds connections for, besides its readers'.
+    writers: usize,
+}
+
+#[derive(Clone)]
+pub(crate) enum Pools {
     Sqlite(Pool<ConnectionManager<SqliteConnection>>),
     Postgres(Pool<ConnectionManager<PgConnection>>),
 }
@@ -139,25 +147,37 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 impl DbPool {
     pub fn backend(&self) -> Backend {
-        match self {
-            DbPool::Sqlite(_) => Backend::Sqlite,
-            DbPool::Postgres(_) => Backend::Postgres,
+        match &self.pools {
+            Pools::Sqlite(_) => Backend::Sqlite,
+            Pools::Postgres(_) => Backend::Postgres,
         }
     }
 
+    /// The write lanes a store on this pool runs: the number `open` was given (one on
+    /// SQLite), each with a connection of its own.
+    pub fn writers(&self) -> usize {
+        self.writers
+    }
+
     pub fn get(&self) -> Result<DbConn, StoreError> {
-        match self {
-            DbPool::Sqlite(pool) => pool.get().map(DbConn::Sqlite).map_err(unavailable),
-            DbPool::Postgres(pool) => pool.get().map(DbConn::Postgres).map_err(unavailable),
+        match &self.pools {
+            Pools::Sqlite(pool) => pool.get().map(DbConn::Sqlite).map_err(unavailable),
+            Pools::Postgres(pool) => pool.get().map(DbConn::Postgres).map_err(unavailable),
         }
     }
 }
 
-/// Opens the pool (`pool_size` readers and the writers) and applies pending migrations
-/// before anything is served. `timeout` bounds each database call (`database.timeout_ms`).
+/// Opens the pool (`pool_size` readers and `writers` write lanes, always one on SQLite,
+/// where one writer at a time owns the file) and applies pending migrations before
+/// anything is served. `timeout` bounds each database call (`database.timeout_ms`).
 /// The pool checks a connection before handing it out, so one that broke while idle is
 /// replaced rather than used.
-pub fn open(url: &str, pool_size: u32, timeout: Duration) -> Result<DbPool, StoreError> {
+pub fn open(
+    url: &str,
+    pool_size: u32,
+    writers: usize,
+    timeout: Duration,
+) -> Result<DbPool, StoreError> {
     fn builder<M: diesel::r2d2::ManageConnection>(
         connections: u32,
         timeout: Duration,
@@ -169,7 +189,11 @@ pub fn open(url: &str, pool_size: u32, timeout: Duration) -> Result<DbPool, Stor
             .connection_timeout(timeout)
     }
     let backend = Backend::of(url)?;
-    let connections = pool_size.saturating_add(u32::try_from(backend.writers()).unwrap_or(1));
+    let writers = match backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => writers.max(1),
+    };
+    let connections = pool_size.saturating_add(u32::try_from(writers).unwrap_or(u32::MAX));
     match backend {
         Backend::Sqlite => {
             let pool = builder(connections, timeout)
@@ -181,7 +205,10 @@ pub fn open(url: &str, pool_size: u32, timeout: Duration) -> Result<DbPool, Stor
             let mut conn = pool.get().map_err(unavailable)?;
             conn.run_pending_migrations(SQLITE_MIGRATIONS)
                 .map_err(|e| unavailable(format!("migrations failed: {e}")))?;
-            Ok(DbPool::Sqlite(pool))
+            Ok(DbPool {
+                pools: Pools::Sqlite(pool),
+                writers,
+            })
         }
         Backend::Postgres => {
             let pool = builder(connections, timeout)
@@ -202,7 +229,10 @@ pub fn open(url: &str, pool_size: u32, timeout: Duration) -> Result<DbPool, Stor
             diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
                 .execute(&mut conn)?;
             migrated?;
-            Ok(DbPool::Postgres(pool))
+            Ok(DbPool {
+                pools: Pools::Postgres(pool),
+                writers,
+            })
         }
     }
 }

@@ -449,7 +449,7 @@ mod tests {
     fn sqlite(file: &str) -> (tempfile::TempDir, SqliteConn) {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join(file).display());
-        let pool = open(&url, 1, Duration::from_secs(5)).expect("open");
+        let pool = open(&url, 1, 1, Duration::from_secs(5)).expect("open");
         let DbConn::Sqlite(conn) = pool.get().expect("connection") else {
             panic!("a SQLite url opens SQLite");
         };

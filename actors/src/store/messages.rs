@@ -929,7 +929,7 @@ pub(super) mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("bulk.db").display());
         let sqlite = TestDb {
-            pool: open(&url, 1, Duration::from_secs(10)).expect("open sqlite"),
+            pool: open(&url, 1, 1, Duration::from_secs(10)).expect("open sqlite"),
             _sqlite_dir: Some(dir),
             drop_pg: None,
         };
@@ -950,8 +950,13 @@ pub(super) mod tests {
                 .execute(&mut admin)
                 .expect("create database");
             all.push(TestDb {
-                pool: open(&format!("{server}/{name}"), 1, Duration::from_secs(10))
-                    .expect("open postgres"),
+                pool: open(
+                    &format!("{server}/{name}"),
+                    1,
+                    crate::store::Backend::Postgres.writers(),
+                    Duration::from_secs(10),
+                )
+                .expect("open postgres"),
                 _sqlite_dir: None,
                 drop_pg: Some((server, name)),
             });

@@ -252,12 +252,12 @@ pub struct Store {
 }
 
 impl Store {
-    /// Starts the writers (`Backend::writers`, a `SyncArbiter` of one thread each) and
-    /// `threads` readers; `lease` is how long a claim on a queued message lasts unless
+    /// Starts the pool's writers (`DbPool::writers`, a `SyncArbiter` of one thread each)
+    /// and `threads` readers; `lease` is how long a claim on a queued message lasts unless
     /// renewed. Must run inside an actix system.
     pub fn start(pool: DbPool, threads: usize, lease: Duration, timeout: Duration) -> Store {
         let backend = pool.backend();
-        let lanes: Arc<[Lane]> = (0..backend.writers())
+        let lanes: Arc<[Lane]> = (0..pool.writers())
             .map(|_| {
                 let queue = Arc::new(WriteQueue::default());
                 let (pool, shared) = (pool.clone(), queue.clone());
@@ -294,6 +294,11 @@ impl Store {
 
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// How many write lanes (each one writer and its connection) this store commits on.
+    pub fn writers(&self) -> usize {
+        self.lanes.len()
     }
 
     pub fn lease_duration(&self) -> Duration {
@@ -735,8 +740,8 @@ pub(crate) mod tests {
 
     use super::messages::tests::{databases, sessions_waiting_for_a_lock};
     use super::{
-        open, AttemptRecord, DbPool, DeliveryReceipt, DeliveryStatus, InboundStored, Lane,
-        NewInbound, NewOutbound, OutboundStored, Store, StoreError,
+        open, AttemptRecord, DeliveryReceipt, DeliveryStatus, InboundStored, Lane, NewInbound,
+        NewOutbound, OutboundStored, Store, StoreError,
     };
     use crate::domain::{Channel, MessageContent, MessageStatus, Timestamp};
 
@@ -810,6 +815,51 @@ pub(crate) mod tests {
                 "the held write never waited"
             );
             tokio::task::yield_now().await;
+        }
+    }
+
+    /// `database.writers` lanes on PostgreSQL, one on SQLite whatever is asked; with three
+    /// lanes or one, each message's records land and its status follows the last.
+    #[actix::test]
+    async fn a_store_commits_on_the_lanes_it_was_given() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sqlite = format!("sqlite://{}", dir.path().join("lanes.db").display());
+        for db in databases() {
+            let url = db.postgres_url().unwrap_or(sqlite.clone());
+            for asked in [1, 3] {
+                let pool = open(&url, 1, asked, Duration::from_secs(10)).expect("open");
+                let store = Store::start(pool, 1, Duration::from_secs(30), Duration::from_secs(20));
+                let expected = if db.postgres_url().is_some() {
+                    asked
+                } else {
+                    1
+                };
+                assert_eq!(store.writers(), expected);
+                let mut ids = Vec::new();
+                for n in 0..6 {
+                    match store.insert_outbound(new_message(n)).await {
+                        Ok(OutboundStored::Created { id, .. }) => ids.push(id),
+                        other => panic!("not stored: {other:?}"),
+                    }
+                }
+                // At once, so that every lane has records to commit.
+                let records: Vec<_> = ids
+                    .iter()
+                    .map(|&id| {
+                        let store = store.clone();
+                        actix::spawn(async move { store.record_attempt(success(id, None)).await })
+                    })
+                    .collect();
+                for recorded in records {
+                    recorded.await.expect("task").expect("recorded");
+                }
+                for id in ids {
+                    let (message, attempts) =
+                        store.get_message(id).await.expect("read").expect("found");
+                    assert_eq!(message.status, "sent", "{id} on {asked}");
+                    assert_eq!(attempts.len(), 1, "{id} on {asked}");
+                }
+            }
         }
     }
 
@@ -937,8 +987,8 @@ pub(crate) mod tests {
     async fn after_close_no_connection_is_in_use_and_nothing_more_is_written() {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("close.db").display());
-        let pool = open(&url, 3, Duration::from_secs(5)).expect("open");
-        let DbPool::Sqlite(watched) = pool.clone() else {
+        let pool = open(&url, 3, 1, Duration::from_secs(5)).expect("open");
+        let super::backend::Pools::Sqlite(watched) = pool.pools.clone() else {
             panic!("a SQLite url opens SQLite");
         };
         let store = Store::start(pool, 2, Duration::from_secs(30), Duration::from_millis(500));

@@ -593,8 +593,8 @@ mod tests {
     fn a_batch_rolled_back_to_break_a_deadlock_runs_again() {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("retry.db").display());
-        let pool =
-            super::super::backend::open(&url, 1, std::time::Duration::from_secs(10)).expect("open");
+        let pool = super::super::backend::open(&url, 1, 1, std::time::Duration::from_secs(10))
+            .expect("open");
         let mut writer = PersistenceActor::new(pool, Arc::new(WriteQueue::default()));
         let log = Arc::new(Mutex::new(Vec::new()));
         let retried = Runner {
