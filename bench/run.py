@@ -20,7 +20,8 @@ instance and for two instances sharing the database (the same 64 connections spl
 between them), and ingest for one and two instances when each message goes to one of
 10,000 recipients (a conversation each) instead of all to one. pgbench's one-row rate is
 measured right before and right after one instance's ingest, and one instance's ingest
-right before and right after two instances': each ratio is against the mean of the two.
+right before and right after two instances' (with the default two writers each, and again
+with `database.writers = 1` each): each ratio is against the mean of the two.
 
 --large adds "flat as the data grows": ingest and the p99 of the four read endpoints on a
 SQLite database holding 1 M and then 10 M messages in 50,000 conversations, against one
@@ -400,14 +401,15 @@ def postgres(server_url, duration, scripts):
         print("pgbench, 64 clients: %.0f one-row inserts/s" % rate, flush=True)
         return rate
 
-    def instances(count, script, label, e2e=False):
-        """`count` instances on a fresh database: ingest, then end to end if `e2e`."""
+    def instances(count, script, label, e2e=False, extra=""):
+        """`count` instances on a fresh database, `extra` added to their settings: ingest,
+        then end to end if `e2e`."""
         with tempfile.TemporaryDirectory() as settings_dir:
             url = fresh()
             servers = []
             try:
                 for _ in range(count):
-                    servers.append(service(settings_dir, database_url=url))
+                    servers.append(service(settings_dir, database_url=url, extra=extra))
                 ingest = drive(servers, 64, duration, script)
                 print("postgres, %d instance(s)%s: ingest %.0f req/s, p99 %.2f ms"
                       % (count, label, ingest["rps"], ingest["p99_ms"]), flush=True)
@@ -432,20 +434,28 @@ def postgres(server_url, duration, scripts):
         after = one_row_inserts()
         two, two_e2e = instances(2, scripts["sms"], "", e2e=True)
         one_again = instances(1, scripts["sms"], ", again")
+        # The README's advice for instances sharing a small server: one writer each.
+        two_one_writer = instances(2, scripts["sms"], ", one writer each",
+                                   extra="[database]\nwriters = 1\n")
+        one_third = instances(1, scripts["sms"], ", a third time")
         many = [instances(n, scripts["sms_many"], ", 10,000 recipients") for n in (1, 2, 1)]
         result["pgbench_one_row_inserts_per_second"] = round(mean(before, after), 1)
         result["pgbench_one_row_inserts_per_second_before"] = before
         result["pgbench_one_row_inserts_per_second_after"] = after
         result["instances_1"] = {"ingest": one, "end_to_end": one_e2e, "ingest_again": one_again,
+                                 "ingest_third": one_third,
                                  "ingest_10000_recipients": many[0],
                                  "ingest_10000_recipients_again": many[2]}
         result["instances_2"] = {"ingest": two, "end_to_end": two_e2e,
+                                 "ingest_one_writer_each": two_one_writer,
                                  "ingest_10000_recipients": many[1]}
         result["ratios"] = {
             "one_instance_over_pgbench_one_row": round(
                 one["rps"] / result["pgbench_one_row_inserts_per_second"], 3),
             "two_instances_over_one": round(
                 two["rps"] / mean(one["rps"], one_again["rps"]), 3),
+            "two_instances_one_writer_each_over_one": round(
+                two_one_writer["rps"] / mean(one_again["rps"], one_third["rps"]), 3),
             "two_instances_over_one_10000_recipients": round(
                 many[1]["rps"] / mean(many[0]["rps"], many[2]["rps"]), 3),
             # End to end has one measurement of one instance: it drains for seconds after.
@@ -664,9 +674,11 @@ def bar_rows(result):
             rows += [("per second", "PostgreSQL, %d instance(s), ingest" % n, part["ingest"]["rps"]),
                      ("per second", "PostgreSQL, %d instance(s), end to end" % n,
                       part["end_to_end"]["messages_per_second"])]
-            if "ingest_again" in part:
-                rows.append(("per second", "PostgreSQL, %d instance(s), ingest, again" % n,
-                             part["ingest_again"]["rps"]))
+            for key, label in (("ingest_again", "again"), ("ingest_third", "a third time"),
+                               ("ingest_one_writer_each", "one writer each")):
+                if key in part:
+                    rows.append(("per second", "PostgreSQL, %d instance(s), ingest, %s"
+                                 % (n, label), part[key]["rps"]))
             for key, label in (("ingest_10000_recipients", ""),
                                ("ingest_10000_recipients_again", ", again")):
                 if key in part:
