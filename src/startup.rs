@@ -199,7 +199,8 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
     // Queued work from an earlier run goes to the providers before any new message, so
     // each provider meets it first.
     if store.shares_work() {
-        info!(log, "sharing work"; "instance" => store.instance());
+        info!(log, "sharing work";
+            "instance" => store.instance(), "writers" => store.writers());
     }
     // Operators' breaker settings hold across a restart and on every instance.
     LeaseKeeper::sync_breakers(&store, &providers, &log).await;

@@ -47,10 +47,11 @@ impl Backend {
         }
     }
 
-    /// Writers, each committing its own lane of writes (see `Lane` in the store): SQLite
-    /// allows one. PostgreSQL has a second (new messages and half the messages' attempt
-    /// records), so that one batch runs while the other waits for the server
-    /// (its round trips, its commit's WAL flush).
+    /// Writers by default, each committing its own lane of writes (see `Lane` in the
+    /// store): SQLite allows one. PostgreSQL has a second (new messages and half the
+    /// messages' attempt records), so that one batch runs while the other waits for the
+    /// server (its round trips, its commit's WAL flush); `database.writers` may set
+    /// another number there, as `open` is told.
     pub fn writers(self) -> usize {
         match self {
             Backend::Sqlite => 1,
