@@ -1147,6 +1147,26 @@ mod tests {
         }
     }
 
+    /// Opens `Refusing`'s gate to every record and waits until the provider holds no
+    /// message any more (`what` names that moment if it never comes).
+    async fn let_every_record_through(
+        gate: &mut diesel::SqliteConnection,
+        addr: &Addr<ProviderActor>,
+        what: &str,
+    ) {
+        use diesel::connection::SimpleConnection;
+
+        gate.batch_execute("DELETE FROM refused_attempts")
+            .expect("the gate opens");
+        poll_until(what, async || {
+            addr.send(GetHeldIds)
+                .await
+                .expect("the actor answers")
+                .is_empty()
+        })
+        .await;
+    }
+
     /// A record's task that panics still lets its message go, and lets the message's next
     /// record go on: were it to stay counted, its lease would be renewed until a restart.
     #[actix::test]
@@ -1209,15 +1229,7 @@ mod tests {
         let held = addr.send(GetHeldIds).await.expect("the actor answers");
         assert_eq!(held, vec![id], "attempt 2's record is still on its way");
 
-        gate.batch_execute("DELETE FROM refused_attempts")
-            .expect("attempt 2 let through");
-        poll_until("attempt 2's record to land", async || {
-            addr.send(GetHeldIds)
-                .await
-                .expect("the actor answers")
-                .is_empty()
-        })
-        .await;
+        let_every_record_through(&mut gate, &addr, "attempt 2's record to land").await;
         let (message, recorded) = store.get_message(id).await.expect("read").expect("found");
         assert_eq!(recorded.len(), 2);
         assert_eq!(message.status, "failed");
@@ -1227,7 +1239,6 @@ mod tests {
     /// still lands after attempt 1's, so the attempts list never skips an attempt.
     #[actix::test]
     async fn a_record_written_again_still_lands_before_the_next() {
-        use diesel::connection::SimpleConnection;
         use diesel::RunQueryDsl;
 
         let Refusing {
@@ -1251,15 +1262,7 @@ mod tests {
         assert!(recorded.is_empty(), "{recorded:?}");
         assert_eq!(message.status, "queued");
 
-        gate.batch_execute("DELETE FROM refused_attempts")
-            .expect("attempt 1 let through");
-        poll_until("both records to land", async || {
-            addr.send(GetHeldIds)
-                .await
-                .expect("the actor answers")
-                .is_empty()
-        })
-        .await;
+        let_every_record_through(&mut gate, &addr, "both records to land").await;
         let landed: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
             "(SELECT group_concat(attempt, ',') FROM \
              (SELECT attempt FROM dispatch_attempts ORDER BY id))",
