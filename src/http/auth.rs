@@ -12,7 +12,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderMap, AUTHORIZATION};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
-use actix_web::{web, ResponseError};
+use actix_web::{web, HttpRequest, ResponseError};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -208,10 +208,12 @@ impl Auth {
             .map_err(|_| ApiError::InvalidSignature)
     }
 
-    /// Counts and logs a refusal that happened elsewhere (a provider webhook's signature).
-    pub fn refused(&self, log: &Logger, reason: &'static str, path: &str) {
+    /// Counts and logs a refusal that happened elsewhere (a webhook's signature), with the
+    /// same fields as the middleware's but the key, which a signed request has none of.
+    pub fn refused(&self, log: &Logger, reason: &'static str, req: &HttpRequest) {
         self.failures.with_label_values(&[reason]).inc();
-        warn!(log, "request refused"; "reason" => reason, "path" => path);
+        warn!(log, "request refused";
+            "reason" => reason, "method" => req.method().as_str(), "path" => req.path());
     }
 }
 

@@ -93,7 +93,7 @@ async fn signed_twilio_form(
             })
         });
     if !valid {
-        state.auth.refused(&state.log, "signature", req.path());
+        state.auth.refused(&state.log, "signature", req);
         return Err(ApiError::InvalidSignature);
     }
     Ok(params)
@@ -341,7 +341,7 @@ pub async fn receive_sendgrid_events(
                 .any(|key| key.verify(&signed, &signature).is_ok())
         });
         if !valid {
-            state.auth.refused(&state.log, "signature", req.path());
+            state.auth.refused(&state.log, "signature", &req);
             return Err(ApiError::InvalidSignature);
         }
     }

@@ -56,7 +56,7 @@ async fn receive(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_json_body(req, payload, state.max_body_bytes).await?;
     if let Err(e) = state.auth.verify_webhook(req.headers(), &body) {
-        state.auth.refused(&state.log, "signature", req.path());
+        state.auth.refused(&state.log, "signature", req);
         return Err(e);
     }
     let object = parse_object(&body)?;

@@ -348,6 +348,19 @@ fn signed_webhooks_are_taken_and_every_bad_signature_is_refused() {
     );
     assert_eq!(ok.status, 202, "{}", ok.text);
     assert!(app.metric(r#"messaging_auth_failures_total{reason="signature"}"#) >= 6.0);
+    app.eventually(
+        "the signature's refusal logged with its method and path",
+        || {
+            app.logs_with("request refused")
+                .iter()
+                .any(|l| {
+                    l["reason"] == "signature"
+                        && l["method"] == "POST"
+                        && l["path"] == "/api/webhooks/email"
+                })
+                .then_some(())
+        },
+    );
     let logs: String = app.all_logs().iter().map(Value::to_string).collect();
     assert!(!logs.contains(WEBHOOK_SECRET.trim_start_matches("whsec_")));
 }

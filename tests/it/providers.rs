@@ -579,6 +579,15 @@ fn receipts_set_the_delivery_status_and_a_bad_signature_changes_nothing() {
         "invalid_signature"
     );
     assert_eq!(app.message(sms_ids[0])["delivery_status"], Value::Null);
+    app.eventually(
+        "the signature's refusal logged with its method and path",
+        || {
+            app.logs_with("request refused")
+                .iter()
+                .any(|l| l["reason"] == "signature" && l["method"] == "POST" && l["path"] == route)
+                .then_some(())
+        },
+    );
 
     let ok = post_form(
         &app,
