@@ -726,7 +726,7 @@ def main():
         "MESSAGING_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432"),
         help="a PostgreSQL server to measure on (its databases are made and dropped)")
     parser.add_argument("--large", action="store_true",
-                        help="also measure with 1 M and 10 M messages stored (~4 minutes)")
+                        help="also measure with 1 M and 10 M messages stored (5 to 17 minutes more)")
     args = parser.parse_args()
     ensure_tools()
     sh("cargo", "build", "--release", "--quiet", "--bin", "messaging-service",

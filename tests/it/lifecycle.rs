@@ -57,6 +57,14 @@ fn a_bad_configuration_exits_2_with_one_line_naming_the_key() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.contains(key), "{key} not named in {stderr}");
+        if settings.contains("\"five\"") {
+            // Word for word the README's example of such a line.
+            assert_eq!(
+                stderr.trim_end(),
+                "messaging-service: configuration error: dispatch.max_attempts: \
+                 invalid type: found string \"five\", expected u32"
+            );
+        }
     }
 
     let output = Command::new(BIN)
