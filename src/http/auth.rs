@@ -245,7 +245,9 @@ pub async fn authenticate(
             .map(ServiceResponse::map_into_left_body);
     };
     let auth: &Arc<Auth> = &state.auth;
-    match auth.check(req.method(), req.path(), req.headers()) {
+    // The path as the router matches it (percent-decoded but for `/`, `+` and `%`): the raw
+    // one would let `/%61pi/...` skip the keys and still reach the `/api/` handler.
+    match auth.check(req.method(), req.match_info().as_str(), req.headers()) {
         Ok(_) => next
             .call(req)
             .await

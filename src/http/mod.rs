@@ -190,7 +190,9 @@ pub async fn require_json_accept(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     // Prometheus text, and Twilio's webhooks (answered in TwiML), speak other types.
-    let other_types = req.path() == "/metrics" || req.path().starts_with("/api/webhooks/twilio");
+    // Matched on the path the router sees, as the keys are (see `auth::authenticate`).
+    let path = req.match_info().as_str();
+    let other_types = path == "/metrics" || path.starts_with("/api/webhooks/twilio");
     if !other_types && !accepts_json(&req) {
         let response = ApiError::NotAcceptable.error_response();
         return Ok(req.into_response(response).map_into_right_body());
