@@ -1,6 +1,7 @@
 //! Reading a request body as the contract wants it: JSON content type (else 415), at most
-//! `server.max_body_bytes` (else 413, checked before and while reading), a JSON object
-//! (else 400 `invalid_json`). `wire.rs` turns the object into a typed request.
+//! `server.max_body_bytes` (else 413, checked before and while reading), within 10 s, a
+//! JSON object (else 400 `invalid_json`). `wire.rs` turns the object into a typed request.
+//! Twilio's webhooks read a form the same way.
 
 use actix_web::{web, HttpMessage as _, HttpRequest};
 use futures_util::StreamExt as _;
@@ -14,6 +15,11 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 fn is_json_content_type(req: &HttpRequest) -> bool {
     matches!(req.mime_type(), Ok(Some(mime))
         if mime.type_() == "application" && mime.subtype() == "json" && mime.suffix().is_none())
+}
+
+fn is_form_content_type(req: &HttpRequest) -> bool {
+    matches!(req.mime_type(), Ok(Some(mime))
+        if mime.type_() == "application" && mime.subtype() == "x-www-form-urlencoded")
 }
 
 /// The body as a JSON object, or the contract's error for why not.
@@ -30,12 +36,35 @@ pub async fn read_object(
 /// checks them, before they are parsed.
 pub async fn read_json_body(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
 ) -> Result<web::BytesMut, ApiError> {
     if !is_json_content_type(req) {
         return Err(ApiError::UnsupportedMediaType);
     }
+    read_limited(req, payload, limit).await
+}
+
+/// The raw bytes of a form body (Twilio's webhooks sign the parsed form), under the same
+/// bounds as a JSON one.
+pub async fn read_form_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
+    if !is_form_content_type(req) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    read_limited(req, payload, limit).await
+}
+
+/// At most `limit` bytes (413 beyond, by the declared length or while reading), within
+/// `BODY_TIMEOUT`.
+async fn read_limited(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)

@@ -4,7 +4,7 @@
 //! outbound message's `delivery_status`; inbound messages are stored as in 3.2.
 
 use actix_web::http::header;
-use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use messaging_actors::domain::{
@@ -20,6 +20,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq as _;
 use utoipa::ToSchema;
 
+use super::body::{read_form_body, read_json_body};
 use super::error::ApiError;
 use super::webhooks::store_inbound;
 use super::wire::ErrorBody;
@@ -65,11 +66,9 @@ pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]
 async fn signed_twilio_form(
     state: &AppState,
     req: &HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<Vec<(String, String)>, ApiError> {
-    if req.content_type() != "application/x-www-form-urlencoded" {
-        return Err(ApiError::UnsupportedMediaType);
-    }
+    let body = read_form_body(req, payload, state.max_body_bytes).await?;
     let params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
         .map_err(|_| ApiError::InvalidJson("the body is not a valid form".into()))?;
     let signature = req
@@ -130,16 +129,19 @@ pub struct TwilioStatusForm {
     params(("X-Twilio-Signature" = String, Header, description = "Twilio's HMAC-SHA1 signature")),
     responses(
         (status = 200, description = "Recorded, ignored, or for an unknown message"),
+        (status = 400, description = "`invalid_json` or `validation_failed`", body = ErrorBody),
         (status = 401, description = "`invalid_signature`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 503, description = "`not_ready`", body = ErrorBody),
     )
 )]
 pub async fn receive_twilio_status(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let params = signed_twilio_form(&state, &req, body).await?;
+    let params = signed_twilio_form(&state, &req, payload).await?;
     let status = match param(&params, "MessageStatus") {
         Some("delivered") => DeliveryStatus::Delivered,
         Some("undelivered" | "failed") => DeliveryStatus::Undelivered,
@@ -148,12 +150,13 @@ pub async fn receive_twilio_status(
     let Some(sid) = param(&params, "MessageSid").filter(|s| !s.is_empty()) else {
         return Err(ApiError::validation("MessageSid", "is required"));
     };
+    let error_code = param(&params, "ErrorCode").filter(|c| !c.is_empty());
+    without_nul("MessageSid", Some(sid))?;
+    without_nul("ErrorCode", error_code)?;
     let receipt = DeliveryReceipt {
         provider_message_id: sid.to_owned(),
         status,
-        error_code: param(&params, "ErrorCode")
-            .filter(|c| !c.is_empty())
-            .map(str::to_owned),
+        error_code: error_code.map(str::to_owned),
     };
     state
         .store
@@ -247,8 +250,9 @@ fn twilio_inbound(params: &[(String, String)]) -> Result<(MessageContent, String
     responses(
         (status = 200, description = "Stored (or a repeat of a stored MessageSid); TwiML `<Response/>`",
             content_type = "text/xml"),
-        (status = 400, description = "`validation_failed`", body = ErrorBody),
+        (status = 400, description = "`invalid_json` or `validation_failed`", body = ErrorBody),
         (status = 401, description = "`invalid_signature`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 503, description = "`not_ready`", body = ErrorBody),
     )
@@ -256,14 +260,26 @@ fn twilio_inbound(params: &[(String, String)]) -> Result<(MessageContent, String
 pub async fn receive_twilio_message(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let params = signed_twilio_form(&state, &req, body).await?;
+    let params = signed_twilio_form(&state, &req, payload).await?;
     let (content, provider_message_id) = twilio_inbound(&params)?;
     store_inbound(&state, content, provider_message_id).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/xml"))
         .body("<Response/>"))
+}
+
+/// 400 for a NUL in a receipt's field, as anywhere else in the API (section 12):
+/// PostgreSQL's text cannot hold one, and the query would fail as the database's fault.
+fn without_nul(field: &'static str, value: Option<&str>) -> Result<(), ApiError> {
+    match value {
+        Some(value) if value.contains('\0') => Err(ApiError::validation(
+            field,
+            "must not contain a NUL character",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// One SendGrid event, as far as receipts need it.
@@ -310,16 +326,19 @@ impl SendGridEvent {
     ),
     responses(
         (status = 200, description = "Receipts recorded; other events ignored"),
-        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 400, description = "`invalid_json` or `validation_failed`", body = ErrorBody),
         (status = 401, description = "`invalid_signature`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 503, description = "`not_ready`", body = ErrorBody),
     )
 )]
 pub async fn receive_sendgrid_events(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let body = read_json_body(&req, payload, state.max_body_bytes).await?;
     let keys = &state.webhook_keys.sendgrid_keys;
     if !keys.is_empty() {
         let header = |name| {
@@ -348,6 +367,11 @@ pub async fn receive_sendgrid_events(
     let events: Vec<SendGridEvent> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::InvalidJson(format!("the body must be a JSON array of events: {e}"))
     })?;
+    for event in &events {
+        without_nul("event", event.event.as_deref())?;
+        without_nul("sg_message_id", event.sg_message_id.as_deref())?;
+        without_nul("status", event.status.as_deref())?;
+    }
     for receipt in events.iter().filter_map(SendGridEvent::receipt) {
         state
             .store

@@ -668,6 +668,66 @@ fn receipts_set_the_delivery_status_and_a_bad_signature_changes_nothing() {
 }
 
 #[test]
+fn provider_webhooks_keep_the_apis_body_rules() {
+    let app = TestApp::spawn_with_env(
+        &settings("http://127.0.0.1:9", "http://127.0.0.1:9", ""),
+        &secrets(),
+    );
+    let route = "/api/webhooks/twilio/status";
+    let url = format!("{PUBLIC_URL}{route}");
+    // Over `server.max_body_bytes` (262,144 by default): the contract's 413, in JSON.
+    let padding = "x".repeat(300_000);
+    let large = [
+        ("MessageSid", "SM1"),
+        ("MessageStatus", "delivered"),
+        ("Padding", padding.as_str()),
+    ];
+    let too_large = post_form(&app, route, &large, Some(&sign_twilio(&url, &large)));
+    assert_eq!(too_large.error_code(413), "payload_too_large");
+    // A NUL is refused as everywhere else, not passed to the database.
+    for (field, nul) in [("MessageSid", "SM\u{0}1"), ("ErrorCode", "300\u{0}03")] {
+        let mut form = vec![("MessageSid", "SM1"), ("MessageStatus", "undelivered")];
+        form.retain(|(k, _)| *k != field);
+        form.push((field, nul));
+        let refused = post_form(&app, route, &form, Some(&sign_twilio(&url, &form)));
+        assert_eq!(refused.error_code(400), "validation_failed", "{field}");
+        assert_eq!(refused.json()["error"]["field"], field, "{}", refused.text);
+    }
+
+    let post_events = |content_type: &str, events: &str| {
+        let timestamp = "1700000003";
+        let signature = sign_sendgrid(timestamp, events);
+        app.request(
+            "POST",
+            "/api/webhooks/sendgrid/events",
+            &[
+                ("Content-Type", content_type),
+                ("X-Twilio-Email-Event-Webhook-Signature", &signature),
+                ("X-Twilio-Email-Event-Webhook-Timestamp", timestamp),
+            ],
+            Some(events.as_bytes()),
+        )
+    };
+    let events = json!([{"event": "delivered", "sg_message_id": "abc.filter0001.1"}]).to_string();
+    assert_eq!(
+        post_events("text/plain", &events).error_code(415),
+        "unsupported_media_type"
+    );
+    assert_eq!(post_events("application/json", &events).status, 200);
+    let nul =
+        json!([{"event": "bounce", "sg_message_id": "abc.filter0001.1", "status": "5.0.\u{0}0"}])
+            .to_string();
+    let refused = post_events("application/json", &nul);
+    assert_eq!(refused.error_code(400), "validation_failed");
+    assert_eq!(
+        refused.json()["error"]["field"],
+        "status",
+        "{}",
+        refused.text
+    );
+}
+
+#[test]
 fn twilios_inbound_messages_are_stored_once_and_answered_in_twiml() {
     let twilio = Fake::start();
     let app = TestApp::spawn_with_env(&settings(&twilio.uri(), &twilio.uri(), ""), &secrets());
