@@ -180,7 +180,12 @@ impl CallbackWorker {
                         "provider": message.provider,
                         "channel": message.channel,
                         "attempts": attempts.len(),
-                        "error_code": attempts.last().and_then(|a| a.error_code.clone()),
+                        // A receipt's event carries the receipt's code (Twilio's
+                        // `ErrorCode`, SendGrid's bounce status); a status its last attempt's.
+                        "error_code": match callback.event.as_str() {
+                            "delivered" | "undelivered" => message.delivery_error_code.clone(),
+                            _ => attempts.last().and_then(|a| a.error_code.clone()),
+                        },
                     },
                 })
                 .to_string(),

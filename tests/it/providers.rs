@@ -537,12 +537,17 @@ fn a_failing_twilio_opens_only_its_breaker_while_sendgrid_keeps_sending() {
 
 #[test]
 fn receipts_set_the_delivery_status_and_a_bad_signature_changes_nothing() {
-    let (twilio, sendgrid) = (Fake::start(), Fake::start());
+    let (twilio, sendgrid, hooks) = (Fake::start(), Fake::start(), Fake::start());
     twilio.mount(twilio_created());
     sendgrid.mount(sendgrid_accepted());
+    hooks.mount(Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)));
     let app = TestApp::spawn_with_env(&settings(&twilio.uri(), &sendgrid.uri(), ""), &secrets());
     let sms_ids: Vec<i64> = (0..2)
-        .map(|n| app.accept("/api/messages/sms", &sms_to(n)))
+        .map(|n| {
+            let mut body = sms_to(n);
+            body["status_callback"] = json!(format!("{}/hooks", hooks.uri()));
+            app.accept("/api/messages/sms", &body)
+        })
         .collect();
     let mail_ids: Vec<i64> = (0..2)
         .map(|n| app.accept("/api/messages/email", &email(n)))
@@ -612,6 +617,15 @@ fn receipts_set_the_delivery_status_and_a_bad_signature_changes_nothing() {
     let message = app.message(sms_ids[1]);
     assert_eq!(message["delivery_status"], "undelivered");
     assert_eq!(message["delivery_error_code"], "30003");
+    // Its callback carries the receipt's code (the attempt itself succeeded, without one).
+    let callback = app.eventually("the undelivered callback", || {
+        hooks.received().iter().find_map(|request| {
+            let body: Value = serde_json::from_slice(&request.body).ok()?;
+            (body["data"]["id"] == sms_ids[1] && body["data"]["delivery_status"] == "undelivered")
+                .then_some(body)
+        })
+    });
+    assert_eq!(callback["data"]["error_code"], "30003", "{callback}");
     // Statuses on the way and unknown sids are accepted and change nothing.
     let unknown = [("MessageSid", "SMunknown"), ("MessageStatus", "delivered")];
     assert_eq!(
