@@ -156,6 +156,49 @@ fn a_signed_callback_arrives_after_the_receiver_fails_twice() {
 }
 
 #[test]
+fn a_message_no_provider_serves_gets_its_failed_callback() {
+    let receiver = Receiver::start();
+    receiver.answer(&[200], Duration::ZERO);
+    let app = TestApp::spawn("[routing]\nemail = \"postmark\"\n");
+    // Without a key (a batch's multi-row insert) and with one (an insert of its own).
+    let body = with_callback(sample_email(), &receiver.url());
+    assert_eq!(
+        app.post("/api/messages/email", &body).error_code(500),
+        "no_provider"
+    );
+    let keyed = app.post_with("/api/messages/email", &body, &[("Idempotency-Key", "k-1")]);
+    assert_eq!(keyed.error_code(500), "no_provider");
+    let ids: Vec<i64> = app.eventually("both refusals logged", || {
+        let lines = app.logs_with("no provider for channel");
+        (lines.len() == 2).then(|| {
+            lines
+                .iter()
+                .filter_map(|l| l["message_id"].as_i64())
+                .collect()
+        })
+    });
+    let requests = app.eventually("both failed callbacks", || {
+        let requests = receiver.received();
+        (requests.len() >= 2).then_some(requests)
+    });
+    for id in ids {
+        let request = requests
+            .iter()
+            .find(|r| header(r, "webhook-id") == format!("msg_{id}_failed_0"))
+            .unwrap_or_else(|| panic!("no callback for message {id}"));
+        let body: Value = serde_json::from_slice(&request.body).expect("json");
+        assert_eq!(body["data"]["id"], id);
+        assert_eq!(body["data"]["status"], "failed");
+        assert_eq!(body["data"]["attempts"], 0);
+        assert_eq!(body["data"]["provider"], Value::Null);
+        app.eventually("the callback marked delivered", || {
+            (callbacks_of(&app, id).first()?["state"] == "delivered").then_some(())
+        });
+    }
+    assert_eq!(receiver.received().len(), 2, "one callback each");
+}
+
+#[test]
 fn a_410_stops_at_once_a_hang_is_retried_and_max_age_gives_up() {
     let gone = Receiver::start();
     gone.answer(&[410], Duration::ZERO);

@@ -10,7 +10,7 @@ use super::backend::{for_cached_chunks, for_each_backend, BindFixed, FixedSql};
 use super::dispatch::Lease;
 use super::rows::{AttemptRow, ConversationRow, MessageRow, NewConversationRow, NewMessageRow};
 use super::schema::{
-    conversation_counts, conversation_total, conversations, dispatch_attempts, messages,
+    callbacks, conversation_counts, conversation_total, conversations, dispatch_attempts, messages,
 };
 use super::StoreError;
 use crate::domain::{
@@ -243,6 +243,14 @@ fn message_row(
         subject: content.subject.clone(),
         status_callback: None,
     }
+}
+
+/// A row stored `failed` with a callback URL: that URL and the row's time.
+fn failed_callback(row: &NewMessageRow) -> Option<(&str, &str)> {
+    (row.status == MessageStatus::Failed.as_str())
+        .then_some(())
+        .and(row.status_callback.as_deref())
+        .map(|url| (url, row.updated_at.as_str()))
 }
 
 /// An outbound message is queued when it has a provider (leased to the instance that
@@ -581,6 +589,28 @@ for_each_backend! {
         Ok(id.map(|id| (id, conversation_id)))
     }
 
+    /// A message stored `failed` (no provider serves its channel) never changes status, so
+    /// the trigger that queues callbacks on a status change never sees it: its `failed`
+    /// callback is queued here, in the insert's transaction, as the trigger would have.
+    fn queue_failed_callback(
+        conn: &mut Conn,
+        id: i64,
+        (url, at): (&str, &str),
+    ) -> Result<(), StoreError> {
+        diesel::insert_into(callbacks::table)
+            .values((
+                callbacks::message_id.eq(id),
+                callbacks::webhook_id.eq(format!("msg_{id}_failed_0")),
+                callbacks::event.eq(MessageStatus::Failed.as_str()),
+                callbacks::url.eq(url),
+                callbacks::created_at.eq(at),
+                callbacks::next_attempt_at.eq(at),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)?;
+        Ok(())
+    }
+
     /// `insert_outbound` for a batch's messages without an idempotency key (which no
     /// unique index can refuse): their conversations found or created together
     /// (`BatchConversations`), then inserted together (`InsertMessages`).
@@ -612,6 +642,11 @@ for_each_backend! {
             rows.push(row);
         }
         let ids = conn.insert_messages(&rows)?;
+        for (id, row) in ids.iter().zip(&rows) {
+            if let Some(callback) = failed_callback(row) {
+                queue_failed_callback(conn, *id, callback)?;
+            }
+        }
         Ok(ids
             .into_iter()
             .zip(&rows)
@@ -705,12 +740,21 @@ for_each_backend! {
                 return Ok(earlier);
             }
         }
-        let inserted = insert_message(conn, &new.content, |row| fill_outbound(row, new))?;
+        let mut stored = None;
+        let inserted = insert_message(conn, &new.content, |row| {
+            fill_outbound(row, new);
+            stored = failed_callback(row).map(|(url, at)| (url.to_owned(), at.to_owned()));
+        })?;
         match (inserted, &new.idempotency) {
-            (Some((id, conversation_id)), _) => Ok(OutboundStored::Created {
-                id,
-                conversation_id,
-            }),
+            (Some((id, conversation_id)), _) => {
+                if let Some((url, at)) = &stored {
+                    queue_failed_callback(conn, id, (url, at))?;
+                }
+                Ok(OutboundStored::Created {
+                    id,
+                    conversation_id,
+                })
+            }
             // Another instance inserted the same key between our look and our insert.
             (None, Some(idempotency)) => earlier_by_key(conn, idempotency)?.ok_or_else(|| {
                 StoreError::Conflict("the idempotency key's message vanished".into())
@@ -1085,6 +1129,48 @@ pub(super) mod tests {
     /// (ids are matched to rows by order) and its own conversation, whether that
     /// conversation existed before or the batch made it, and each conversation counts
     /// exactly its messages.
+    #[test]
+    fn a_message_stored_failed_with_a_callback_url_queues_its_failed_callback() {
+        fn webhook_ids(conn: &mut DbConn, id: i64) -> Vec<String> {
+            let query = callbacks::table
+                .filter(callbacks::message_id.eq(id))
+                .select(callbacks::webhook_id);
+            match conn {
+                DbConn::Sqlite(c) => query.load::<String>(c),
+                DbConn::Postgres(c) => query.load::<String>(c),
+            }
+            .expect("callbacks")
+        }
+        for db in databases() {
+            let mut conn = db.pool.get().expect("connection");
+            let new = |provider: Option<&str>, url: Option<&str>| {
+                let mut new = outbound(content("+12015550001", "+12015550002", "hi"), provider);
+                new.status_callback = url.map(str::to_owned);
+                new
+            };
+            let url = Some("https://client.example/hooks");
+            let alone = created(&insert_one(&mut conn, &new(None, url))).0;
+            let batch = [new(None, url), new(Some("p"), url), new(None, None)];
+            let ids: Vec<i64> = insert_many(&mut conn, &batch.iter().collect::<Vec<_>>())
+                .iter()
+                .map(|stored| created(stored).0)
+                .collect();
+            assert_eq!(
+                webhook_ids(&mut conn, alone),
+                [format!("msg_{alone}_failed_0")]
+            );
+            assert_eq!(
+                webhook_ids(&mut conn, ids[0]),
+                [format!("msg_{}_failed_0", ids[0])]
+            );
+            assert!(
+                webhook_ids(&mut conn, ids[1]).is_empty(),
+                "queued: none yet"
+            );
+            assert!(webhook_ids(&mut conn, ids[2]).is_empty(), "no URL: none");
+        }
+    }
+
     #[test]
     fn a_batch_of_new_messages_gets_one_row_and_the_right_conversation_each() {
         for db in databases() {
