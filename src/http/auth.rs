@@ -194,6 +194,9 @@ impl Auth {
         let Some(webhook) = &self.webhook else {
             return Ok(());
         };
+        if !recent_timestamp(headers) {
+            return Err(ApiError::InvalidSignature);
+        }
         let mut converted = http1::HeaderMap::new();
         for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
             if let Some(value) = headers
@@ -215,6 +218,25 @@ impl Auth {
         warn!(log, "request refused";
             "reason" => reason, "method" => req.method().as_str(), "path" => req.path());
     }
+}
+
+/// Standard Webhooks' tolerance for `webhook-timestamp`, either way.
+const WEBHOOK_TOLERANCE_SECS: i128 = 5 * 60;
+
+/// Checked before the library's own check, which subtracts without checking: a timestamp
+/// near `i64::MIN` would panic in a debug build and wrap past the tolerance in release.
+fn recent_timestamp(headers: &HeaderMap) -> bool {
+    let Some(timestamp) = headers
+        .get("webhook-timestamp")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+    else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| i128::from(since.as_secs()));
+    (now - i128::from(timestamp)).abs() <= WEBHOOK_TOLERANCE_SECS
 }
 
 struct Refusal {

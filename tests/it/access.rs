@@ -333,6 +333,25 @@ fn signed_webhooks_are_taken_and_every_bad_signature_is_refused() {
             ),
         ),
         (
+            "future timestamp",
+            post(
+                "msg_1",
+                (now + 301).to_string(),
+                signed("msg_1", now + 301, WEBHOOK_SECRET, &body),
+                &body,
+            ),
+        ),
+        (
+            // Signed as it is: only the tolerance can refuse it, without overflowing.
+            "earliest timestamp",
+            post(
+                "msg_1",
+                i64::MIN.to_string(),
+                signed("msg_1", i64::MIN, WEBHOOK_SECRET, &body),
+                &body,
+            ),
+        ),
+        (
             "wrong secret",
             post(
                 "msg_1",
