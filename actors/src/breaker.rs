@@ -273,15 +273,21 @@ impl Breaker {
     }
 
     /// An operator's setting: `forced_open` and `disabled` hold until set back; `closed`
-    /// returns to normal with a fresh window (also from a tripped `open`). `None` when the
-    /// breaker is in that state already.
+    /// returns to normal with a fresh window, from a tripped `open` and from `closed`
+    /// itself (the failures counted so far are forgotten). `None` when the state stays.
     pub fn force(&mut self, to: Override, now: Instant) -> Option<Transition> {
         let target = match to {
             Override::ForcedOpen => BreakerState::ForcedOpen,
             Override::Disabled => BreakerState::Disabled,
             Override::Closed => BreakerState::Closed,
         };
-        (self.state != target).then(|| self.move_to(target, now))
+        if self.state != target {
+            return Some(self.move_to(target, now));
+        }
+        if target == BreakerState::Closed {
+            self.move_to(target, now);
+        }
+        None
     }
 
     /// Whether an operator holds this breaker where it is.
@@ -568,6 +574,19 @@ mod tests {
             b.force(Override::Closed, t).map(|t| t.to),
             Some(BreakerState::Closed)
         );
+        // Closed already: no transition, but a fresh window all the same.
+        for _ in 0..3 {
+            call(&mut b, CallResult::Failure, t);
+        }
+        assert_eq!(b.recorded_calls(), 3);
+        assert_eq!(b.force(Override::Closed, t), None, "no transition");
+        assert_eq!(b.recorded_calls(), 0, "the three failures forgotten");
+        assert_eq!(
+            call(&mut b, CallResult::Failure, t),
+            None,
+            "one of one, too few"
+        );
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]

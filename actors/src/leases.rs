@@ -49,16 +49,13 @@ impl LeaseKeeper {
     ) {
         match store.breaker_overrides().await {
             Ok(overrides) => {
-                for (name, state) in overrides {
+                for (name, state, stamp) in overrides {
                     let (Some(provider), Some(to)) =
                         (providers.get(&name), Override::parse(&state))
                     else {
                         continue;
                     };
-                    provider.do_send(ForceBreaker {
-                        to,
-                        from_operator: false,
-                    });
+                    provider.do_send(ForceBreaker { to, stamp });
                 }
             }
             Err(e) => warn!(log, "could not read breaker settings"; "error" => e.to_string()),

@@ -128,15 +128,16 @@ pub struct ProviderStatus {
 #[rtype(result = "ProviderStatus")]
 pub struct GetProviderStatus;
 
-/// An operator's breaker setting (CONTRACT section 11). From the operator it applies
-/// whatever was applied before (a `closed` resets a tripped breaker); from the database
-/// sync it applies only when it differs from the last one applied, so a stored `closed`
-/// does not reset a breaker at every lease renewal.
-#[derive(Debug, Clone, Copy, Message)]
+/// An operator's breaker setting (CONTRACT section 11), `stamp` naming the stored setting
+/// (when it was made). Each setting applies once on every instance, whatever was applied
+/// before (a `closed` resets a breaker that tripped on its own): from the operator through
+/// this instance, or from the database sync when its stamp is not the last one applied,
+/// so a stored setting does not apply again at every lease renewal.
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "ProviderStatus")]
 pub struct ForceBreaker {
     pub to: Override,
-    pub from_operator: bool,
+    pub stamp: String,
 }
 
 /// The ids of the messages this provider holds (queued, waiting, in flight, or finished
@@ -234,8 +235,9 @@ pub struct ProviderActor {
     sender_slots: HashMap<u64, Instant>,
     /// When "provider refused our credentials" was last logged.
     credentials_logged: Option<Instant>,
-    /// The operator's last setting, kept across a restart.
+    /// The operator's last setting, kept across a restart, and its stamp.
     applied_override: Override,
+    applied_stamp: Option<String>,
     store: Store,
     metrics: Arc<Metrics>,
     backlog: Arc<Backlog>,
@@ -300,6 +302,7 @@ impl ProviderActor {
             sender_slots: HashMap::new(),
             credentials_logged: None,
             applied_override: Override::Closed,
+            applied_stamp: None,
             store,
             metrics,
             backlog,
@@ -829,8 +832,9 @@ impl Handler<ForceBreaker> for ProviderActor {
     type Result = MessageResult<ForceBreaker>;
 
     fn handle(&mut self, msg: ForceBreaker, ctx: &mut Self::Context) -> Self::Result {
-        if msg.from_operator || msg.to != self.applied_override {
+        if self.applied_stamp.as_deref() != Some(msg.stamp.as_str()) {
             self.applied_override = msg.to;
+            self.applied_stamp = Some(msg.stamp);
             if let Some(transition) = self.breaker.force(msg.to, Instant::now()) {
                 self.on_transition(transition, ctx);
             }

@@ -149,6 +149,8 @@ pub struct ListProviders;
 pub struct OverrideBreaker {
     pub provider: String,
     pub to: Override,
+    /// The stored setting's stamp (`Store::set_breaker_override`).
+    pub stamp: String,
 }
 
 /// Answers when the router runs; readiness asks it.
@@ -498,7 +500,7 @@ impl Handler<OverrideBreaker> for RouterActor {
         Box::pin(async move {
             let force = ForceBreaker {
                 to: msg.to,
-                from_operator: true,
+                stamp: msg.stamp,
             };
             provider?.send(force).await.ok()
         })

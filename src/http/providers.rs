@@ -70,7 +70,7 @@ pub async fn set_breaker(
     }
     let to = request.state.into();
     // Stored first: should this instance die now, the others still learn the setting.
-    state
+    let stamp = state
         .store
         .set_breaker_override(
             name.clone(),
@@ -83,6 +83,7 @@ pub async fn set_breaker(
         .send(OverrideBreaker {
             provider: name.clone(),
             to,
+            stamp,
         })
         .await
         .map_err(|e| actor_unavailable(&state.log, e))?

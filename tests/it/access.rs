@@ -600,10 +600,17 @@ fn a_forced_state_set_through_one_instance_holds_on_the_other_within_a_renewal()
     let Some(db) = postgres_database("a_forced_state_set_through_one_instance...") else {
         return;
     };
-    // Renewals every 300 ms.
+    // Renewals every 300 ms. The second instance's email provider fails every attempt.
     let settings = keyed_settings("[dispatch]\nlease_ms = 900\n");
     let a = TestApp::spawn_on(&db, &settings);
-    let b = TestApp::spawn_on(&db, &settings);
+    let b = TestApp::spawn_on(
+        &db,
+        &keyed_settings(
+            "[dispatch]\nlease_ms = 900\nmax_attempts = 1\n\
+             [breaker]\nminimum_calls = 2\nopen_ms = 600000\n\
+             [providers.email]\nerror_pct = 100.0\n",
+        ),
+    );
     assert_eq!(force(&a, "sms-mms", "forced_open").status, 200);
     let started = Instant::now();
     b.eventually("the other instance forced open", || {
@@ -628,5 +635,19 @@ fn a_forced_state_set_through_one_instance_holds_on_the_other_within_a_renewal()
     b.eventually("sent once closed through the first instance", || {
         let message = with_key(&b, "GET", &format!("/api/messages/{waiting}"), READER, None).json();
         (message["status"] == "sent").then_some(())
+    });
+
+    // A breaker that opened on its own there, with nothing ever forced for its provider:
+    // `closed` through the first instance closes it on the second too.
+    for n in 0..2 {
+        with_key(&b, "POST", "/api/messages/email", SENDER, Some(&email(n)));
+    }
+    b.eventually("the failing provider's breaker open", || {
+        (breaker_state(&b, "email")["breaker"]["state"] == "open").then_some(())
+    });
+    assert_eq!(force(&a, "email", "closed").status, 200);
+    b.eventually("closed on the other instance", || {
+        let breaker = breaker_state(&b, "email");
+        (breaker["breaker"]["state"] == "closed").then_some(breaker)
     });
 }

@@ -282,11 +282,12 @@ for_each_backend! {
         Ok(rows.into_iter().map(queued_message).collect())
     }
 
-    /// Stores an operator's breaker setting for every instance to read.
+    /// Stores an operator's breaker setting for every instance to read; its stamp is the
+    /// time it was stored.
     pub(crate) fn set_breaker_override(
         conn: &mut Conn,
         (provider, state): &(String, &'static str),
-    ) -> Result<(), StoreError> {
+    ) -> Result<String, StoreError> {
         let now = Timestamp::now().to_storage();
         diesel::insert_into(breaker_overrides::table)
             .values((
@@ -301,14 +302,19 @@ for_each_backend! {
                 breaker_overrides::updated_at.eq(&now),
             ))
             .execute(conn)?;
-        Ok(())
+        Ok(now)
     }
 
+    /// Every stored setting: provider, state, stamp.
     pub(crate) fn breaker_overrides(
         conn: &mut Conn,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
         Ok(breaker_overrides::table
-            .select((breaker_overrides::provider_name, breaker_overrides::state))
+            .select((
+                breaker_overrides::provider_name,
+                breaker_overrides::state,
+                breaker_overrides::updated_at,
+            ))
             .load(conn)?)
     }
 

@@ -413,13 +413,14 @@ impl Store {
         &self,
         provider: String,
         state: &'static str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<String, StoreError> {
         self.write((provider, state), runner!(dispatch::set_breaker_override))
             .await
     }
 
-    /// Every stored breaker setting, by provider name.
-    pub async fn breaker_overrides(&self) -> Result<Vec<(String, String)>, StoreError> {
+    /// Every stored breaker setting: provider name, state, and the stamp that tells one
+    /// setting from the next.
+    pub async fn breaker_overrides(&self) -> Result<Vec<(String, String, String)>, StoreError> {
         self.read(|conn| on_backend!(conn, dispatch::breaker_overrides()))
             .await
     }
