@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use messaging_actors::domain::{
-    AttachmentUrl, Channel, MessageContent, PhoneNumber, ProviderId, Text, Timestamp,
+    AttachmentUrl, Channel, MessageContent, NonEmptyText, PhoneNumber, ProviderId, Text, Timestamp,
     MAX_ATTACHMENTS,
 };
 use messaging_actors::senders::Secret;
@@ -225,6 +225,12 @@ fn twilio_inbound(params: &[(String, String)]) -> Result<(MessageContent, String
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // As in section 3.2: an SMS needs a body; an MMS may carry its media alone.
+    let body = if attachments.is_empty() {
+        checked("Body", NonEmptyText::try_from(body).map(String::from))?
+    } else {
+        body
+    };
     let content = MessageContent {
         channel: if attachments.is_empty() {
             Channel::Sms

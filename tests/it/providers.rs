@@ -784,6 +784,38 @@ fn twilios_inbound_messages_are_stored_once_and_answered_in_twiml() {
         json!(["https://api.twilio.example/media/ME1"])
     );
     assert_eq!(stored["provider_message_id"], "SMinbound0001");
+
+    // As the SMS webhook: an SMS without a body is refused, an MMS may have none.
+    let empty_sms = [
+        ("MessageSid", "SMinbound0002"),
+        ("From", "+18045551234"),
+        ("To", "+12016661234"),
+        ("Body", " "),
+        ("NumMedia", "0"),
+    ];
+    let refused = post_form(
+        &app,
+        route,
+        &empty_sms,
+        Some(&sign_twilio(&url, &empty_sms)),
+    );
+    assert_eq!(refused.error_code(400), "validation_failed");
+    assert_eq!(refused.json()["error"]["field"], "Body", "{}", refused.text);
+    let media_only = [
+        ("MessageSid", "SMinbound0003"),
+        ("From", "+18045551234"),
+        ("To", "+12016661234"),
+        ("Body", ""),
+        ("NumMedia", "1"),
+        ("MediaUrl0", "https://api.twilio.example/media/ME2"),
+    ];
+    let taken = post_form(
+        &app,
+        route,
+        &media_only,
+        Some(&sign_twilio(&url, &media_only)),
+    );
+    assert_eq!(taken.status, 200, "{}", taken.text);
 }
 
 #[test]
