@@ -12,8 +12,9 @@
 //!
 //! Rate-limited (429) results are never recorded; a trial that ends in one gives its slot
 //! back. Each call carries the generation it was admitted in; a result from an older
-//! generation (admitted before the last transition) is ignored, so a slow call from
-//! before an opening can neither close nor reopen the breaker.
+//! generation (admitted before the last transition, or before an operator's `closed`
+//! started a fresh window) is ignored, so a slow call from before an opening can neither
+//! close nor reopen the breaker.
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -292,12 +292,16 @@ fn without_nul(field: &'static str, value: Option<&str>) -> Result<(), ApiError>
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SendGridEvent {
     /// `delivered`, `bounce` and `dropped` are recorded; others are ignored.
-    #[schema(example = "delivered")]
+    #[schema(example = "delivered", pattern = r"^[^\x00]*$")]
     pub event: Option<String>,
     /// `<X-Message-Id>.<filter...>`: the part before the first dot names the message.
-    #[schema(example = "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0")]
+    #[schema(
+        example = "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0",
+        pattern = r"^[^\x00]*$"
+    )]
     pub sg_message_id: Option<String>,
     /// The SMTP status of a bounce, e.g. `5.0.0`.
+    #[schema(pattern = r"^[^\x00]*$")]
     pub status: Option<String>,
 }
 
@@ -373,6 +377,8 @@ pub async fn receive_sendgrid_events(
     let events: Vec<SendGridEvent> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::InvalidJson(format!("the body must be a JSON array of events: {e}"))
     })?;
+    // Every event's, as the schema says: SendGrid sends no NUL, so a batch with one is
+    // not SendGrid's to begin with.
     for event in &events {
         without_nul("event", event.event.as_deref())?;
         without_nul("sg_message_id", event.sg_message_id.as_deref())?;

@@ -1,7 +1,8 @@
 //! The callback outbox (CONTRACT section 10) and the retry of failed messages. Rows of
-//! `callbacks` are written by triggers in the transaction that changes the status they
-//! report (`migrations/*/..._callbacks`), so none is lost and none reports a status that
-//! did not commit; here they are claimed under a lease (one instance sends a given callback
+//! `callbacks` are written in the transaction that sets the status they report: by
+//! triggers when a status changes (`migrations/*/..._callbacks`), by the insert of a
+//! message stored `failed` (`messages.rs`); so none is lost and none reports a status that
+//! did not commit. Here they are claimed under a lease (one instance sends a given callback
 //! at a time), finished, and listed. A retry is the one door back from `failed`.
 
 use diesel::prelude::*;
