@@ -183,9 +183,15 @@ pub fn open(
         connections: u32,
         timeout: Duration,
     ) -> diesel::r2d2::Builder<M> {
+        // No idle connection kept by r2d2: its threads would open one whenever a
+        // persistence thread takes the last, and one still opening as the process exits
+        // runs libpq's TLS handshake while `exit` tears OpenSSL down, a SIGSEGV (a core
+        // dump showed r2d2's `add_connection` in `PQconnectdb` on a null OpenSSL lock,
+        // the main thread in the exit handlers). Each persistence thread takes its own
+        // connection when it first needs one and keeps it; none waits for a spare.
         Pool::builder()
             .max_size(connections)
-            .min_idle(Some(1))
+            .min_idle(Some(0))
             .test_on_check_out(true)
             .connection_timeout(timeout)
     }
