@@ -1046,8 +1046,14 @@ mod tests {
         let log = Logger::root(slog::Discard, o!());
         let addr = {
             let (store, metrics, backlog) = (store.clone(), metrics.clone(), backlog.clone());
+            // Attempts long enough that none of the five ends before the fault, however
+            // slow the machine (300 ms was outrun once in CI: 8 attempts, not 10).
+            let slow = ProviderConfig {
+                latency: Duration::from_secs(2),
+                ..config()
+            };
             actix::Supervisor::start(move |_| {
-                ProviderActor::new(config(), store, metrics, backlog, &log)
+                ProviderActor::new(slow.clone(), store, metrics, backlog, &log)
             })
         };
 
