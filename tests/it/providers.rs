@@ -172,6 +172,12 @@ fn post_form(
     app.request("POST", route, &headers, Some(body.as_bytes()))
 }
 
+/// `form` posted to `route` with Twilio's signature over it, as Twilio would send it.
+fn post_signed(app: &TestApp, route: &str, form: &[(&str, &str)]) -> Response {
+    let signature = sign_twilio(&format!("{PUBLIC_URL}{route}"), form);
+    post_form(app, route, form, Some(&signature))
+}
+
 fn sign_sendgrid(timestamp: &str, body: &str) -> String {
     let der = base64::engine::general_purpose::STANDARD
         .decode(SENDGRID_PRIVATE_KEY)
@@ -594,12 +600,7 @@ fn receipts_set_the_delivery_status_and_a_bad_signature_changes_nothing() {
         },
     );
 
-    let ok = post_form(
-        &app,
-        route,
-        &delivered,
-        Some(&sign_twilio(&url, &delivered)),
-    );
+    let ok = post_signed(&app, route, &delivered);
     assert_eq!(ok.status, 200, "{}", ok.text);
     assert_eq!(app.message(sms_ids[0])["delivery_status"], "delivered");
     let undelivered = [
@@ -607,12 +608,7 @@ fn receipts_set_the_delivery_status_and_a_bad_signature_changes_nothing() {
         ("MessageStatus", "undelivered"),
         ("ErrorCode", "30003"),
     ];
-    let ok = post_form(
-        &app,
-        route,
-        &undelivered,
-        Some(&sign_twilio(&url, &undelivered)),
-    );
+    let ok = post_signed(&app, route, &undelivered);
     assert_eq!(ok.status, 200);
     let message = app.message(sms_ids[1]);
     assert_eq!(message["delivery_status"], "undelivered");
@@ -630,18 +626,12 @@ fn receipts_set_the_delivery_status_and_a_bad_signature_changes_nothing() {
     assert_eq!(callback["data"]["error_code"], "30003", "{callback}");
     // Statuses on the way and unknown sids are accepted and change nothing.
     let unknown = [("MessageSid", "SMunknown"), ("MessageStatus", "delivered")];
-    assert_eq!(
-        post_form(&app, route, &unknown, Some(&sign_twilio(&url, &unknown))).status,
-        200
-    );
+    assert_eq!(post_signed(&app, route, &unknown).status, 200);
     let sending = [
         ("MessageSid", failed_sid.as_str()),
         ("MessageStatus", "sending"),
     ];
-    assert_eq!(
-        post_form(&app, route, &sending, Some(&sign_twilio(&url, &sending))).status,
-        200
-    );
+    assert_eq!(post_signed(&app, route, &sending).status, 200);
     assert_eq!(app.message(sms_ids[1])["delivery_status"], "undelivered");
 
     // SendGrid's event webhook, signed with ECDSA.
@@ -690,7 +680,6 @@ fn provider_webhooks_keep_the_apis_body_rules() {
         &secrets(),
     );
     let route = "/api/webhooks/twilio/status";
-    let url = format!("{PUBLIC_URL}{route}");
     // Over `server.max_body_bytes` (262,144 by default): the contract's 413, in JSON.
     let padding = "x".repeat(300_000);
     let large = [
@@ -698,14 +687,14 @@ fn provider_webhooks_keep_the_apis_body_rules() {
         ("MessageStatus", "delivered"),
         ("Padding", padding.as_str()),
     ];
-    let too_large = post_form(&app, route, &large, Some(&sign_twilio(&url, &large)));
+    let too_large = post_signed(&app, route, &large);
     assert_eq!(too_large.error_code(413), "payload_too_large");
     // A NUL is refused as everywhere else, not passed to the database.
     for (field, nul) in [("MessageSid", "SM\u{0}1"), ("ErrorCode", "300\u{0}03")] {
         let mut form = vec![("MessageSid", "SM1"), ("MessageStatus", "undelivered")];
         form.retain(|(k, _)| *k != field);
         form.push((field, nul));
-        let refused = post_form(&app, route, &form, Some(&sign_twilio(&url, &form)));
+        let refused = post_signed(&app, route, &form);
         assert_eq!(refused.error_code(400), "validation_failed", "{field}");
         assert_eq!(refused.json()["error"]["field"], field, "{}", refused.text);
     }
@@ -793,12 +782,7 @@ fn twilios_inbound_messages_are_stored_once_and_answered_in_twiml() {
         ("Body", " "),
         ("NumMedia", "0"),
     ];
-    let refused = post_form(
-        &app,
-        route,
-        &empty_sms,
-        Some(&sign_twilio(&url, &empty_sms)),
-    );
+    let refused = post_signed(&app, route, &empty_sms);
     assert_eq!(refused.error_code(400), "validation_failed");
     assert_eq!(refused.json()["error"]["field"], "Body", "{}", refused.text);
     let media_only = [
@@ -809,12 +793,7 @@ fn twilios_inbound_messages_are_stored_once_and_answered_in_twiml() {
         ("NumMedia", "1"),
         ("MediaUrl0", "https://api.twilio.example/media/ME2"),
     ];
-    let taken = post_form(
-        &app,
-        route,
-        &media_only,
-        Some(&sign_twilio(&url, &media_only)),
-    );
+    let taken = post_signed(&app, route, &media_only);
     assert_eq!(taken.status, 200, "{}", taken.text);
 }
 
