@@ -78,6 +78,29 @@ impl DatabaseSettings {
             (None, Err(_)) => 1,
         }
     }
+
+    /// `url` as it may be logged: a PostgreSQL URL's password (in its user part or a
+    /// `password` query parameter, both of which libpq reads) replaced by `***`.
+    pub fn url_for_logs(&self) -> String {
+        let Ok(mut url) = url::Url::parse(&self.url) else {
+            return self.url.clone();
+        };
+        if url.password().is_some() {
+            // Only a URL that cannot have a password refuses one; this one has one.
+            let _ = url.set_password(Some("***"));
+        }
+        if url.query_pairs().any(|(k, _)| k == "password") {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if k == "password" { "***".into() } else { v };
+                    (k.into_owned(), v.into_owned())
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        url.to_string()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -1021,6 +1044,27 @@ mod tests {
                 "providers.email.error_pct"
             );
         });
+    }
+
+    #[test]
+    fn a_database_url_is_logged_without_its_password() {
+        let shown = |url: &str| {
+            DatabaseSettings {
+                url: url.into(),
+                ..DatabaseSettings::default()
+            }
+            .url_for_logs()
+        };
+        assert_eq!(
+            shown("postgres://app:s3cret@db:5432/messaging?sslmode=require"),
+            "postgres://app:***@db:5432/messaging?sslmode=require"
+        );
+        assert_eq!(
+            shown("postgresql://app@db/messaging?password=s3cret&sslmode=require"),
+            "postgresql://app@db/messaging?password=***&sslmode=require"
+        );
+        assert_eq!(shown("postgres://db/messaging"), "postgres://db/messaging");
+        assert_eq!(shown("sqlite://messages.db"), "sqlite://messages.db");
     }
 
     #[test]

@@ -142,7 +142,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         settings.database.writers(),
         timeout,
     )
-    .with_context(|| format!("opening database {}", settings.database.url))?;
+    .with_context(|| format!("opening database {}", settings.database.url_for_logs()))?;
     let registry = registry(&settings);
     for (channel, provider) in registry.unserved() {
         warn!(log, "channel has no provider";

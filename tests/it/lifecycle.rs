@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::sync::Arc;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::helpers::*;
 
@@ -93,6 +93,41 @@ fn a_bad_configuration_exits_2_with_one_line_naming_the_key() {
         .expect("run");
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("log.level"));
+}
+
+#[test]
+fn a_database_that_cannot_be_opened_is_logged_without_its_password() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("settings.toml"), "").expect("write settings");
+    // Port 1: nothing listens there, so the connection is refused at once.
+    let output = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.path().join("settings.toml"))
+        .env_remove("MESSAGING_CONFIG")
+        .env("MESSAGING__SERVER__BIND", "127.0.0.1:0")
+        .env(
+            "MESSAGING__DATABASE__URL",
+            "postgres://app:s3cret@127.0.0.1:1/messaging?password=s3cret",
+        )
+        .env("MESSAGING__DATABASE__TIMEOUT_MS", "200")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let failed: Value = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["msg"] == "service failed")
+        .unwrap_or_else(|| panic!("no `service failed` line in {stdout}"));
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with(
+            "opening database postgres://app:***@127.0.0.1:1/messaging?password=***: "
+        ),
+        "{error}"
+    );
+    assert!(!stdout.contains("s3cret"), "{stdout}");
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("s3cret"));
 }
 
 #[test]
