@@ -29,6 +29,7 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, Arbiter, AsyncContext, Context, Handler, Message,
     MessageResult, SpawnHandle, Supervised, Supervisor, WrapFuture,
 };
+use futures_util::FutureExt;
 use slog::{error, info, o, warn, Logger};
 use tokio::sync::oneshot;
 
@@ -439,16 +440,24 @@ impl ProviderActor {
     ) {
         let attempt = job.attempts_made + 1;
         let wait = self.reserve_sender_slot(job.sender);
-        self.in_flight += 1;
-        let token = self.park(job);
         let store = self.store.clone();
         let request = async move {
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
             let started = Instant::now();
-            let message = store.get_message(job.message_id).await?;
-            let answer = match message {
+            let answer = match store.get_message(job.message_id).await? {
+                // Sent, failed, or attempted this far already (its record landed while a
+                // sweep handed it here again after a long database outage): sending it
+                // would send it twice.
+                Some((message, attempts))
+                    if message.status != MessageStatus::Queued.as_str()
+                        || attempts.iter().any(|a| {
+                            u32::try_from(a.attempt).map_or(true, |made| made >= attempt)
+                        }) =>
+                {
+                    return Ok(None);
+                }
                 Some((message, _)) => sender.send(&message).await,
                 // Gone from the database: nothing to send, ever.
                 None => Answer {
@@ -459,16 +468,40 @@ impl ProviderActor {
                     credentials_refused: false,
                 },
             };
-            Ok::<_, StoreError>((answer, started.elapsed()))
+            Ok::<_, StoreError>(Some((answer, started.elapsed())))
         };
+        self.await_answer(job, permit, request, ctx);
+    }
+
+    /// Finishes the attempt with `request`'s answer once it comes. A panic while the
+    /// request runs (in the HTTP client, in reading an answer) restarts the actor as a
+    /// panic in a handler does: the job is still parked, so the restart requeues it.
+    /// Without this, the panic would end the future unseen and the provider would hold
+    /// its messages forever.
+    fn await_answer(
+        &mut self,
+        job: Job,
+        permit: Permit,
+        request: impl Future<Output = Result<Option<(Answer, Duration)>, StoreError>> + 'static,
+        ctx: &mut Context<Self>,
+    ) {
+        let attempt = job.attempts_made + 1;
+        self.in_flight += 1;
+        let token = self.park(job);
+        let request = AssertUnwindSafe(request).catch_unwind();
         ctx.spawn(request.into_actor(self).map(move |result, provider, ctx| {
+            let Ok(result) = result else {
+                error!(provider.log, "provider actor panicked; restarting");
+                ctx.stop();
+                return;
+            };
             provider.guarded(ctx, move |provider, ctx| {
                 if provider.parked.remove(&token).is_none() {
                     // Restarted meanwhile: the job was requeued, this answer is stale.
                     return;
                 }
                 match result {
-                    Ok((answer, took)) => {
+                    Ok(Some((answer, took))) => {
                         provider.count_attempt(job.channel);
                         let finished = Finished {
                             job,
@@ -478,6 +511,14 @@ impl ProviderActor {
                             took,
                         };
                         provider.finish_attempt(finished, ctx);
+                    }
+                    // Nothing left to send: no request was made.
+                    Ok(None) => {
+                        provider.in_flight -= 1;
+                        provider
+                            .breaker
+                            .record(permit, CallResult::Neutral, Instant::now());
+                        provider.let_go(job.message_id);
                     }
                     // The message could not be read: no request was made, so no attempt
                     // is counted and the breaker hears nothing; the job tries again.
@@ -775,7 +816,10 @@ impl ProviderActor {
     /// Takes one message in: held for its due time, or ready for the next `pump`
     /// (answers whether it is ready).
     fn take_in(&mut self, msg: Dispatch, ctx: &mut Context<Self>) -> bool {
-        if !self.held.insert(msg.message_id) {
+        // A message whose record is still on its way is not taken again either: after a
+        // database outage longer than a lease, the sweep may hand back a message whose
+        // final record has yet to land.
+        if self.unrecorded.contains_key(&msg.message_id) || !self.held.insert(msg.message_id) {
             // Already here: the slot the router took for this copy goes back.
             self.backlog.release();
             return false;
@@ -951,6 +995,35 @@ mod tests {
         }
     }
 
+    /// Stands for a bug in a request's future (the HTTP client's, an answer's reading):
+    /// message `0`'s attempt starts as a real one would, and its request panics.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct RequestPanics(i64);
+
+    impl Handler<RequestPanics> for ProviderActor {
+        type Result = ();
+
+        fn handle(&mut self, RequestPanics(id): RequestPanics, ctx: &mut Self::Context) {
+            self.held.insert(id);
+            let job = Job {
+                message_id: id,
+                channel: Channel::Sms,
+                attempts_made: 0,
+                sender: 0,
+                retry_base: 0,
+            };
+            let (permit, _) = self.breaker.try_acquire(Instant::now());
+            let permit = permit.expect("a closed breaker admits");
+            self.await_answer(
+                job,
+                permit,
+                async { panic!("injected fault in a request") },
+                ctx,
+            );
+        }
+    }
+
     fn config() -> ProviderConfig {
         ProviderConfig {
             name: "sms-mms".into(),
@@ -1092,6 +1165,124 @@ mod tests {
             .expect("the actor answers");
         assert_eq!(status.pending, 0);
         assert_eq!(backlog.pending(), 0);
+    }
+
+    /// A panic in a request's future, which no handler's guard runs, restarts the actor
+    /// too: the message is attempted again and sent, and the provider holds nothing
+    /// after. Before, the panic ended the actor's future unseen and it held the message
+    /// (and its backlog slot) until the process restarted.
+    #[actix::test]
+    async fn a_request_that_panics_restarts_the_provider_and_its_message_is_sent() {
+        let (_dir, _, store) = sqlite_store();
+        let metrics = sms_metrics();
+        let backlog = Arc::new(Backlog::new(100));
+        let log = Logger::root(slog::Discard, o!());
+        let addr = {
+            let (store, metrics, backlog) = (store.clone(), metrics.clone(), backlog.clone());
+            actix::Supervisor::start(move |_| {
+                ProviderActor::new(config(), store, metrics, backlog, &log)
+            })
+        };
+        let stored = store
+            .insert_outbound(store::tests::new_message(0))
+            .await
+            .expect("stored");
+        let OutboundStored::Created { id, .. } = stored else {
+            panic!("not created: {stored:?}");
+        };
+        backlog.add(1);
+        addr.send(RequestPanics(id))
+            .await
+            .expect("the actor answers");
+
+        poll_until("the message to be sent", async || {
+            let found = store.get_message(id).await.expect("read");
+            found.is_some_and(|(m, _)| m.status == "sent")
+        })
+        .await;
+        let status = addr
+            .send(GetProviderStatus)
+            .await
+            .expect("the actor answers");
+        assert_eq!(status.pending, 0);
+        assert_eq!(backlog.pending(), 0);
+    }
+
+    /// A message whose attempt has landed already (a sweep read it `queued` just before,
+    /// after a database outage longer than its lease) reaches a real provider again: no
+    /// request leaves, nothing is counted, and the provider holds nothing after.
+    #[actix::test]
+    async fn a_real_provider_sends_nothing_for_a_message_already_attempted() {
+        let (_dir, _, store) = sqlite_store();
+        let metrics = sms_metrics();
+        let backlog = Arc::new(Backlog::new(100));
+        let log = Logger::root(slog::Discard, o!());
+        // Stands for the provider's API: any request is a connection here.
+        let api = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        api.set_nonblocking(true).expect("non-blocking");
+        let sender = HttpSender::new(
+            crate::senders::Api::Twilio {
+                account_sid: "AC1".into(),
+                auth_token: crate::senders::Secret::new("t".into()),
+                status_callback: None,
+            },
+            &format!("http://{}", api.local_addr().expect("address")),
+            Duration::from_millis(200),
+        )
+        .expect("client");
+        let real = ProviderConfig {
+            sender: Some(Arc::new(sender)),
+            ..config()
+        };
+        let addr =
+            ProviderActor::new(real, store.clone(), metrics.clone(), backlog.clone(), &log).start();
+        let stored = store
+            .insert_outbound(store::tests::new_message(0))
+            .await
+            .expect("stored");
+        let OutboundStored::Created { id, .. } = stored else {
+            panic!("not created: {stored:?}");
+        };
+        store
+            .record_attempt(AttemptRecord {
+                message_id: id,
+                provider: "sms-mms".into(),
+                attempt: 1,
+                outcome: Outcome::Success.as_str(),
+                latency_ms: 1,
+                error_code: None,
+                provider_message_id: Some("SM1".into()),
+                status: MessageStatus::Sent,
+                next_attempt_at: None,
+            })
+            .await
+            .expect("recorded");
+        backlog.add(1);
+        addr.do_send(Dispatch {
+            message_id: id,
+            channel: Channel::Sms,
+            attempts_made: 0,
+            due: None,
+            sender: 0,
+            retry_base: 0,
+        });
+
+        poll_until("the provider to let the message go", async || {
+            addr.send(GetHeldIds)
+                .await
+                .expect("the actor answers")
+                .is_empty()
+                && backlog.pending() == 0
+        })
+        .await;
+        assert!(api.accept().is_err(), "a request left for a sent message");
+        let attempts = metrics
+            .dispatch_attempts
+            .with_label_values(&["sms-mms", "sms"])
+            .get();
+        assert_eq!(attempts, 0);
+        let (message, recorded) = store.get_message(id).await.expect("read").expect("found");
+        assert_eq!((message.status.as_str(), recorded.len()), ("sent", 1));
     }
 
     /// A provider whose every attempt fails (two at most, 300 ms apart) on a SQLite store
@@ -1243,6 +1434,48 @@ mod tests {
         let (message, recorded) = store.get_message(id).await.expect("read").expect("found");
         assert_eq!(recorded.len(), 2);
         assert_eq!(message.status, "failed");
+    }
+
+    /// A message whose final attempt's record is still on its way (the database refuses
+    /// it) is handed back, as a sweep does once the lease lapsed in a long outage: it is
+    /// not taken in again, so no attempt is made twice.
+    #[actix::test]
+    async fn a_message_whose_record_is_on_its_way_is_not_taken_again() {
+        let Refusing {
+            _dir,
+            mut gate,
+            addr,
+            metrics,
+            id,
+            ..
+        } = Refusing::start("(1), (2)").await;
+        poll_until("both attempts' records on their way", async || {
+            addr.send(CountUnrecorded).await.expect("the actor answers") == 2
+        })
+        .await;
+        let attempts = || {
+            metrics
+                .dispatch_attempts
+                .with_label_values(&["sms-mms", "sms"])
+                .get()
+        };
+        assert_eq!(attempts(), 2);
+
+        addr.do_send(Dispatch {
+            message_id: id,
+            channel: Channel::Sms,
+            attempts_made: 0,
+            due: None,
+            sender: 0,
+            retry_base: 0,
+        });
+        // Answered after the dispatch: an attempt it started is counted by now.
+        let status = addr
+            .send(GetProviderStatus)
+            .await
+            .expect("the actor answers");
+        assert_eq!((status.pending, attempts()), (0, 2));
+        let_every_record_through(&mut gate, &addr, "both records to land").await;
     }
 
     /// Attempt 1's record is refused for a while, attempt 2's would be taken at once: it

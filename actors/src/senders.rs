@@ -257,8 +257,13 @@ fn read_answer(
     }
 }
 
+/// The longest wait a provider's answer can ask for: a day, as long as SendGrid's daily
+/// limits last. A longer one (a proxy's mistake, a corrupt header) would keep the message
+/// and its backlog slot for as long as it says.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// `Retry-After` as seconds or as an HTTP date, else SendGrid's `X-RateLimit-Reset` (the
-/// Unix time the limit resets).
+/// Unix time the limit resets); at most `MAX_RETRY_AFTER`.
 fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let text = |name| {
         headers
@@ -266,17 +271,21 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    if let Some(value) = text(RETRY_AFTER.as_str()) {
-        if let Ok(secs) = value.parse::<u64>() {
-            return Some(Duration::from_secs(secs));
-        }
-        if let Ok(at) = httpdate::parse_http_date(value) {
-            return Some(at.duration_since(now).unwrap_or_default());
-        }
-    }
-    let reset = text("X-RateLimit-Reset")?.parse::<u64>().ok()?;
-    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(reset);
-    Some(at.duration_since(now).unwrap_or_default())
+    let until = |at: SystemTime| at.duration_since(now).unwrap_or_default();
+    let asked = text(RETRY_AFTER.as_str()).and_then(|value| match value.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => httpdate::parse_http_date(value).ok().map(until),
+    });
+    let asked = asked.or_else(|| {
+        let reset = text("X-RateLimit-Reset")?.parse::<u64>().ok()?;
+        // Past what a `SystemTime` holds is past the cap too.
+        Some(
+            SystemTime::UNIX_EPOCH
+                .checked_add(Duration::from_secs(reset))
+                .map_or(MAX_RETRY_AFTER, until),
+        )
+    })?;
+    Some(asked.min(MAX_RETRY_AFTER))
 }
 
 /// A channel a real kind can carry.
@@ -386,6 +395,14 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(at(&[]), None);
+        // However long an answer asks for, a day at most; past what a clock holds too
+        // (that one panicked once, and took its provider's actor with it).
+        for huge in ["31536000", "Sun, 14 Nov 2123 22:13:50 GMT"] {
+            assert_eq!(at(&[("Retry-After", huge)]), Some(MAX_RETRY_AFTER));
+        }
+        for huge in ["1800000000", "18446744073709551615"] {
+            assert_eq!(at(&[("X-RateLimit-Reset", huge)]), Some(MAX_RETRY_AFTER));
+        }
     }
 
     #[test]
