@@ -133,9 +133,6 @@ pub struct Breaker {
     trials_admitted: u32,
     trials_finished: u32,
     trial_failures: u32,
-    /// Half-open: when the first trial was admitted. The half-open time limit runs from
-    /// here, so an idle provider waits in half-open for traffic instead of flapping.
-    trials_since: Option<Instant>,
 }
 
 impl Breaker {
@@ -150,7 +147,6 @@ impl Breaker {
             trials_admitted: 0,
             trials_finished: 0,
             trial_failures: 0,
-            trials_since: None,
         }
     }
 
@@ -182,12 +178,17 @@ impl Breaker {
         }
     }
 
-    /// When time alone will next change something (open ends, or half-open gives up).
+    /// When time alone will next change something: only the end of `open`. Half-open
+    /// has no time limit: it decides when its trials have finished, however slowly
+    /// traffic brings them (a limit reopened a lightly used provider whose trials all
+    /// succeeded, and every message then waited `open_ms`).
     pub fn deadline(&self) -> Option<Instant> {
         match self.state {
-            BreakerState::Closed | BreakerState::ForcedOpen | BreakerState::Disabled => None,
             BreakerState::Open => Some(self.since + self.config.open),
-            BreakerState::HalfOpen => self.trials_since.map(|t| t + self.config.open),
+            BreakerState::Closed
+            | BreakerState::HalfOpen
+            | BreakerState::ForcedOpen
+            | BreakerState::Disabled => None,
         }
     }
 
@@ -196,13 +197,6 @@ impl Breaker {
         match self.state {
             BreakerState::Open if now >= self.since + self.config.open => {
                 Some(self.move_to(BreakerState::HalfOpen, now))
-            }
-            BreakerState::HalfOpen
-                if self
-                    .trials_since
-                    .is_some_and(|t| now >= t + self.config.open) =>
-            {
-                Some(self.move_to(BreakerState::Open, now))
             }
             _ => None,
         }
@@ -216,7 +210,6 @@ impl Breaker {
             BreakerState::Open | BreakerState::ForcedOpen => None,
             BreakerState::HalfOpen if self.trials_admitted < self.config.half_open_calls => {
                 self.trials_admitted += 1;
-                self.trials_since.get_or_insert(now);
                 Some(self.permit())
             }
             BreakerState::HalfOpen => None,
@@ -312,7 +305,6 @@ impl Breaker {
         self.trials_admitted = 0;
         self.trials_finished = 0;
         self.trial_failures = 0;
-        self.trials_since = None;
         Transition { from, to }
     }
 }
@@ -515,23 +507,6 @@ mod tests {
     }
 
     #[test]
-    fn half_open_without_a_verdict_in_time_opens_again() {
-        let t = Instant::now();
-        let mut b = Breaker::new(config(), t);
-        open_it(&mut b, t);
-        let t1 = t + 100 * MS;
-        let trial = b.try_acquire(t1).0.expect("trial");
-        assert_eq!(b.tick(t1 + 99 * MS), None);
-        let reopened = b.tick(t1 + 100 * MS);
-        assert_eq!(reopened.map(|t| t.to), Some(BreakerState::Open));
-        assert_eq!(
-            b.record(trial, CallResult::Success, t1 + 101 * MS),
-            None,
-            "too late"
-        );
-    }
-
-    #[test]
     fn an_operator_forces_open_disables_and_closes_with_a_fresh_window() {
         let t = Instant::now();
         let mut b = Breaker::new(config(), t);
@@ -591,28 +566,27 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_half_open_breaker_waits_for_traffic_instead_of_flapping() {
+    fn a_half_open_breaker_decides_on_all_its_trials_however_slowly_they_come() {
         let t = Instant::now();
         let mut b = Breaker::new(config(), t);
         open_it(&mut b, t);
         let half_open = b.tick(t + 100 * MS).map(|t| t.to);
         assert_eq!(half_open, Some(BreakerState::HalfOpen));
-        assert_eq!(b.deadline(), None, "no trial, no time limit");
-        assert_eq!(
-            b.tick(t + 100_000 * MS),
-            None,
-            "idle for long: still half-open"
-        );
-        let later = t + 100_000 * MS;
-        let _trial = b.try_acquire(later).0.expect("trial");
-        assert_eq!(
-            b.deadline(),
-            Some(later + 100 * MS),
-            "the limit runs from the trial"
-        );
-        assert_eq!(b.tick(later + 99 * MS), None);
-        let reopened = b.tick(later + 100 * MS).map(|t| t.to);
-        assert_eq!(reopened, Some(BreakerState::Open));
+        assert_eq!(b.deadline(), None, "no time limit in half-open");
+        // One trial at a time, each long after the last (light traffic): each succeeds,
+        // and the breaker waits for the rest instead of reopening.
+        let mut now = t + 100 * MS;
+        for n in 1..config().half_open_calls {
+            now += 100_000 * MS;
+            let trial = b.try_acquire(now).0.expect("trial");
+            assert_eq!(b.record(trial, CallResult::Success, now), None, "trial {n}");
+            assert_eq!(b.tick(now + 100_000 * MS), None, "after trial {n}");
+            assert_eq!(b.state(), BreakerState::HalfOpen);
+        }
+        now += 100_000 * MS;
+        let last = b.try_acquire(now).0.expect("the last trial");
+        let closed = b.record(last, CallResult::Success, now).map(|t| t.to);
+        assert_eq!(closed, Some(BreakerState::Closed));
     }
 }
 
@@ -695,11 +669,8 @@ mod properties {
                         now += Duration::from_millis(ms);
                         let transition = b.tick(now);
                         if let Some(t) = transition {
-                            let from = match t.from {
-                                BreakerState::HalfOpen => before.trials_since,
-                                _ => Some(before.since),
-                            };
-                            prop_assert!(from.is_some_and(|f| now >= f + config.open), "{t:?} before its time");
+                            prop_assert_eq!(t.from, BreakerState::Open, "time moved only open");
+                            prop_assert!(now >= before.since + config.open, "{t:?} before its time");
                             prop_assert!(t.from != BreakerState::Closed, "time closed nothing");
                         }
                         transition
