@@ -14,7 +14,8 @@
 //! Supervision: a panic inside the actor is caught and stops it; its `Supervisor` restarts
 //! it at once. A restart drops the context's timers, so every message the actor holds
 //! outside its ready queue (in flight, or waiting for a retry or its due time) is kept in
-//! `parked`, which survives the restart and goes back to the front of the queue. After a
+//! `parked`, which survives the restart: what was in flight goes back to the front of the
+//! queue, what was waiting waits again for the rest of its time. After a
 //! restart the provider is as after a process start: breaker `closed`, outcome stream
 //! seeded afresh; an attempt the panic interrupted is made again (at-least-once).
 
@@ -212,6 +213,12 @@ struct Job {
     retry_base: u32,
 }
 
+/// A job held on a timer, and when it is due if it is waiting rather than in flight.
+struct Parked {
+    job: Job,
+    due: Option<Instant>,
+}
+
 pub struct ProviderActor {
     config: ProviderConfig,
     outcomes: OutcomeStream,
@@ -220,7 +227,10 @@ pub struct ProviderActor {
     breaker_timer: Option<SpawnHandle>,
     ready: VecDeque<Job>,
     /// Messages held on a timer (in flight, or waiting to be retried or due), by token.
-    parked: BTreeMap<u64, Job>,
+    parked: BTreeMap<u64, Parked>,
+    /// Messages that were waiting when the actor restarted, and until when: `started`
+    /// sets their timers again.
+    waiting_after_restart: Vec<(Job, Instant)>,
     next_token: u64,
     in_flight: usize,
     /// Messages held (waiting, ready or in flight): this provider's share of the backlog.
@@ -295,6 +305,7 @@ impl ProviderActor {
             config,
             ready: VecDeque::new(),
             parked: BTreeMap::new(),
+            waiting_after_restart: Vec::new(),
             next_token: 0,
             in_flight: 0,
             held: HashSet::new(),
@@ -529,9 +540,7 @@ impl ProviderActor {
                         provider
                             .breaker
                             .record(permit, CallResult::Neutral, Instant::now());
-                        provider.hold(ctx, RECORD_RETRY, job, |provider, job, _| {
-                            provider.ready.push_back(job)
-                        });
+                        provider.wait(ctx, RECORD_RETRY, job);
                     }
                 }
                 provider.pump(ctx);
@@ -558,14 +567,20 @@ impl ProviderActor {
         slot - now
     }
 
+    /// Parks a job in flight: a restart makes it ready again at once.
     fn park(&mut self, job: Job) -> u64 {
+        self.park_until(job, None)
+    }
+
+    fn park_until(&mut self, job: Job, due: Option<Instant>) -> u64 {
         let token = self.next_token;
         self.next_token += 1;
-        self.parked.insert(token, job);
+        self.parked.insert(token, Parked { job, due });
         token
     }
 
-    /// Keeps `job` in `parked` for `delay` (where a restart finds it), then runs `then`.
+    /// Keeps `job`, in flight, in `parked` for `delay` (where a restart finds it), then
+    /// runs `then`.
     fn hold(
         &mut self,
         ctx: &mut Context<Self>,
@@ -574,10 +589,29 @@ impl ProviderActor {
         then: impl FnOnce(&mut Self, Job, &mut Context<Self>) + 'static,
     ) {
         let token = self.park(job);
+        self.run_parked(ctx, delay, token, then);
+    }
+
+    /// Keeps `job` waiting for `delay` (a retry's backoff, a scheduled send), then makes
+    /// it ready. A restart keeps the wait: the job must not go before its time.
+    fn wait(&mut self, ctx: &mut Context<Self>, delay: Duration, job: Job) {
+        let token = self.park_until(job, Some(Instant::now() + delay));
+        self.run_parked(ctx, delay, token, |provider, job, _| {
+            provider.ready.push_back(job)
+        });
+    }
+
+    fn run_parked(
+        &mut self,
+        ctx: &mut Context<Self>,
+        delay: Duration,
+        token: u64,
+        then: impl FnOnce(&mut Self, Job, &mut Context<Self>) + 'static,
+    ) {
         ctx.run_later(delay, move |provider, ctx| {
             provider.guarded(ctx, move |provider, ctx| {
-                if let Some(job) = provider.parked.remove(&token) {
-                    then(provider, job, ctx);
+                if let Some(parked) = provider.parked.remove(&token) {
+                    then(provider, parked.job, ctx);
                 }
                 provider.pump(ctx);
             });
@@ -677,9 +711,7 @@ impl ProviderActor {
                     attempts_made: attempt,
                     ..job
                 };
-                self.hold(ctx, delay, next, |provider, job, _| {
-                    provider.ready.push_back(job)
-                });
+                self.wait(ctx, delay, next);
             }
             _ => {
                 if status == MessageStatus::Failed {
@@ -790,13 +822,22 @@ impl Actor for ProviderActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.set_pending_gauge();
         self.set_breaker_gauge();
+        let now = Instant::now();
+        for (job, due) in std::mem::take(&mut self.waiting_after_restart) {
+            self.wait(ctx, due.saturating_duration_since(now), job);
+        }
         self.pump(ctx);
     }
 }
 
 impl Supervised for ProviderActor {
     fn restarting(&mut self, _: &mut Self::Context) {
-        warn!(self.log, "provider restarted"; "requeued" => self.parked.len());
+        let now = Instant::now();
+        let (waiting, in_flight): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut self.parked)
+            .into_values()
+            .partition(|parked| parked.due.is_some_and(|due| due > now));
+        warn!(self.log, "provider restarted";
+            "requeued" => in_flight.len(), "still_waiting" => waiting.len());
         self.breaker = Breaker::new(self.config.breaker, Instant::now());
         // An operator's forced state outlives a restart; the breaker's own does not.
         if self.applied_override != Override::Closed {
@@ -806,9 +847,14 @@ impl Supervised for ProviderActor {
         self.outcomes = OutcomeStream::new(self.config.seed, self.config.odds);
         self.in_flight = 0;
         // Oldest first, ahead of what was already ready.
-        for job in std::mem::take(&mut self.parked).into_values().rev() {
-            self.ready.push_front(job);
+        for parked in in_flight.into_iter().rev() {
+            self.ready.push_front(parked.job);
         }
+        // Their timers were dropped with the context's: `started` sets them again.
+        self.waiting_after_restart = waiting
+            .into_iter()
+            .filter_map(|parked| Some((parked.job, parked.due?)))
+            .collect();
     }
 }
 
@@ -834,9 +880,7 @@ impl ProviderActor {
         };
         match msg.due.map(Timestamp::until).filter(|wait| !wait.is_zero()) {
             Some(wait) => {
-                self.hold(ctx, wait, job, |provider, job, _| {
-                    provider.ready.push_back(job)
-                });
+                self.wait(ctx, wait, job);
                 false
             }
             None => {
@@ -1165,6 +1209,52 @@ mod tests {
             .expect("the actor answers");
         assert_eq!(status.pending, 0);
         assert_eq!(backlog.pending(), 0);
+    }
+
+    /// A restart makes what was in flight ready again, but what was waiting for its time
+    /// (a scheduled send here, a retry's backoff alike) still waits for it.
+    #[actix::test]
+    async fn a_restart_keeps_a_scheduled_message_waiting() {
+        let (_dir, _, store) = sqlite_store();
+        let metrics = sms_metrics();
+        let backlog = Arc::new(Backlog::new(100));
+        let log = Logger::root(slog::Discard, o!());
+        let addr = {
+            let (store, metrics, backlog) = (store.clone(), metrics.clone(), backlog.clone());
+            actix::Supervisor::start(move |_| {
+                ProviderActor::new(config(), store, metrics, backlog, &log)
+            })
+        };
+        let stored = store
+            .insert_outbound(store::tests::new_message(0))
+            .await
+            .expect("stored");
+        let OutboundStored::Created { id, .. } = stored else {
+            panic!("not created: {stored:?}");
+        };
+        backlog.add(1);
+        addr.do_send(Dispatch {
+            message_id: id,
+            channel: Channel::Sms,
+            attempts_made: 0,
+            due: Some(Timestamp::after(Duration::from_secs(3600))),
+            sender: 0,
+            retry_base: 0,
+        });
+        addr.send(Explode).await.expect("the actor answers");
+
+        // Answered by the restarted actor, after its `started` pumped what was ready.
+        let status = addr
+            .send(GetProviderStatus)
+            .await
+            .expect("the actor answers");
+        let attempts = metrics
+            .dispatch_attempts
+            .with_label_values(&["sms-mms", "sms"])
+            .get();
+        assert_eq!((status.pending, attempts), (1, 0), "sent before its time");
+        let held = addr.send(GetHeldIds).await.expect("the actor answers");
+        assert_eq!(held, vec![id], "no longer held for its time");
     }
 
     /// A panic in a request's future, which no handler's guard runs, restarts the actor
