@@ -704,8 +704,9 @@ impl Store {
         lane.queue
             .push(WriteJob::boxed(input, run, bulk, reply), &lane.writer);
         // A dropped sender means the batch never ran (actor stopped): not stored. A write
-        // that outlives the timeout may still commit later: the caller answers 503 and
-        // never 202, and an Idempotency-Key retry finds what did commit.
+        // whose caller timed out before its batch ran is dropped unrun; one already in a
+        // transaction when the timeout came may still commit: the caller answers 503
+        // and never 202, and an Idempotency-Key retry finds what did commit.
         match tokio::time::timeout(self.timeout, answer).await {
             Ok(answer) => answer.map_err(|_| StoreError::Closed)?,
             Err(_) => Err(self.timed_out()),

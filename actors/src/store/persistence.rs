@@ -41,6 +41,8 @@ pub(crate) struct WriteQueue {
 struct QueueState {
     waiting: Vec<Box<dyn Job>>,
     commit_scheduled: bool,
+    /// The length at which `push` next drops the writes whose callers have gone.
+    sweep_at: usize,
 }
 
 impl WriteQueue {
@@ -52,17 +54,28 @@ impl WriteQueue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues a write; asks for a commit unless one is already scheduled.
+    /// Queues a write; asks for a commit unless one is already scheduled. While the
+    /// database is slow the queue grows, and the callers of the writes in it give up
+    /// (`database.timeout_ms`, or a client hanging up): each time it has doubled, those
+    /// writes are dropped, so it holds at most about twice the writes someone still
+    /// waits for, however long the database takes. The sweep is rare, so its cost is
+    /// small for each write.
     pub(crate) fn push(&self, job: Box<dyn Job>, persistence: &Addr<PersistenceActor>) {
-        let kick = {
-            let mut state = self.lock();
-            state.waiting.push(job);
-            !std::mem::replace(&mut state.commit_scheduled, true)
-        };
-        if kick {
+        if self.enqueue(job) {
             // One message at a time at most, so the unbounded send is bounded here.
             persistence.do_send(CommitQueued);
         }
+    }
+
+    /// Queues a write; answers whether a commit must be asked for.
+    fn enqueue(&self, job: Box<dyn Job>) -> bool {
+        let mut state = self.lock();
+        if state.waiting.len() >= state.sweep_at.max(MAX_BATCH) {
+            state.waiting.retain(|job| !job.abandoned());
+            state.sweep_at = 2 * state.waiting.len();
+        }
+        state.waiting.push(job);
+        !std::mem::replace(&mut state.commit_scheduled, true)
     }
 
     /// How many writes wait for a batch now.
@@ -171,6 +184,9 @@ impl Actor for PersistenceActor {
 /// One write waiting for its batch: it runs inside the batch's transaction and answers
 /// only once that transaction has committed, or failed.
 pub(crate) trait Job: Send {
+    /// Its caller has stopped waiting (it timed out and answered an error, or its client
+    /// hung up): nobody was or will be told it was written, so it is not.
+    fn abandoned(&self) -> bool;
     /// Runs the write; an error aborts the transaction it runs in.
     fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), StoreError>;
     fn finish(self: Box<Self>, commit: Result<(), StoreError>);
@@ -211,6 +227,10 @@ impl<I: Send + 'static, O: Send + 'static> WriteJob<I, O> {
 }
 
 impl<I: Send + 'static, O: Send + 'static> Job for WriteJob<I, O> {
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+
     fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
         let result = self.run.run(tx, &self.input);
         let status = result.as_ref().map(|_| ()).map_err(Clone::clone);
@@ -224,7 +244,7 @@ impl<I: Send + 'static, O: Send + 'static> Job for WriteJob<I, O> {
             (Ok(()), None) => Err(StoreError::Failed("write was not applied".into())),
             (Err(e), _) => Err(e),
         };
-        // The caller may have gone (client hung up); the write stands either way.
+        // The caller may have gone since the write was applied; it stands all the same.
         let _ = self.reply.send(answer);
     }
 
@@ -273,8 +293,10 @@ impl<I: Send + 'static, O: Send + 'static> Job for WriteJob<I, O> {
     }
 }
 
-/// Runs a batch's writes inside its transaction, each kind's together.
-fn apply_all(jobs: &mut [Box<dyn Job>], tx: &mut Tx<'_>) -> Result<(), StoreError> {
+/// Runs a batch's writes inside its transaction, each kind's together, but for those
+/// abandoned meanwhile (the transaction itself may have waited for a lock).
+fn apply_all(jobs: &mut Vec<Box<dyn Job>>, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+    jobs.retain(|job| !job.abandoned());
     // No write in a batch can wait on another's answer (each is answered only after the
     // commit), so every order of them is one their callers could have seen: the writes
     // of one kind go together and share multi-row statements.
@@ -554,6 +576,60 @@ mod tests {
         for (n, mut reply) in (0u32..).zip(replies) {
             assert_eq!(reply.try_recv().expect("answered"), Ok(n * 10));
         }
+    }
+
+    /// A write whose caller stopped waiting before its batch ran is not run: its caller
+    /// answered an error (or nobody), so nobody may learn it was written.
+    #[test]
+    fn a_write_whose_caller_has_gone_is_not_run() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (jobs, mut replies): (Vec<_>, Vec<_>) = (0..4)
+            .map(|n| job(n, (n % 2 == 0).then(|| bulk("a")), &log))
+            .unzip();
+        drop(replies.remove(2));
+        drop(replies.remove(1));
+        run(jobs).expect("applied");
+        let mut log = log.lock().expect("log").clone();
+        log.sort();
+        assert_eq!(log, ["one 0", "one 3"], "the abandoned 1 and 2 never ran");
+        for (n, mut reply) in [0u32, 3].into_iter().zip(replies) {
+            assert_eq!(reply.try_recv().expect("answered"), Ok(n * 10));
+        }
+    }
+
+    /// While no batch is taken (a stalled database), the queue keeps only about twice
+    /// the writes someone still waits for, however many were abandoned.
+    #[test]
+    fn a_stalled_queue_drops_the_writes_nobody_waits_for() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let queue = WriteQueue::default();
+        let mut kept = Vec::new();
+        for n in 0..20_000u32 {
+            let (write, reply) = job(n, Some(bulk("a")), &log);
+            queue.enqueue(write);
+            // One caller in a hundred still waits; the rest timed out.
+            if n % 100 == 0 {
+                kept.push(reply);
+            }
+            assert!(
+                queue.waiting() <= 2 * MAX_BATCH + 1,
+                "{n}: {}",
+                queue.waiting()
+            );
+        }
+        let live = queue.take_all();
+        let mut waiting: Vec<u32> = Vec::new();
+        for mut job in live {
+            if !job.abandoned() {
+                let probe = job.as_any().downcast_mut::<WriteJob<Probe, u32>>();
+                waiting.push(probe.expect("a probe").input.n);
+            }
+        }
+        let wanted: Vec<u32> = (0..20_000).step_by(100).collect();
+        assert_eq!(
+            waiting, wanted,
+            "every write still waited for is kept, in order"
+        );
     }
 
     /// A statement has a bound on its parameters: a large batch is split.
