@@ -81,7 +81,11 @@ pub async fn list_conversation_messages(
         .page_bytes(id, request)
         .await
         .map_err(|e| store_unavailable(&state.log, e))?;
-    let permit = state.read_budget.reserve(estimate).await;
+    let permit = state
+        .read_budget
+        .reserve(estimate)
+        .await
+        .map_err(|_| ApiError::ReadsBusy)?;
     let page = state
         .store
         .list_conversation_messages(id, request)

@@ -31,6 +31,8 @@ pub enum ApiError {
     Overloaded { retry_after_secs: u64 },
     #[error("the database is not available; retry later")]
     NotReady,
+    #[error("too many large pages are being read; retry later")]
+    ReadsBusy,
     #[error("the webhook's signature is missing, wrong or stale")]
     InvalidSignature,
     #[error("send a valid API key as Authorization: Bearer KEY")]
@@ -62,7 +64,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::IdempotencyConflict => "idempotency_conflict",
             ApiError::NoProvider { .. } => "no_provider",
-            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::Overloaded { .. } | ApiError::ReadsBusy => "overloaded",
             ApiError::NotReady => "not_ready",
             ApiError::InvalidSignature => "invalid_signature",
             ApiError::Unauthorized => "unauthorized",
@@ -84,7 +86,9 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NoProvider { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Overloaded { .. } | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } | ApiError::NotReady | ApiError::ReadsBusy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::InvalidSignature | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotRetryable { .. } => StatusCode::CONFLICT,
@@ -112,7 +116,7 @@ impl ResponseError for ApiError {
             ApiError::Overloaded { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
-            ApiError::NotReady => {
+            ApiError::NotReady | ApiError::ReadsBusy => {
                 response.insert_header((header::RETRY_AFTER, "1"));
             }
             ApiError::Unauthorized => {
