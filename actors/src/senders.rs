@@ -149,8 +149,7 @@ impl HttpSender {
             Ok(response) => {
                 let status = response.status();
                 let headers = response.headers().clone();
-                // A body that cannot be read is read as none: the status still decides.
-                let body = response.bytes().await.unwrap_or_default();
+                let body = read_capped(response).await;
                 read_answer(&self.api, status, &headers, &body, SystemTime::now())
             }
             Err(e) => Answer {
@@ -255,6 +254,25 @@ fn read_answer(
         400..=499 => answer(Outcome::Rejected, error_code()),
         _ => answer(Outcome::Error, error_code()),
     }
+}
+
+/// The most of an answer's body that is read. The APIs' own answers are a few KB (Twilio's
+/// message resource, SendGrid's error list); a larger one (a proxy's page, a misbehaving
+/// server) is cut here rather than held whole, and the status still decides.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// An answer's body up to `MAX_ANSWER_BYTES`; one that cannot be read ends where it
+/// broke off (the status still decides).
+async fn read_capped(mut response: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = MAX_ANSWER_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == MAX_ANSWER_BYTES {
+            break;
+        }
+    }
+    body
 }
 
 /// The longest wait a provider's answer can ask for: a day, as long as SendGrid's daily
@@ -403,6 +421,35 @@ mod tests {
         for huge in ["1800000000", "18446744073709551615"] {
             assert_eq!(at(&[("X-RateLimit-Reset", huge)]), Some(MAX_RETRY_AFTER));
         }
+    }
+
+    /// However large a provider's answer, no more than `MAX_ANSWER_BYTES` of it is read.
+    #[actix_rt::test]
+    async fn a_huge_answer_is_read_only_in_part() {
+        use std::io::{Read, Write};
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        std::thread::spawn(move || {
+            let Ok((mut socket, _)) = listener.accept() else {
+                return;
+            };
+            let _ = socket.set_write_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut head = [0u8; 4096];
+            let _ = socket.read(&mut head);
+            let body = vec![b'x'; 8 * 1024 * 1024];
+            let answer = format!(
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            // The client stops reading early: a broken pipe is expected.
+            let _ = socket.write_all(answer.as_bytes());
+            let _ = socket.write_all(&body);
+        });
+        let response = reqwest::get(format!("http://{address}/"))
+            .await
+            .expect("an answer");
+        assert_eq!(read_capped(response).await.len(), MAX_ANSWER_BYTES);
     }
 
     #[test]
