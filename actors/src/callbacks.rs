@@ -111,9 +111,10 @@ impl CallbackWorker {
         })
     }
 
-    /// The lease on a claimed callback: longer than one try can take.
+    /// The lease on a claimed callback: longer than one try can take, which reads the
+    /// message and records the result (a database call each) around its request.
     fn lease(&self) -> Duration {
-        self.config.request_timeout + Duration::from_secs(5)
+        self.config.request_timeout + 2 * self.store.timeout() + Duration::from_secs(5)
     }
 
     /// Tries that may start now.
@@ -285,5 +286,31 @@ mod tests {
         assert_eq!(secs(12), 2048);
         assert_eq!(secs(13), 3600);
         assert_eq!(secs(100), 3600);
+    }
+
+    /// A try reads the message (one database call), posts (the request timeout), and
+    /// records the result (another call): the lease outlasts all three, else the
+    /// instance's own next claim would take the callback again and send it twice.
+    #[actix::test]
+    async fn a_callbacks_lease_outlasts_its_slowest_try() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let timeout = Duration::from_secs(7);
+        let store = Store::start(
+            crate::store::open(&url, 2, 1, timeout).expect("open"),
+            1,
+            Duration::from_secs(30),
+            timeout,
+        );
+        let metrics = Arc::new(Metrics::new(&[]).expect("metrics"));
+        let config = CallbackConfig {
+            secret: None,
+            max_age: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            max_in_flight: 1,
+        };
+        let log = Logger::root(slog::Discard, slog::o!());
+        let worker = CallbackWorker::new(store, metrics, config, &log).expect("worker");
+        assert!(worker.lease() > Duration::from_secs(10 + 2 * 7));
     }
 }
