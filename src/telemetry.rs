@@ -182,10 +182,17 @@ pub fn init(level: LogLevel) -> (Logger, LogGuard) {
         .name("log-writer".to_owned())
         .spawn(move || write_lines(lines))
         .ok();
-    let drain = ToWriter {
-        lines: sender.clone(),
-    }
-    .filter_level(slog_level(level))
+    let level = slog_level(level);
+    // `listening` at every level: with port 0 it is the only way to learn the address
+    // (CONTRACT 1), and scripts wait for it.
+    let drain = slog::Filter::new(
+        ToWriter {
+            lines: sender.clone(),
+        },
+        move |record: &slog::Record| {
+            record.level().is_at_least(level) || record.msg().as_str() == Some("listening")
+        },
+    )
     .fuse();
     let guard = LogGuard {
         finish: sender,

@@ -144,6 +144,19 @@ fn the_listening_line_holds_the_real_bound_address() {
     assert_eq!(app.get("/healthz").status, 200);
 }
 
+/// With port 0 the `listening` line is the only way to learn the address, so it is
+/// written at every `log.level`, `error` too (`spawn` waits for it).
+#[test]
+fn the_listening_line_is_logged_at_every_level() {
+    for level in ["warning", "error"] {
+        let app = TestApp::spawn(&format!("[log]\nlevel = \"{level}\"\n"));
+        assert_eq!(app.get("/healthz").status, 200, "{level}");
+        let listening = app.logs_with("listening");
+        assert_eq!(listening.len(), 1, "{level}");
+        assert_eq!(listening[0]["level"], "info");
+    }
+}
+
 #[test]
 fn every_log_line_is_json_with_ts_level_and_msg() {
     let app = TestApp::spawn("");
