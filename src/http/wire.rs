@@ -62,7 +62,9 @@ fn plain(message: &str) -> String {
     };
     let expected = match expected {
         "a string" | "a borrowed string" => "a string",
-        "a sequence" => "an array of URLs or null",
+        // Not "or null": where null is allowed (an SMS's, an email's) it never errs, and
+        // an MMS's must hold URLs.
+        "a sequence" => "an array of URLs",
         other => other,
     };
     format!("must be {expected}")

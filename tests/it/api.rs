@@ -328,6 +328,16 @@ fn every_invalid_field_gets_a_400_naming_it_and_nothing_is_stored() {
         assert_eq!(error["field"], field, "{path} {body}: {}", response.text);
         assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
+    // An MMS's attachments may not be null: the message does not say they may.
+    let mms_without = app.post(
+        "/api/messages/sms",
+        &set(sample_mms(), "attachments", Value::Null),
+    );
+    assert_eq!(mms_without.error_code(400), "validation_failed");
+    assert_eq!(
+        mms_without.json()["error"]["message"],
+        "attachments must be an array of URLs"
+    );
 
     let bad_key = app.post_with(
         "/api/messages/sms",
