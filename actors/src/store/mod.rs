@@ -359,13 +359,8 @@ impl Store {
             None => Some(bulk_runner!(messages::insert_outbound_many)),
             Some(_) => None,
         };
-        self.write_on(
-            self.new_messages_lane(),
-            new,
-            runner!(messages::insert_outbound),
-            bulk,
-        )
-        .await
+        self.write_new_message(new, runner!(messages::insert_outbound), bulk)
+            .await
     }
 
     /// The answer an earlier request with this idempotency key got, if there was one.
@@ -381,13 +376,8 @@ impl Store {
     /// of new messages: message inserts are the only writes that lock conversation rows,
     /// so with all of them in one lane an instance's lanes never wait on each other there.
     pub async fn insert_inbound(&self, new: NewInbound) -> Result<InboundStored, StoreError> {
-        self.write_on(
-            self.new_messages_lane(),
-            new,
-            runner!(messages::insert_inbound),
-            None,
-        )
-        .await
+        self.write_new_message(new, runner!(messages::insert_inbound), None)
+            .await
     }
 
     /// Records a finished attempt and the message status it leads to, in one transaction;
@@ -705,13 +695,51 @@ impl Store {
         I: Send + 'static,
         O: Send + 'static,
     {
+        self.write_job(lane, input, run, bulk, false).await
+    }
+
+    /// A new message's insert, on the lane of new messages. Should its caller stop
+    /// waiting before its batch runs it (a timeout answered 503, a client gone), it is
+    /// dropped unrun: nobody was told it was stored, and nothing else waits on it. Other
+    /// writes always run, abandoned or not: a receipt waits for the attempt records
+    /// queued before it, and a record whose writer timed out still carries its message's
+    /// status.
+    async fn write_new_message<I, O>(
+        &self,
+        input: I,
+        run: Runner<I, O>,
+        bulk: Option<BulkRunner<I, O>>,
+    ) -> Result<O, StoreError>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+    {
+        self.write_job(self.new_messages_lane(), input, run, bulk, true)
+            .await
+    }
+
+    async fn write_job<I, O>(
+        &self,
+        lane: &Lane,
+        input: I,
+        run: Runner<I, O>,
+        bulk: Option<BulkRunner<I, O>>,
+        droppable: bool,
+    ) -> Result<O, StoreError>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        lane.queue
-            .push(WriteJob::boxed(input, run, bulk, reply), &lane.writer);
-        // A dropped sender means the batch never ran (actor stopped): not stored. A write
-        // whose caller timed out before its batch ran is dropped unrun; one already in a
-        // transaction when the timeout came may still commit: the caller answers 503
-        // and never 202, and an Idempotency-Key retry finds what did commit.
+        lane.queue.push(
+            WriteJob::boxed(input, run, bulk, reply, droppable),
+            &lane.writer,
+        );
+        // A dropped sender means the batch never ran (actor stopped): not stored. A new
+        // message whose caller timed out before its batch ran is dropped unrun; one
+        // already in a transaction when the timeout came, or any other write, may still
+        // commit: the caller answers 503 and never 202, and an Idempotency-Key retry
+        // finds what did commit.
         match tokio::time::timeout(self.timeout, answer).await {
             Ok(answer) => answer.map_err(|_| StoreError::Closed)?,
             Err(_) => Err(self.timed_out()),

@@ -55,10 +55,11 @@ impl WriteQueue {
     }
 
     /// Queues a write; asks for a commit unless one is already scheduled. While the
-    /// database is slow the queue grows, and the callers of the writes in it give up
+    /// database is slow the queue grows, and the callers of new messages in it give up
     /// (`database.timeout_ms`, or a client hanging up): each time it has doubled, those
-    /// writes are dropped, so it holds at most about twice the writes someone still
-    /// waits for, however long the database takes. The sweep is rare, so its cost is
+    /// writes are dropped, so new messages take at most about twice the room of those
+    /// someone still waits for, however long the database takes (the other writes are
+    /// bounded by the messages the providers hold). The sweep is rare, so its cost is
     /// small for each write.
     pub(crate) fn push(&self, job: Box<dyn Job>, persistence: &Addr<PersistenceActor>) {
         if self.enqueue(job) {
@@ -99,7 +100,10 @@ impl WriteQueue {
             return None;
         }
         let take = state.waiting.len().min(MAX_BATCH);
-        Some(state.waiting.drain(..take).collect())
+        let batch = state.waiting.drain(..take).collect();
+        // The next sweep is due at twice what is left, not at twice a past peak.
+        state.sweep_at = state.sweep_at.min(2 * state.waiting.len());
+        Some(batch)
     }
 }
 
@@ -184,8 +188,9 @@ impl Actor for PersistenceActor {
 /// One write waiting for its batch: it runs inside the batch's transaction and answers
 /// only once that transaction has committed, or failed.
 pub(crate) trait Job: Send {
-    /// Its caller has stopped waiting (it timed out and answered an error, or its client
-    /// hung up): nobody was or will be told it was written, so it is not.
+    /// It may be dropped and its caller has stopped waiting (it timed out and answered
+    /// an error, or its client hung up): nobody was or will be told it was written, so
+    /// it is not.
     fn abandoned(&self) -> bool;
     /// Runs the write; an error aborts the transaction it runs in.
     fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), StoreError>;
@@ -207,14 +212,17 @@ pub(crate) struct WriteJob<I, O> {
     bulk: Option<BulkRunner<I, O>>,
     result: Option<Result<O, StoreError>>,
     reply: oneshot::Sender<Result<O, StoreError>>,
+    droppable: bool,
 }
 
 impl<I: Send + 'static, O: Send + 'static> WriteJob<I, O> {
+    /// `droppable`: the write may be dropped unrun once its caller stops waiting.
     pub(crate) fn boxed(
         input: I,
         run: Runner<I, O>,
         bulk: Option<BulkRunner<I, O>>,
         reply: oneshot::Sender<Result<O, StoreError>>,
+        droppable: bool,
     ) -> Box<dyn Job> {
         Box::new(WriteJob {
             input,
@@ -222,13 +230,14 @@ impl<I: Send + 'static, O: Send + 'static> WriteJob<I, O> {
             bulk,
             result: None,
             reply,
+            droppable,
         })
     }
 }
 
 impl<I: Send + 'static, O: Send + 'static> Job for WriteJob<I, O> {
     fn abandoned(&self) -> bool {
-        self.reply.is_closed()
+        self.droppable && self.reply.is_closed()
     }
 
     fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
@@ -527,6 +536,16 @@ mod tests {
         job_running(n, runner(), kind, log)
     }
 
+    /// A write that runs whether or not its caller still waits.
+    fn job_kept(n: u32, log: &Arc<Mutex<Vec<String>>>) -> (Box<dyn Job>, Reply) {
+        let (reply, answer) = oneshot::channel();
+        let probe = Probe {
+            n,
+            log: log.clone(),
+        };
+        (WriteJob::boxed(probe, runner(), None, reply, false), answer)
+    }
+
     fn job_running(
         n: u32,
         run: Runner<Probe, u32>,
@@ -538,7 +557,7 @@ mod tests {
             n,
             log: log.clone(),
         };
-        (WriteJob::boxed(probe, run, kind, reply), answer)
+        (WriteJob::boxed(probe, run, kind, reply, true), answer)
     }
 
     fn run(mut jobs: Vec<Box<dyn Job>>) -> Result<(), StoreError> {
@@ -578,20 +597,28 @@ mod tests {
         }
     }
 
-    /// A write whose caller stopped waiting before its batch ran is not run: its caller
-    /// answered an error (or nobody), so nobody may learn it was written.
+    /// A droppable write (a new message) whose caller stopped waiting before its batch
+    /// ran is not run: its caller answered an error (or nobody), so nobody may learn it
+    /// was written. Any other write runs all the same: others may wait on it.
     #[test]
-    fn a_write_whose_caller_has_gone_is_not_run() {
+    fn a_new_message_whose_caller_has_gone_is_not_run() {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (jobs, mut replies): (Vec<_>, Vec<_>) = (0..4)
+        let (mut jobs, mut replies): (Vec<_>, Vec<_>) = (0..4)
             .map(|n| job(n, (n % 2 == 0).then(|| bulk("a")), &log))
             .unzip();
+        let (kept, kept_reply) = job_kept(4, &log);
+        jobs.push(kept);
+        drop(kept_reply);
         drop(replies.remove(2));
         drop(replies.remove(1));
         run(jobs).expect("applied");
         let mut log = log.lock().expect("log").clone();
         log.sort();
-        assert_eq!(log, ["one 0", "one 3"], "the abandoned 1 and 2 never ran");
+        assert_eq!(
+            log,
+            ["one 0", "one 3", "one 4"],
+            "the abandoned 1 and 2 never ran; 4, not droppable, did"
+        );
         for (n, mut reply) in [0u32, 3].into_iter().zip(replies) {
             assert_eq!(reply.try_recv().expect("answered"), Ok(n * 10));
         }
