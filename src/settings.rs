@@ -79,27 +79,34 @@ impl DatabaseSettings {
         }
     }
 
-    /// `url` as it may be logged: a PostgreSQL URL's password (in its user part or a
-    /// `password` query parameter, both of which libpq reads) replaced by `***`.
+    /// `url` as it may be logged: a password replaced by `***`, in the user part and in
+    /// a `password` query parameter (libpq reads both). Read as text, not parsed: a
+    /// password with an unencoded `/`, `#` or `?` is what a URL parser fails on, or
+    /// reads as a host and port, and such a URL must not be shown whole either. All up to
+    /// the last `@` is the user part, so a doubt hides more, never less.
     pub fn url_for_logs(&self) -> String {
-        let Ok(mut url) = url::Url::parse(&self.url) else {
+        let Some((scheme, rest)) = self.url.split_once("://") else {
             return self.url.clone();
         };
-        if url.password().is_some() {
-            // Only a URL that cannot have a password refuses one; this one has one.
-            let _ = url.set_password(Some("***"));
+        let rest = match rest.rsplit_once('@') {
+            Some((user, host)) => match user.split_once(':') {
+                Some((name, _)) => format!("{name}:***@{host}"),
+                None => format!("{user}@{host}"),
+            },
+            None => rest.to_owned(),
+        };
+        let mut shown = format!("{scheme}://");
+        for piece in rest.split_inclusive(['?', '&']) {
+            let starts_query = shown.ends_with('?') || shown.ends_with('&');
+            match piece.split_once('=') {
+                Some(("password", value)) if starts_query => {
+                    let end = value.ends_with('&');
+                    shown.push_str(if end { "password=***&" } else { "password=***" });
+                }
+                _ => shown.push_str(piece),
+            }
         }
-        if url.query_pairs().any(|(k, _)| k == "password") {
-            let pairs: Vec<(String, String)> = url
-                .query_pairs()
-                .map(|(k, v)| {
-                    let v = if k == "password" { "***".into() } else { v };
-                    (k.into_owned(), v.into_owned())
-                })
-                .collect();
-            url.query_pairs_mut().clear().extend_pairs(pairs);
-        }
-        url.to_string()
+        shown
     }
 }
 
@@ -1064,6 +1071,19 @@ mod tests {
             "postgresql://app@db/messaging?password=***&sslmode=require"
         );
         assert_eq!(shown("postgres://db/messaging"), "postgres://db/messaging");
+        // Passwords a URL parser fails on, or reads as a port and a fragment.
+        assert_eq!(
+            shown("postgres://app:pa/ss@db/x"),
+            "postgres://app:***@db/x"
+        );
+        assert_eq!(
+            shown("postgres://app:1234#x@db/x"),
+            "postgres://app:***@db/x"
+        );
+        assert_eq!(
+            shown("postgres://app:p@ss?w@db/x?sslmode=require&password=a&b"),
+            "postgres://app:***@db/x?sslmode=require&password=***&b"
+        );
         assert_eq!(shown("sqlite://messages.db"), "sqlite://messages.db");
     }
 
