@@ -258,6 +258,8 @@ pub struct ProviderActor {
 /// A message's attempt records on their way to the database.
 struct Unrecorded {
     records: u32,
+    /// The highest attempt number among them.
+    attempt: u32,
     /// Closed when the newest of them settles: the next record waits for it, so a record
     /// written again after a refusal still lands before its successors.
     newest: oneshot::Receiver<()>,
@@ -271,17 +273,23 @@ struct Turn {
 }
 
 impl Unrecorded {
-    /// Counts one more record of the message on its way and gives it its turn.
-    fn queue(unrecorded: &mut HashMap<i64, Unrecorded>, message_id: i64) -> Turn {
+    /// Counts one more record of the message, of `attempt`, on its way and gives it its
+    /// turn.
+    fn queue(unrecorded: &mut HashMap<i64, Unrecorded>, message_id: i64, attempt: u32) -> Turn {
         let (settled, newest) = oneshot::channel();
         let previous = match unrecorded.entry(message_id) {
             Entry::Occupied(mut on_its_way) => {
                 let on_its_way = on_its_way.get_mut();
                 on_its_way.records += 1;
+                on_its_way.attempt = on_its_way.attempt.max(attempt);
                 Some(std::mem::replace(&mut on_its_way.newest, newest))
             }
             Entry::Vacant(none) => {
-                none.insert(Unrecorded { records: 1, newest });
+                none.insert(Unrecorded {
+                    records: 1,
+                    attempt,
+                    newest,
+                });
                 None
             }
         };
@@ -689,7 +697,7 @@ impl ProviderActor {
             ),
             (_, None) => (MessageStatus::Failed, None),
         };
-        let turn = Unrecorded::queue(&mut self.unrecorded, job.message_id);
+        let turn = Unrecorded::queue(&mut self.unrecorded, job.message_id, attempt);
         self.record(
             ctx.address(),
             turn,
@@ -862,10 +870,15 @@ impl ProviderActor {
     /// Takes one message in: held for its due time, or ready for the next `pump`
     /// (answers whether it is ready).
     fn take_in(&mut self, msg: Dispatch, ctx: &mut Context<Self>) -> bool {
-        // A message whose record is still on its way is not taken again either: after a
-        // database outage longer than a lease, the sweep may hand back a message whose
-        // final record has yet to land.
-        if self.unrecorded.contains_key(&msg.message_id) || !self.held.insert(msg.message_id) {
+        // A message read before its record on its way here landed is not taken again
+        // either: after a database outage longer than a lease, the sweep may hand back a
+        // message whose final record has yet to land. One read after it (a retry of a
+        // message whose `failed` record landed a moment ago) has made that many attempts.
+        let stale = self
+            .unrecorded
+            .get(&msg.message_id)
+            .is_some_and(|on_its_way| msg.attempts_made < on_its_way.attempt);
+        if stale || !self.held.insert(msg.message_id) {
             // Already here: the slot the router took for this copy goes back.
             self.backlog.release();
             return false;
@@ -1030,11 +1043,11 @@ mod tests {
         type Result = ();
 
         fn handle(&mut self, RecordPanics(id): RecordPanics, ctx: &mut Self::Context) {
-            let first = Unrecorded::queue(&mut self.unrecorded, id);
+            let first = Unrecorded::queue(&mut self.unrecorded, id, 1);
             Self::spawn_record(ctx.address(), first, id, async {
                 panic!("injected fault in a record's task")
             });
-            let second = Unrecorded::queue(&mut self.unrecorded, id);
+            let second = Unrecorded::queue(&mut self.unrecorded, id, 2);
             Self::spawn_record(ctx.address(), second, id, async { false });
         }
     }
@@ -1237,7 +1250,7 @@ mod tests {
             message_id: id,
             channel: Channel::Sms,
             attempts_made: 0,
-            due: Some(Timestamp::after(Duration::from_secs(3600))),
+            due: Some(Timestamp::after(Duration::from_secs(3))),
             sender: 0,
             retry_base: 0,
         });
@@ -1255,6 +1268,12 @@ mod tests {
         assert_eq!((status.pending, attempts), (1, 0), "sent before its time");
         let held = addr.send(GetHeldIds).await.expect("the actor answers");
         assert_eq!(held, vec![id], "no longer held for its time");
+        // Its timer was set again: it goes when due.
+        poll_until("the message to be sent when due", async || {
+            let found = store.get_message(id).await.expect("read");
+            found.is_some_and(|(m, _)| m.status == "sent")
+        })
+        .await;
     }
 
     /// A panic in a request's future, which no handler's guard runs, restarts the actor
@@ -1528,7 +1547,8 @@ mod tests {
 
     /// A message whose final attempt's record is still on its way (the database refuses
     /// it) is handed back, as a sweep does once the lease lapsed in a long outage: it is
-    /// not taken in again, so no attempt is made twice.
+    /// not taken in again, so no attempt is made twice. A retry's dispatch, which has
+    /// made as many attempts as are on their way, is taken.
     #[actix::test]
     async fn a_message_whose_record_is_on_its_way_is_not_taken_again() {
         let Refusing {
@@ -1565,7 +1585,23 @@ mod tests {
             .await
             .expect("the actor answers");
         assert_eq!((status.pending, attempts()), (0, 2));
-        let_every_record_through(&mut gate, &addr, "both records to land").await;
+
+        // One read after those records (a retry of the message once `failed` landed) has
+        // made that many attempts: it is taken.
+        addr.do_send(Dispatch {
+            message_id: id,
+            channel: Channel::Sms,
+            attempts_made: 2,
+            due: None,
+            sender: 0,
+            retry_base: 2,
+        });
+        let status = addr
+            .send(GetProviderStatus)
+            .await
+            .expect("the actor answers");
+        assert_eq!((status.pending, attempts()), (1, 3));
+        let_every_record_through(&mut gate, &addr, "every record to land").await;
     }
 
     /// Attempt 1's record is refused for a while, attempt 2's would be taken at once: it
