@@ -2,12 +2,11 @@
 //! hold 100 bodies of up to `server.max_body_bytes` each; forty clients reading such pages
 //! at once once took the process from 25 MB to 1.6 GB. Before a page is loaded its size is
 //! estimated from the database (the bodies' lengths), and that many bytes, times the copies
-//! an answer passes through, are taken from a fixed budget; they are given back only when
-//! the last byte of the answer has been written. Readers beyond the budget wait their turn,
-//! for `WAIT` at most (then 503 `overloaded`); every answer stays complete. Once an
-//! answer's bytes are handed to its connection only that one copy is left, so it keeps
-//! only that much of its share: a client that stops reading holds a quarter of what its
-//! page took, not all of it.
+//! an answer passes through, are taken from a fixed budget. Once the answer's bytes are
+//! handed to its connection only that one copy is left, so it keeps only that much, until
+//! its last byte is written: a client that stops reading holds about a quarter of what its
+//! page took, not all of it. Readers beyond the budget wait their turn, for `WAIT` at most
+//! (then 503 `overloaded`); every answer stays complete.
 
 use std::pin::Pin;
 use std::sync::Arc;
