@@ -79,34 +79,30 @@ impl DatabaseSettings {
         }
     }
 
-    /// `url` as it may be logged: a password replaced by `***`, in the user part and in
-    /// a `password` query parameter (libpq reads both). Read as text, not parsed: a
-    /// password with an unencoded `/`, `#` or `?` is what a URL parser fails on, or
-    /// reads as a host and port, and such a URL must not be shown whole either. All up to
-    /// the last `@` is the user part, so a doubt hides more, never less.
+    /// `url` as it may be logged. A SQLite URL holds no secret and is shown whole. Of a
+    /// PostgreSQL one only the scheme, host, port and path are shown, as the url crate
+    /// reads them, never the user part or the query (libpq takes a password in both); one
+    /// it cannot read unambiguously is not shown at all: a password with an unencoded `/`,
+    /// `#` or `?` makes the parser fail, or read part of it as a port or a fragment.
     pub fn url_for_logs(&self) -> String {
-        let Some((scheme, rest)) = self.url.split_once("://") else {
+        if self.url.starts_with("sqlite://") {
             return self.url.clone();
-        };
-        let rest = match rest.rsplit_once('@') {
-            Some((user, host)) => match user.split_once(':') {
-                Some((name, _)) => format!("{name}:***@{host}"),
-                None => format!("{user}@{host}"),
-            },
-            None => rest.to_owned(),
-        };
-        let mut shown = format!("{scheme}://");
-        for piece in rest.split_inclusive(['?', '&']) {
-            let starts_query = shown.ends_with('?') || shown.ends_with('&');
-            match piece.split_once('=') {
-                Some(("password", value)) if starts_query => {
-                    let end = value.ends_with('&');
-                    shown.push_str(if end { "password=***&" } else { "password=***" });
-                }
-                _ => shown.push_str(piece),
-            }
         }
-        shown
+        let readable = url::Url::parse(&self.url).ok().filter(|url| {
+            url.fragment().is_none() && !url.path().contains('@') && url.host_str().is_some()
+        });
+        match readable {
+            Some(url) => format!(
+                "{}://{}{}{}",
+                url.scheme(),
+                url.host_str().unwrap_or_default(),
+                url.port()
+                    .map(|port| format!(":{port}"))
+                    .unwrap_or_default(),
+                url.path()
+            ),
+            None => "(a URL not shown: it may hold a password)".to_owned(),
+        }
     }
 }
 
@@ -1062,28 +1058,32 @@ mod tests {
             }
             .url_for_logs()
         };
-        assert_eq!(
-            shown("postgres://app:s3cret@db:5432/messaging?sslmode=require"),
-            "postgres://app:***@db:5432/messaging?sslmode=require"
-        );
-        assert_eq!(
-            shown("postgresql://app@db/messaging?password=s3cret&sslmode=require"),
-            "postgresql://app@db/messaging?password=***&sslmode=require"
-        );
-        assert_eq!(shown("postgres://db/messaging"), "postgres://db/messaging");
-        // Passwords a URL parser fails on, or reads as a port and a fragment.
-        assert_eq!(
-            shown("postgres://app:pa/ss@db/x"),
-            "postgres://app:***@db/x"
-        );
-        assert_eq!(
-            shown("postgres://app:1234#x@db/x"),
-            "postgres://app:***@db/x"
-        );
-        assert_eq!(
-            shown("postgres://app:p@ss?w@db/x?sslmode=require&password=a&b"),
-            "postgres://app:***@db/x?sslmode=require&password=***&b"
-        );
+        let hidden = "(a URL not shown: it may hold a password)";
+        for (url, expected) in [
+            (
+                "postgres://app:s3cret@db:5432/messaging?sslmode=require",
+                "postgres://db:5432/messaging",
+            ),
+            (
+                "postgresql://app@db/messaging?password=s3cret&sslmode=require",
+                "postgresql://db/messaging",
+            ),
+            ("postgres://db/messaging", "postgres://db/messaging"),
+            (
+                "postgres://u:s3cret@[::1]:5432/db",
+                "postgres://[::1]:5432/db",
+            ),
+            (
+                "postgres://db:5432/x?password=p@s3cret",
+                "postgres://db:5432/x",
+            ),
+            // Passwords a URL parser fails on, or reads as a port, a path or a fragment.
+            ("postgres://app:pa/s3cret@db/x", hidden),
+            ("postgres://app:1234#s3cret@db/x", hidden),
+            ("postgres://app:12/s3cret@db/x", hidden),
+        ] {
+            assert_eq!(shown(url), expected, "{url}");
+        }
         assert_eq!(shown("sqlite://messages.db"), "sqlite://messages.db");
     }
 
