@@ -1276,6 +1276,60 @@ mod tests {
         .await;
     }
 
+    /// An attempt record's writer waits for its answer, however long the database takes
+    /// (here three times `database.timeout_ms`, behind another connection's lock): a copy
+    /// left behind by a timeout would land first and make the next copy a conflict, read
+    /// as another instance's record.
+    #[actix::test]
+    async fn an_attempt_record_waits_for_its_answer_past_the_timeout() {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.db");
+        let url = format!("sqlite://{}", path.display());
+        let timeout = Duration::from_millis(200);
+        let store = Store::start(
+            store::open(&url, 2, 1, timeout).expect("open"),
+            2,
+            Duration::from_secs(30),
+            timeout,
+        );
+        let stored = store
+            .insert_outbound(store::tests::new_message(0))
+            .await
+            .expect("stored");
+        let OutboundStored::Created { id, .. } = stored else {
+            panic!("not created: {stored:?}");
+        };
+        let mut lock = diesel::SqliteConnection::establish(&path.display().to_string())
+            .expect("a second connection");
+        lock.batch_execute("BEGIN IMMEDIATE")
+            .expect("the write lock");
+        let unlock = std::thread::spawn(move || {
+            // The fault: the lock is held three timeouts long, then let go.
+            std::thread::sleep(Duration::from_millis(600));
+            lock.batch_execute("COMMIT").expect("let go");
+        });
+        let recorded = store
+            .record_attempt(AttemptRecord {
+                message_id: id,
+                provider: "sms-mms".into(),
+                attempt: 1,
+                outcome: Outcome::Success.as_str(),
+                latency_ms: 1,
+                error_code: None,
+                provider_message_id: None,
+                status: MessageStatus::Sent,
+                next_attempt_at: None,
+            })
+            .await;
+        unlock.join().expect("the lock's thread");
+        assert_eq!(recorded, Ok(()));
+        let (message, attempts) = store.get_message(id).await.expect("read").expect("found");
+        assert_eq!((message.status.as_str(), attempts.len()), ("sent", 1));
+    }
+
     /// A panic in a request's future, which no handler's guard runs, restarts the actor
     /// too: the message is attempted again and sent, and the provider holds nothing
     /// after. Before, the panic ended the actor's future unseen and it held the message

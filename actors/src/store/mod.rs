@@ -251,6 +251,24 @@ pub struct Store {
     released: Arc<AtomicBool>,
 }
 
+/// How a write's caller waits for it, and what becomes of the write once it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// `database.timeout_ms` at most; then, unless its transaction has begun, the write
+    /// is dropped unrun: nobody was told it was written, and no other write waits on it
+    /// (new messages, claims, lease renewals, the marks of `write_after_queued`).
+    Droppable,
+    /// `database.timeout_ms` at most; the write runs all the same (a receipt, an
+    /// operator's setting, a callback's result: each idempotent, or a state its caller
+    /// learns again).
+    Kept,
+    /// Until it is answered, however long the database takes: an attempt record, which
+    /// its provider writes again until it lands and which a receipt queued after it waits
+    /// for. One copy at a time: a copy left behind by a timeout would land first and
+    /// make the next one a conflict, read as another instance's record.
+    ToTheEnd,
+}
+
 impl Store {
     /// The bound on one database call (`database.timeout_ms`).
     pub fn timeout(&self) -> Duration {
@@ -388,6 +406,7 @@ impl Store {
             (record, self.instance.to_string()),
             runner!(dispatch::record_attempt),
             Some(bulk_runner!(dispatch::record_attempts)),
+            Wait::ToTheEnd,
         )
         .await
     }
@@ -436,7 +455,8 @@ impl Store {
             sqlite: callbacks::claim_callbacks_sqlite,
             postgres: callbacks::claim_callbacks_postgres,
         };
-        self.write(claim, run).await
+        self.write_on(&self.lanes[0], claim, run, None, Wait::Droppable)
+            .await
     }
 
     /// Records how a try of callback `id` ended (only while this instance holds it).
@@ -514,7 +534,8 @@ impl Store {
             sqlite: dispatch::claim_sqlite,
             postgres: dispatch::claim_postgres,
         };
-        self.write(claim, run).await
+        self.write_on(&self.lanes[0], claim, run, None, Wait::Droppable)
+            .await
     }
 
     /// Extends this instance's leases on `ids`, the messages it holds in memory. Each
@@ -538,7 +559,13 @@ impl Store {
                 ids,
             };
             renewed += self
-                .write_on(lane, renewal, runner!(dispatch::renew_leases), None)
+                .write_on(
+                    lane,
+                    renewal,
+                    runner!(dispatch::renew_leases),
+                    None,
+                    Wait::Droppable,
+                )
                 .await?;
         }
         Ok(renewed)
@@ -634,7 +661,8 @@ impl Store {
         I: Send + 'static,
         O: Send + 'static,
     {
-        self.write_on(&self.lanes[0], input, run, None).await
+        self.write_on(&self.lanes[0], input, run, None, Wait::Kept)
+            .await
     }
 
     /// The lane of new messages, outbound and inbound: the last (on SQLite the only one).
@@ -671,7 +699,8 @@ impl Store {
         };
         let ordered = async {
             for lane in self.lanes.iter() {
-                self.write_on(lane, (), empty, None).await?;
+                self.write_on(lane, (), empty, None, Wait::Droppable)
+                    .await?;
             }
             self.write(input, run).await
         };
@@ -681,29 +710,7 @@ impl Store {
         }
     }
 
-    /// A write on `lane` that, with `bulk`, may share a multi-row statement with the
-    /// others of its kind in its batch (and runs alone as `run` when a batch is rerun write
-    /// by write).
-    async fn write_on<I, O>(
-        &self,
-        lane: &Lane,
-        input: I,
-        run: Runner<I, O>,
-        bulk: Option<BulkRunner<I, O>>,
-    ) -> Result<O, StoreError>
-    where
-        I: Send + 'static,
-        O: Send + 'static,
-    {
-        self.write_job(lane, input, run, bulk, false).await
-    }
-
-    /// A new message's insert, on the lane of new messages. Should its caller stop
-    /// waiting before its batch runs it (a timeout answered 503, a client gone), it is
-    /// dropped unrun: nobody was told it was stored, and nothing else waits on it. Other
-    /// writes always run, abandoned or not: a receipt waits for the attempt records
-    /// queued before it, and a record whose writer timed out still carries its message's
-    /// status.
+    /// A new message's insert, on the lane of new messages.
     async fn write_new_message<I, O>(
         &self,
         input: I,
@@ -714,33 +721,41 @@ impl Store {
         I: Send + 'static,
         O: Send + 'static,
     {
-        self.write_job(self.new_messages_lane(), input, run, bulk, true)
+        self.write_on(self.new_messages_lane(), input, run, bulk, Wait::Droppable)
             .await
     }
 
-    async fn write_job<I, O>(
+    /// A write on `lane` that, with `bulk`, may share a multi-row statement with the
+    /// others of its kind in its batch (and runs alone as `run` when a batch is rerun write
+    /// by write); `wait` says how long its caller waits and what becomes of it after.
+    async fn write_on<I, O>(
         &self,
         lane: &Lane,
         input: I,
         run: Runner<I, O>,
         bulk: Option<BulkRunner<I, O>>,
-        droppable: bool,
+        wait: Wait,
     ) -> Result<O, StoreError>
     where
         I: Send + 'static,
         O: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
+        let droppable = wait == Wait::Droppable;
         lane.queue.push(
             WriteJob::boxed(input, run, bulk, reply, droppable),
             &lane.writer,
         );
-        // A dropped sender means the batch never ran (actor stopped): not stored. A new
-        // message whose caller timed out before its batch ran is dropped unrun; one
-        // already in a transaction when the timeout came, or any other write, may still
+        // A dropped sender means the batch never ran (actor stopped): not stored. A
+        // droppable write whose caller timed out before its batch ran is dropped unrun;
+        // one already in a transaction when the timeout came, or a kept one, may still
         // commit: the caller answers 503 and never 202, and an Idempotency-Key retry
         // finds what did commit.
-        match tokio::time::timeout(self.timeout, answer).await {
+        let answer = match wait {
+            Wait::ToTheEnd => Ok(answer.await),
+            Wait::Droppable | Wait::Kept => tokio::time::timeout(self.timeout, answer).await,
+        };
+        match answer {
             Ok(answer) => answer.map_err(|_| StoreError::Closed)?,
             Err(_) => Err(self.timed_out()),
         }

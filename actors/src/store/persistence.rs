@@ -55,12 +55,13 @@ impl WriteQueue {
     }
 
     /// Queues a write; asks for a commit unless one is already scheduled. While the
-    /// database is slow the queue grows, and the callers of new messages in it give up
-    /// (`database.timeout_ms`, or a client hanging up): each time it has doubled, those
-    /// writes are dropped, so new messages take at most about twice the room of those
-    /// someone still waits for, however long the database takes (the other writes are
-    /// bounded by the messages the providers hold). The sweep is rare, so its cost is
-    /// small for each write.
+    /// database is slow the queue grows, and the callers of its droppable writes (new
+    /// messages, claims, lease renewals, ordering marks) give up (`database.timeout_ms`,
+    /// or a client hanging up): each time it has doubled, those writes are dropped, so
+    /// they take at most about twice the room of those someone still waits for, however
+    /// long the database takes. The writes that are kept are attempt records (one per
+    /// message a provider holds, whose writer waits for it) and a few an operator or a
+    /// webhook caused. The sweep is rare, so its cost is small for each write.
     pub(crate) fn push(&self, job: Box<dyn Job>, persistence: &Addr<PersistenceActor>) {
         if self.enqueue(job) {
             // One message at a time at most, so the unbounded send is bounded here.
@@ -89,7 +90,9 @@ impl WriteQueue {
     /// is not the batch's own (a lock, a lost server), the writes queued behind it would
     /// meet the same fault, so they are answered at once instead of waiting in turn.
     fn take_all(&self) -> Vec<Box<dyn Job>> {
-        std::mem::take(&mut self.lock().waiting)
+        let mut state = self.lock();
+        state.sweep_at = 0;
+        std::mem::take(&mut state.waiting)
     }
 
     /// The next batch, or `None` (and no commit scheduled any more) when nothing waits.
@@ -657,6 +660,27 @@ mod tests {
             waiting, wanted,
             "every write still waited for is kept, in order"
         );
+    }
+
+    /// The sweep's threshold follows the queue down: after a peak has been committed, the
+    /// next stall is swept at `MAX_BATCH` again, not at twice the old peak.
+    #[test]
+    fn the_sweep_forgets_a_past_peak() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let queue = WriteQueue::default();
+        let mut waiting = Vec::new();
+        for n in 0..20_000u32 {
+            let (write, reply) = job(n, Some(bulk("a")), &log);
+            queue.enqueue(write);
+            waiting.push(reply);
+        }
+        while queue.take().is_some() {}
+        drop(waiting);
+        for n in 0..5_000u32 {
+            let (write, _gone) = job(n, Some(bulk("a")), &log);
+            queue.enqueue(write);
+            assert!(queue.waiting() <= MAX_BATCH + 1, "{n}: {}", queue.waiting());
+        }
     }
 
     /// A statement has a bound on its parameters: a large batch is split.
