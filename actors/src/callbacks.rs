@@ -41,6 +41,7 @@ pub struct CallbackWorker {
     client: reqwest::Client,
     signer: Option<Arc<standardwebhooks::Webhook>>,
     in_flight: Arc<AtomicUsize>,
+    sending: Sending,
     claiming: bool,
     /// The last claim filled all the room it had: more may be due than it took.
     backlog: bool,
@@ -105,16 +106,19 @@ impl CallbackWorker {
             client,
             signer,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            sending: Sending::default(),
             claiming: false,
             backlog: false,
             log: log.new(slog::o!("actor" => "callbacks")),
         })
     }
 
-    /// The lease on a claimed callback: longer than one try can take, which reads the
-    /// message and records the result (a database call each) around its request.
+    /// The lease on a claimed callback: longer than one try's request. A try whose
+    /// database calls around it are slow may outlast it: this instance's next claim may
+    /// then take the callback again, and `Sending` keeps it from sending it twice; another
+    /// instance may too, as after a crash (at least once, and `webhook-id` tells a repeat).
     fn lease(&self) -> Duration {
-        self.config.request_timeout + 2 * self.store.timeout() + Duration::from_secs(5)
+        self.config.request_timeout + Duration::from_secs(5)
     }
 
     /// Tries that may start now.
@@ -140,8 +144,13 @@ impl CallbackWorker {
                     worker.backlog = due.len() >= room;
                     let me = ctx.address();
                     for callback in due {
+                        // Claimed again while its try runs here (its lease lapsed): the
+                        // try under way is the one that counts.
+                        let Some(sending) = worker.sending.start(callback.id) else {
+                            continue;
+                        };
                         worker.in_flight.fetch_add(1, Ordering::AcqRel);
-                        actix::spawn(worker.deliver(callback, me.clone()));
+                        actix::spawn(worker.deliver(callback, sending, me.clone()));
                     }
                 }
                 Err(e) => {
@@ -156,6 +165,7 @@ impl CallbackWorker {
     fn deliver(
         &self,
         callback: DueCallback,
+        sending: SendingOne,
         worker: Addr<CallbackWorker>,
     ) -> impl std::future::Future<Output = ()> {
         let (store, metrics, client, signer, log) = (
@@ -167,6 +177,8 @@ impl CallbackWorker {
         );
         let (in_flight, max_age) = (self.in_flight.clone(), self.config.max_age);
         async move {
+            // Held to the end of the try, whichever way it ends.
+            let _sending = sending;
             let body = match store.get_message(callback.message_id).await {
                 Ok(Some((message, attempts))) => json!({
                     "type": "message.status",
@@ -246,6 +258,41 @@ impl CallbackWorker {
     }
 }
 
+/// The callbacks this instance is trying now, by id.
+#[derive(Default, Clone)]
+struct Sending(Arc<std::sync::Mutex<std::collections::HashSet<i64>>>);
+
+/// One callback's place in `Sending`, given back when its try ends however it ends (a
+/// panic's unwinding too).
+struct SendingOne {
+    sending: Sending,
+    id: i64,
+}
+
+impl Sending {
+    /// The set is one insert or remove at a time, left whole by each: a poisoned lock
+    /// has nothing to repair.
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i64>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Its place for callback `id`, or `None` while a try of it is under way here.
+    fn start(&self, id: i64) -> Option<SendingOne> {
+        self.lock().insert(id).then(|| SendingOne {
+            sending: self.clone(),
+            id,
+        })
+    }
+}
+
+impl Drop for SendingOne {
+    fn drop(&mut self) {
+        self.sending.lock().remove(&self.id);
+    }
+}
+
 /// Another try after the backoff, unless that would be past `max_age`.
 fn retry(callback: &DueCallback, max_age: Duration, result: String) -> (CallbackFate, String) {
     let next = Timestamp::after(backoff(callback.attempts + 1));
@@ -288,29 +335,17 @@ mod tests {
         assert_eq!(secs(100), 3600);
     }
 
-    /// A try reads the message (one database call), posts (the request timeout), and
-    /// records the result (another call): the lease outlasts all three, else the
-    /// instance's own next claim would take the callback again and send it twice.
-    #[actix::test]
-    async fn a_callbacks_lease_outlasts_its_slowest_try() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("m.db").display());
-        let timeout = Duration::from_secs(7);
-        let store = Store::start(
-            crate::store::open(&url, 2, 1, timeout).expect("open"),
-            1,
-            Duration::from_secs(30),
-            timeout,
-        );
-        let metrics = Arc::new(Metrics::new(&[]).expect("metrics"));
-        let config = CallbackConfig {
-            secret: None,
-            max_age: Duration::from_secs(60),
-            request_timeout: Duration::from_secs(10),
-            max_in_flight: 1,
-        };
-        let log = Logger::root(slog::Discard, slog::o!());
-        let worker = CallbackWorker::new(store, metrics, config, &log).expect("worker");
-        assert!(worker.lease() > Duration::from_secs(10 + 2 * 7));
+    /// A callback claimed again while its try runs here (its lease lapsed while the
+    /// database was slow) is not tried a second time at once; once the try ends, it may.
+    #[test]
+    fn a_callback_is_tried_once_at_a_time_here() {
+        let sending = Sending::default();
+        let first = sending.start(7).expect("the first try");
+        assert!(sending.start(7).is_none(), "tried twice at once");
+        let other = sending.start(8).expect("another callback");
+        drop(first);
+        assert!(sending.start(7).is_some(), "its try ended");
+        drop(other);
+        assert!(sending.lock().is_empty());
     }
 }

@@ -270,11 +270,6 @@ enum Wait {
 }
 
 impl Store {
-    /// The bound on one database call (`database.timeout_ms`).
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Starts the pool's writers (`DbPool::writers`, a `SyncArbiter` of one thread each)
     /// and `threads` readers; `lease` is how long a claim on a queued message lasts unless
     /// renewed. Must run inside an actix system.
