@@ -81,28 +81,39 @@ impl DatabaseSettings {
 
     /// `url` as it may be logged. A SQLite URL holds no secret and is shown whole. Of a
     /// PostgreSQL one only the scheme, host, port and path are shown, as the url crate
-    /// reads them, never the user part or the query (libpq takes a password in both); one
-    /// it cannot read unambiguously is not shown at all: a password with an unencoded `/`,
-    /// `#` or `?` makes the parser fail, or read part of it as a port or a fragment.
+    /// reads them, never the user part or the query (libpq takes a password in both).
+    /// Where the url crate and libpq would read the host apart (a password with an
+    /// unencoded `/`, `#` or `?`: the parser fails, or takes part of it for a host, a
+    /// port or a fragment), it is not shown at all.
     pub fn url_for_logs(&self) -> String {
         if self.url.starts_with("sqlite://") {
             return self.url.clone();
         }
-        let readable = url::Url::parse(&self.url).ok().filter(|url| {
-            url.fragment().is_none() && !url.path().contains('@') && url.host_str().is_some()
-        });
-        match readable {
-            Some(url) => format!(
-                "{}://{}{}{}",
-                url.scheme(),
-                url.host_str().unwrap_or_default(),
-                url.port()
-                    .map(|port| format!(":{port}"))
-                    .unwrap_or_default(),
-                url.path()
-            ),
-            None => "(a URL not shown: it may hold a password)".to_owned(),
+        let hidden = || "(a URL not shown: it may hold a password)".to_owned();
+        let Some((_, rest)) = self.url.split_once("://") else {
+            return hidden();
+        };
+        // libpq's reading: the user part ends at an `@` met before any `/`.
+        let after_user = match rest.find(['@', '/']) {
+            Some(at) if rest[at..].starts_with('@') => &rest[at + 1..],
+            _ => rest,
+        };
+        let libpq_host = match after_user.find(']') {
+            Some(end) if after_user.starts_with('[') => &after_user[..=end],
+            _ => after_user.split([':', '/', '?']).next().unwrap_or_default(),
+        };
+        let Ok(url) = url::Url::parse(&self.url) else {
+            return hidden();
+        };
+        let host = url.host_str().unwrap_or_default();
+        if host != libpq_host || url.fragment().is_some() || url.path().contains('@') {
+            return hidden();
         }
+        let port = url
+            .port()
+            .map(|port| format!(":{port}"))
+            .unwrap_or_default();
+        format!("{}://{host}{port}{}", url.scheme(), url.path())
     }
 }
 
@@ -1081,6 +1092,10 @@ mod tests {
             ("postgres://app:pa/s3cret@db/x", hidden),
             ("postgres://app:1234#s3cret@db/x", hidden),
             ("postgres://app:12/s3cret@db/x", hidden),
+            ("postgres://app:12?s3cret@db/x", hidden),
+            ("postgres://db?password=p@s3cret", hidden),
+            // libpq's own forms without a host: a socket directory in the query.
+            ("postgres:///db?host=/var/run/postgresql", "postgres:///db"),
         ] {
             assert_eq!(shown(url), expected, "{url}");
         }
