@@ -758,9 +758,29 @@ impl ProviderActor {
             loop {
                 match store.record_attempt(record.clone()).await {
                     Ok(()) => return false,
+                    // This attempt is recorded already: by this record's own earlier
+                    // copy (it committed, but its answer was lost with the connection),
+                    // or by another instance.
+                    Err(StoreError::Conflict(_)) => {
+                        match store.recorded_here(message_id, record.attempt).await {
+                            Ok(true) => return false,
+                            Ok(false) => {
+                                warn!(log, "attempt superseded by another instance";
+                                    "message_id" => message_id, "attempt" => record.attempt);
+                                return true;
+                            }
+                            // Unknown for now: written again, and asked again.
+                            Err(e) => {
+                                warn!(log, "attempt not recorded; will retry";
+                                    "message_id" => message_id, "attempt" => record.attempt,
+                                    "error" => e.to_string());
+                                tokio::time::sleep(RECORD_RETRY).await;
+                            }
+                        }
+                    }
                     // Another instance took the message over (this one's lease lapsed):
-                    // it holds the lease now, or recorded this attempt number first.
-                    Err(StoreError::Superseded | StoreError::Conflict(_)) => {
+                    // it holds the lease now.
+                    Err(StoreError::Superseded) => {
                         warn!(log, "attempt superseded by another instance";
                             "message_id" => message_id, "attempt" => record.attempt);
                         return true;
@@ -1081,6 +1101,35 @@ mod tests {
         }
     }
 
+    /// Stands for a record written again after its first copy committed unseen: the
+    /// message is held, and its attempt 1 record is written once more.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct RecordAgain(AttemptRecord);
+
+    impl Handler<RecordAgain> for ProviderActor {
+        type Result = ();
+
+        fn handle(&mut self, RecordAgain(record): RecordAgain, ctx: &mut Self::Context) {
+            self.held.insert(record.message_id);
+            let turn = Unrecorded::queue(&mut self.unrecorded, record.message_id, 1);
+            self.record(ctx.address(), turn, record);
+        }
+    }
+
+    /// Whether the provider counts a message as taken over by another instance.
+    #[derive(Message)]
+    #[rtype(result = "bool")]
+    struct IsSuperseded(i64);
+
+    impl Handler<IsSuperseded> for ProviderActor {
+        type Result = bool;
+
+        fn handle(&mut self, IsSuperseded(id): IsSuperseded, _: &mut Self::Context) -> bool {
+            self.superseded.contains(&id)
+        }
+    }
+
     fn config() -> ProviderConfig {
         ProviderConfig {
             name: "sms-mms".into(),
@@ -1328,6 +1377,56 @@ mod tests {
         assert_eq!(recorded, Ok(()));
         let (message, attempts) = store.get_message(id).await.expect("read").expect("found");
         assert_eq!((message.status.as_str(), attempts.len()), ("sent", 1));
+    }
+
+    /// A record whose first copy committed but whose answer was lost (the connection
+    /// dropped after `COMMIT`) is written again and meets that copy: that is this
+    /// instance's own record, not another instance's, so the message is not given up.
+    #[actix::test]
+    async fn a_record_meeting_its_own_earlier_copy_is_not_superseded() {
+        let (_dir, _, store) = sqlite_store();
+        let log = Logger::root(slog::Discard, o!());
+        let addr = ProviderActor::new(
+            config(),
+            store.clone(),
+            sms_metrics(),
+            Arc::new(Backlog::new(10)),
+            &log,
+        )
+        .start();
+        let stored = store
+            .insert_outbound(store::tests::new_message(0))
+            .await
+            .expect("stored");
+        let OutboundStored::Created { id, .. } = stored else {
+            panic!("not created: {stored:?}");
+        };
+        let record = AttemptRecord {
+            message_id: id,
+            provider: "sms-mms".into(),
+            attempt: 1,
+            outcome: Outcome::Error.as_str(),
+            latency_ms: 1,
+            error_code: Some("500".into()),
+            provider_message_id: None,
+            status: MessageStatus::Queued,
+            next_attempt_at: Some(Timestamp::after(Duration::from_secs(60))),
+        };
+        store
+            .record_attempt(record.clone())
+            .await
+            .expect("the first copy");
+        addr.send(RecordAgain(record))
+            .await
+            .expect("the actor answers");
+        poll_until("the second copy to settle", async || {
+            addr.send(CountUnrecorded).await.expect("the actor answers") == 0
+        })
+        .await;
+        assert!(!addr
+            .send(IsSuperseded(id))
+            .await
+            .expect("the actor answers"));
     }
 
     /// A panic in a request's future, which no handler's guard runs, restarts the actor

@@ -318,6 +318,21 @@ for_each_backend! {
             .load(conn)?)
     }
 
+    /// Who recorded attempt `attempt` of message `id` (`None`: not recorded; `Some(None)`:
+    /// recorded by no instance in particular).
+    pub(crate) fn attempt_recorded_by(
+        conn: &mut Conn,
+        id: i64,
+        attempt: i32,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        Ok(dispatch_attempts::table
+            .filter(dispatch_attempts::message_id.eq(id))
+            .filter(dispatch_attempts::attempt.eq(attempt))
+            .select(dispatch_attempts::recorded_by)
+            .first::<Option<String>>(conn)
+            .optional()?)
+    }
+
     /// One small write: readiness means the database takes writes, not only reads.
     pub(crate) fn probe(conn: &mut Conn, _: &()) -> Result<(), StoreError> {
         let now = Timestamp::now().to_storage();

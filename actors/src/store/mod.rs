@@ -406,6 +406,18 @@ impl Store {
         .await
     }
 
+    /// Whether attempt `attempt` of message `id` was recorded by this instance: a record
+    /// written again after its first copy committed unseen (its answer lost with the
+    /// connection) meets that copy, not another instance's record.
+    pub async fn recorded_here(&self, id: i64, attempt: u32) -> Result<bool, StoreError> {
+        let instance = self.instance.to_string();
+        let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
+        let by = self
+            .read(move |conn| on_backend!(conn, dispatch::attempt_recorded_by(id, attempt)))
+            .await?;
+        Ok(by.flatten().as_deref() == Some(instance.as_str()))
+    }
+
     /// Applies a delivery receipt; the message id, or `None` for an unknown provider id.
     /// It names the message by the provider's id, so it cannot know which lane holds the
     /// attempt record it follows: it comes after every write queued before it.
@@ -581,7 +593,9 @@ impl Store {
     /// that matters (the leases' release): the writers and every reader finish what they
     /// are doing, hand their connections back to the pool and take nothing more, so that
     /// no query runs while the process exits. Writes and reads after it wait until their
-    /// timeout. Answers once every thread has stopped, or after the store's timeout.
+    /// timeout (an attempt record, which has none, until the process exits: nothing at a
+    /// stop waits for records). Answers once every thread has stopped, or after the
+    /// store's timeout.
     pub async fn close(&self) {
         let mut stopped = Vec::with_capacity(self.reader_threads + self.lanes.len());
         let writers = self.lanes.iter().map(|lane| (&lane.writer, 1));
