@@ -386,6 +386,9 @@ impl PersistenceActor {
             }
             Err(e) if e.is_per_write() && jobs.len() > 1 => {
                 for mut job in jobs {
+                    if job.abandoned() {
+                        continue;
+                    }
                     let alone = match self.connection() {
                         Ok(conn) => in_write_transaction(conn, |tx| job.apply(tx)),
                         Err(e) => Err(e),
