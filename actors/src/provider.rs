@@ -1073,7 +1073,7 @@ mod tests {
     }
 
     /// Stands for a bug in a request's future (the HTTP client's, an answer's reading):
-    /// message `0`'s attempt starts as a real one would, and its request panics.
+    /// the message's attempt starts as a real one would, and its request panics.
     #[derive(Message)]
     #[rtype(result = "()")]
     struct RequestPanics(i64);
