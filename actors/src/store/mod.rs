@@ -556,26 +556,30 @@ impl Store {
         for id in ids {
             by_lane[self.lane_index(id)].push(id);
         }
-        let mut renewed = 0;
-        for (lane, ids) in self.lanes.iter().zip(by_lane) {
-            if ids.is_empty() {
-                continue;
-            }
-            let renewal = Renewal {
-                lease: lease.clone(),
-                ids,
-            };
-            renewed += self
-                .write_on(
+        // Every lane at once, and each whatever another's fate: one slow or failing lane
+        // must not leave the others' leases to lapse.
+        let renewals = self
+            .lanes
+            .iter()
+            .zip(by_lane)
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(lane, ids)| {
+                let renewal = Renewal {
+                    lease: lease.clone(),
+                    ids,
+                };
+                self.write_on(
                     lane,
                     renewal,
                     runner!(dispatch::renew_leases),
                     None,
                     Wait::Droppable,
                 )
-                .await?;
-        }
-        Ok(renewed)
+            });
+        futures_util::future::join_all(renewals)
+            .await
+            .into_iter()
+            .sum()
     }
 
     /// Hands this instance's queued work back, for another instance to claim at once.
@@ -919,6 +923,59 @@ pub(crate) mod tests {
                     assert_eq!(attempts.len(), 1, "{id} on {asked}");
                 }
             }
+        }
+    }
+
+    /// A renewal waiting on one lane (a row lock held there, past the store's timeout)
+    /// does not hold back the other lane's: the lanes renew at once, each whatever the
+    /// other's fate, so one slow lane never lets the other's leases lapse.
+    #[actix::test]
+    async fn on_postgres_a_slow_lane_does_not_hold_back_the_others_renewals() {
+        use crate::store::schema::messages;
+        use diesel::{QueryDsl, RunQueryDsl};
+
+        for db in databases() {
+            let Some(url) = db.postgres_url() else {
+                continue;
+            };
+            let store = Store::start(
+                db.pool.clone(),
+                1,
+                Duration::from_secs(30),
+                Duration::from_secs(1),
+            );
+            let mut ids = Vec::new();
+            for n in 0..4 {
+                match store.insert_outbound(new_message(n)).await {
+                    Ok(OutboundStored::Created { id, .. }) => ids.push(id),
+                    other => panic!("not stored: {other:?}"),
+                }
+            }
+            let first: &Lane = &store.lanes[0];
+            let (on_first, on_other): (Vec<i64>, Vec<i64>) = ids
+                .iter()
+                .partition(|&&id| std::ptr::eq(store.lane_of(id), first));
+            assert!(!on_first.is_empty() && !on_other.is_empty(), "{ids:?}");
+            let mut reader = PgConnection::establish(&url).expect("connect");
+            let mut lease_until = |id: i64| -> String {
+                messages::table
+                    .find(id)
+                    .select(messages::lease_until)
+                    .first::<Option<String>>(&mut reader)
+                    .expect("read")
+                    .expect("leased")
+            };
+            let before = lease_until(on_other[0]);
+            let mut holder = PgConnection::establish(&url).expect("connect");
+            hold(&mut holder, on_first[0]);
+
+            let renewed = store.renew_leases(vec![on_first[0], on_other[0]]).await;
+            assert!(renewed.is_err(), "the held lane answered: {renewed:?}");
+            assert!(
+                lease_until(on_other[0]) > before,
+                "the other lane's lease was not renewed"
+            );
+            let_go(&mut holder);
         }
     }
 
