@@ -7,7 +7,6 @@
 //! delivers, 410 gives up at once, anything else retries after 1 s doubling to 1 h until
 //! `max_age` from the status change, then gives up.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +39,7 @@ pub struct CallbackWorker {
     config: CallbackConfig,
     client: reqwest::Client,
     signer: Option<Arc<standardwebhooks::Webhook>>,
-    in_flight: Arc<AtomicUsize>,
+    /// The tries under way here: how many (room for more) and which.
     sending: Sending,
     claiming: bool,
     /// The last claim filled all the room it had: more may be due than it took.
@@ -105,7 +104,6 @@ impl CallbackWorker {
             config,
             client,
             signer,
-            in_flight: Arc::new(AtomicUsize::new(0)),
             sending: Sending::default(),
             claiming: false,
             backlog: false,
@@ -123,9 +121,7 @@ impl CallbackWorker {
 
     /// Tries that may start now.
     fn room(&self) -> usize {
-        self.config
-            .max_in_flight
-            .saturating_sub(self.in_flight.load(Ordering::Acquire))
+        self.config.max_in_flight.saturating_sub(self.sending.len())
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
@@ -149,7 +145,6 @@ impl CallbackWorker {
                         let Some(sending) = worker.sending.start(callback.id) else {
                             continue;
                         };
-                        worker.in_flight.fetch_add(1, Ordering::AcqRel);
                         actix::spawn(worker.deliver(callback, sending, me.clone()));
                     }
                 }
@@ -175,10 +170,10 @@ impl CallbackWorker {
             self.signer.clone(),
             self.log.clone(),
         );
-        let (in_flight, max_age) = (self.in_flight.clone(), self.config.max_age);
+        let max_age = self.config.max_age;
         async move {
-            // Held to the end of the try, whichever way it ends.
-            let _sending = sending;
+            // Held to the end of the try, whichever way it ends (a panic's unwinding too).
+            let sending = sending;
             let body = match store.get_message(callback.message_id).await {
                 Ok(Some((message, attempts))) => json!({
                     "type": "message.status",
@@ -204,7 +199,7 @@ impl CallbackWorker {
                 .to_string(),
                 // Unread now (the database): the lease lapses and it is claimed again.
                 _ => {
-                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                    drop(sending);
                     worker.do_send(TryEnded { delivered: false });
                     return;
                 }
@@ -251,7 +246,7 @@ impl CallbackWorker {
                 warn!(log, "callback result not recorded"; "webhook_id" => &callback.webhook_id,
                     "error" => e.to_string());
             }
-            in_flight.fetch_sub(1, Ordering::AcqRel);
+            drop(sending);
             // Bounded: one per try, and tries are bounded by `max_in_flight`.
             worker.do_send(TryEnded { delivered });
         }
@@ -276,6 +271,11 @@ impl Sending {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many tries are under way.
+    fn len(&self) -> usize {
+        self.lock().len()
     }
 
     /// Its place for callback `id`, or `None` while a try of it is under way here.
@@ -345,7 +345,8 @@ mod tests {
         let other = sending.start(8).expect("another callback");
         drop(first);
         assert!(sending.start(7).is_some(), "its try ended");
+        assert_eq!(sending.len(), 1);
         drop(other);
-        assert!(sending.lock().is_empty());
+        assert_eq!(sending.len(), 0);
     }
 }
