@@ -756,31 +756,22 @@ impl ProviderActor {
         let message_id = record.message_id;
         Self::spawn_record(me, turn, message_id, async move {
             loop {
-                match store.record_attempt(record.clone()).await {
-                    Ok(()) => return false,
-                    // This attempt is recorded already: by this record's own earlier
-                    // copy (it committed, but its answer was lost with the connection),
-                    // or by another instance.
+                // Whether this instance's record is stored (`false`: another instance
+                // took the message over, its lease lapsed here).
+                let ours = match store.record_attempt(record.clone()).await {
+                    Ok(()) => Ok(true),
+                    // The attempt is recorded already: by this record's own earlier copy
+                    // (it committed, but its answer was lost with the connection), or by
+                    // another instance.
                     Err(StoreError::Conflict(_)) => {
-                        match store.recorded_here(message_id, record.attempt).await {
-                            Ok(true) => return false,
-                            Ok(false) => {
-                                warn!(log, "attempt superseded by another instance";
-                                    "message_id" => message_id, "attempt" => record.attempt);
-                                return true;
-                            }
-                            // Unknown for now: written again, and asked again.
-                            Err(e) => {
-                                warn!(log, "attempt not recorded; will retry";
-                                    "message_id" => message_id, "attempt" => record.attempt,
-                                    "error" => e.to_string());
-                                tokio::time::sleep(RECORD_RETRY).await;
-                            }
-                        }
+                        store.recorded_here(message_id, record.attempt).await
                     }
-                    // Another instance took the message over (this one's lease lapsed):
-                    // it holds the lease now.
-                    Err(StoreError::Superseded) => {
+                    Err(StoreError::Superseded) => Ok(false),
+                    Err(e) => Err(e),
+                };
+                match ours {
+                    Ok(true) => return false,
+                    Ok(false) => {
                         warn!(log, "attempt superseded by another instance";
                             "message_id" => message_id, "attempt" => record.attempt);
                         return true;
@@ -1191,13 +1182,8 @@ mod tests {
         Arc::new(Metrics::new(&[("sms-mms".to_owned(), vec![Channel::Sms])]).expect("metrics"))
     }
 
-    /// Stores new outbound message `n` and hands it to the provider, as the router does.
-    async fn store_and_dispatch(
-        store: &Store,
-        backlog: &Backlog,
-        addr: &Addr<ProviderActor>,
-        n: u32,
-    ) -> i64 {
+    /// Stores new outbound message `n`; its id.
+    async fn store_one(store: &Store, n: u32) -> i64 {
         let stored = store
             .insert_outbound(store::tests::new_message(n))
             .await
@@ -1205,15 +1191,66 @@ mod tests {
         let OutboundStored::Created { id, .. } = stored else {
             panic!("not created: {stored:?}");
         };
-        backlog.add(1);
-        addr.do_send(Dispatch {
+        id
+    }
+
+    /// Message `id`'s first dispatch, as the router sends it.
+    fn first_dispatch(id: i64) -> Dispatch {
+        Dispatch {
             message_id: id,
             channel: Channel::Sms,
             attempts_made: 0,
             due: None,
             sender: 0,
             retry_base: 0,
-        });
+        }
+    }
+
+    /// Attempt 1 of message `id`, a success that makes it `sent`.
+    fn sent_record(id: i64) -> AttemptRecord {
+        AttemptRecord {
+            message_id: id,
+            provider: "sms-mms".into(),
+            attempt: 1,
+            outcome: Outcome::Success.as_str(),
+            latency_ms: 1,
+            error_code: None,
+            provider_message_id: None,
+            status: MessageStatus::Sent,
+            next_attempt_at: None,
+        }
+    }
+
+    /// A provider of `config` under a `Supervisor`, so that a panic restarts it.
+    fn supervised(
+        config: ProviderConfig,
+        store: &Store,
+        metrics: &Arc<Metrics>,
+        backlog: &Arc<Backlog>,
+    ) -> Addr<ProviderActor> {
+        let (store, metrics, backlog) = (store.clone(), metrics.clone(), backlog.clone());
+        let log = Logger::root(slog::Discard, o!());
+        actix::Supervisor::start(move |_| {
+            ProviderActor::new(
+                config.clone(),
+                store.clone(),
+                metrics.clone(),
+                backlog.clone(),
+                &log,
+            )
+        })
+    }
+
+    /// Stores new outbound message `n` and hands it to the provider, as the router does.
+    async fn store_and_dispatch(
+        store: &Store,
+        backlog: &Backlog,
+        addr: &Addr<ProviderActor>,
+        n: u32,
+    ) -> i64 {
+        let id = store_one(store, n).await;
+        backlog.add(1);
+        addr.do_send(first_dispatch(id));
         id
     }
 
@@ -1222,19 +1259,13 @@ mod tests {
         let (_dir, _, store) = sqlite_store();
         let metrics = sms_metrics();
         let backlog = Arc::new(Backlog::new(100));
-        let log = Logger::root(slog::Discard, o!());
-        let addr = {
-            let (store, metrics, backlog) = (store.clone(), metrics.clone(), backlog.clone());
-            // Attempts long enough that none of the five ends before the fault, however
-            // slow the machine (300 ms was outrun once in CI: 8 attempts, not 10).
-            let slow = ProviderConfig {
-                latency: Duration::from_secs(2),
-                ..config()
-            };
-            actix::Supervisor::start(move |_| {
-                ProviderActor::new(slow.clone(), store, metrics, backlog, &log)
-            })
+        // Attempts long enough that none of the five ends before the fault, however slow
+        // the machine (300 ms was outrun once in CI: 8 attempts, not 10).
+        let slow = ProviderConfig {
+            latency: Duration::from_secs(2),
+            ..config()
         };
+        let addr = supervised(slow, &store, &metrics, &backlog);
 
         let mut ids = Vec::new();
         for n in 0..5 {
@@ -1280,28 +1311,12 @@ mod tests {
         let (_dir, _, store) = sqlite_store();
         let metrics = sms_metrics();
         let backlog = Arc::new(Backlog::new(100));
-        let log = Logger::root(slog::Discard, o!());
-        let addr = {
-            let (store, metrics, backlog) = (store.clone(), metrics.clone(), backlog.clone());
-            actix::Supervisor::start(move |_| {
-                ProviderActor::new(config(), store, metrics, backlog, &log)
-            })
-        };
-        let stored = store
-            .insert_outbound(store::tests::new_message(0))
-            .await
-            .expect("stored");
-        let OutboundStored::Created { id, .. } = stored else {
-            panic!("not created: {stored:?}");
-        };
+        let addr = supervised(config(), &store, &metrics, &backlog);
+        let id = store_one(&store, 0).await;
         backlog.add(1);
         addr.do_send(Dispatch {
-            message_id: id,
-            channel: Channel::Sms,
-            attempts_made: 0,
             due: Some(Timestamp::after(Duration::from_secs(3))),
-            sender: 0,
-            retry_base: 0,
+            ..first_dispatch(id)
         });
         addr.send(Explode).await.expect("the actor answers");
 
@@ -1344,13 +1359,7 @@ mod tests {
             Duration::from_secs(30),
             timeout,
         );
-        let stored = store
-            .insert_outbound(store::tests::new_message(0))
-            .await
-            .expect("stored");
-        let OutboundStored::Created { id, .. } = stored else {
-            panic!("not created: {stored:?}");
-        };
+        let id = store_one(&store, 0).await;
         let mut lock = diesel::SqliteConnection::establish(&path.display().to_string())
             .expect("a second connection");
         lock.batch_execute("BEGIN IMMEDIATE")
@@ -1360,19 +1369,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(600));
             lock.batch_execute("COMMIT").expect("let go");
         });
-        let recorded = store
-            .record_attempt(AttemptRecord {
-                message_id: id,
-                provider: "sms-mms".into(),
-                attempt: 1,
-                outcome: Outcome::Success.as_str(),
-                latency_ms: 1,
-                error_code: None,
-                provider_message_id: None,
-                status: MessageStatus::Sent,
-                next_attempt_at: None,
-            })
-            .await;
+        let recorded = store.record_attempt(sent_record(id)).await;
         unlock.join().expect("the lock's thread");
         assert_eq!(recorded, Ok(()));
         let (message, attempts) = store.get_message(id).await.expect("read").expect("found");
@@ -1394,23 +1391,13 @@ mod tests {
             &log,
         )
         .start();
-        let stored = store
-            .insert_outbound(store::tests::new_message(0))
-            .await
-            .expect("stored");
-        let OutboundStored::Created { id, .. } = stored else {
-            panic!("not created: {stored:?}");
-        };
+        let id = store_one(&store, 0).await;
         let record = AttemptRecord {
-            message_id: id,
-            provider: "sms-mms".into(),
-            attempt: 1,
             outcome: Outcome::Error.as_str(),
-            latency_ms: 1,
             error_code: Some("500".into()),
-            provider_message_id: None,
             status: MessageStatus::Queued,
             next_attempt_at: Some(Timestamp::after(Duration::from_secs(60))),
+            ..sent_record(id)
         };
         store
             .record_attempt(record.clone())
@@ -1438,20 +1425,8 @@ mod tests {
         let (_dir, _, store) = sqlite_store();
         let metrics = sms_metrics();
         let backlog = Arc::new(Backlog::new(100));
-        let log = Logger::root(slog::Discard, o!());
-        let addr = {
-            let (store, metrics, backlog) = (store.clone(), metrics.clone(), backlog.clone());
-            actix::Supervisor::start(move |_| {
-                ProviderActor::new(config(), store, metrics, backlog, &log)
-            })
-        };
-        let stored = store
-            .insert_outbound(store::tests::new_message(0))
-            .await
-            .expect("stored");
-        let OutboundStored::Created { id, .. } = stored else {
-            panic!("not created: {stored:?}");
-        };
+        let addr = supervised(config(), &store, &metrics, &backlog);
+        let id = store_one(&store, 0).await;
         backlog.add(1);
         addr.send(RequestPanics(id))
             .await
@@ -1498,36 +1473,16 @@ mod tests {
         };
         let addr =
             ProviderActor::new(real, store.clone(), metrics.clone(), backlog.clone(), &log).start();
-        let stored = store
-            .insert_outbound(store::tests::new_message(0))
-            .await
-            .expect("stored");
-        let OutboundStored::Created { id, .. } = stored else {
-            panic!("not created: {stored:?}");
-        };
+        let id = store_one(&store, 0).await;
         store
             .record_attempt(AttemptRecord {
-                message_id: id,
-                provider: "sms-mms".into(),
-                attempt: 1,
-                outcome: Outcome::Success.as_str(),
-                latency_ms: 1,
-                error_code: None,
                 provider_message_id: Some("SM1".into()),
-                status: MessageStatus::Sent,
-                next_attempt_at: None,
+                ..sent_record(id)
             })
             .await
             .expect("recorded");
         backlog.add(1);
-        addr.do_send(Dispatch {
-            message_id: id,
-            channel: Channel::Sms,
-            attempts_made: 0,
-            due: None,
-            sender: 0,
-            retry_base: 0,
-        });
+        addr.do_send(first_dispatch(id));
 
         poll_until("the provider to let the message go", async || {
             addr.send(GetHeldIds)
@@ -1724,14 +1679,7 @@ mod tests {
         };
         assert_eq!(attempts(), 2);
 
-        addr.do_send(Dispatch {
-            message_id: id,
-            channel: Channel::Sms,
-            attempts_made: 0,
-            due: None,
-            sender: 0,
-            retry_base: 0,
-        });
+        addr.do_send(first_dispatch(id));
         // Answered after the dispatch: an attempt it started is counted by now.
         let status = addr
             .send(GetProviderStatus)
@@ -1742,12 +1690,9 @@ mod tests {
         // One read after those records (a retry of the message once `failed` landed) has
         // made that many attempts: it is taken.
         addr.do_send(Dispatch {
-            message_id: id,
-            channel: Channel::Sms,
             attempts_made: 2,
-            due: None,
-            sender: 0,
             retry_base: 2,
+            ..first_dispatch(id)
         });
         let status = addr
             .send(GetProviderStatus)

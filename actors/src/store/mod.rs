@@ -898,13 +898,7 @@ pub(crate) mod tests {
                     1
                 };
                 assert_eq!(store.writers(), expected);
-                let mut ids = Vec::new();
-                for n in 0..6 {
-                    match store.insert_outbound(new_message(n)).await {
-                        Ok(OutboundStored::Created { id, .. }) => ids.push(id),
-                        other => panic!("not stored: {other:?}"),
-                    }
-                }
+                let ids = stored_ids(&store, 6).await;
                 // At once, so that every lane has records to commit.
                 let records: Vec<_> = ids
                     .iter()
@@ -926,13 +920,32 @@ pub(crate) mod tests {
         }
     }
 
+    /// Stores new outbound messages `0..count`; their ids.
+    async fn stored_ids(store: &Store, count: u32) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for n in 0..count {
+            match store.insert_outbound(new_message(n)).await {
+                Ok(OutboundStored::Created { id, .. }) => ids.push(id),
+                other => panic!("not stored: {other:?}"),
+            }
+        }
+        ids
+    }
+
+    /// `ids` split into those whose records go on the first lane and the rest.
+    fn by_first_lane(store: &Store, ids: &[i64]) -> (Vec<i64>, Vec<i64>) {
+        let first: &Lane = &store.lanes[0];
+        ids.iter()
+            .partition(|&&id| std::ptr::eq(store.lane_of(id), first))
+    }
+
     /// A renewal waiting on one lane (a row lock held there, past the store's timeout)
     /// does not hold back the other lane's: the lanes renew at once, each whatever the
     /// other's fate, so one slow lane never lets the other's leases lapse.
     #[actix::test]
     async fn on_postgres_a_slow_lane_does_not_hold_back_the_others_renewals() {
         use crate::store::schema::messages;
-        use diesel::{QueryDsl, RunQueryDsl};
+        use diesel::QueryDsl;
 
         for db in databases() {
             let Some(url) = db.postgres_url() else {
@@ -944,17 +957,8 @@ pub(crate) mod tests {
                 Duration::from_secs(30),
                 Duration::from_secs(1),
             );
-            let mut ids = Vec::new();
-            for n in 0..4 {
-                match store.insert_outbound(new_message(n)).await {
-                    Ok(OutboundStored::Created { id, .. }) => ids.push(id),
-                    other => panic!("not stored: {other:?}"),
-                }
-            }
-            let first: &Lane = &store.lanes[0];
-            let (on_first, on_other): (Vec<i64>, Vec<i64>) = ids
-                .iter()
-                .partition(|&&id| std::ptr::eq(store.lane_of(id), first));
+            let ids = stored_ids(&store, 4).await;
+            let (on_first, on_other) = by_first_lane(&store, &ids);
             assert!(!on_first.is_empty() && !on_other.is_empty(), "{ids:?}");
             let mut reader = PgConnection::establish(&url).expect("connect");
             let mut lease_until = |id: i64| -> String {
@@ -999,21 +1003,13 @@ pub(crate) mod tests {
                 Duration::from_secs(30),
                 Duration::from_secs(20),
             );
-            let mut ids = Vec::new();
-            for n in 0..6 {
-                match store.insert_outbound(new_message(n)).await {
-                    Ok(OutboundStored::Created { id, .. }) => ids.push(id),
-                    other => panic!("not stored: {other:?}"),
-                }
-            }
+            let ids = stored_ids(&store, 6).await;
             let first: &Lane = &store.lanes[0];
             assert!(
                 !std::ptr::eq(first, store.new_messages_lane()),
                 "new messages have a lane of their own"
             );
-            let (on_first, on_last): (Vec<i64>, Vec<i64>) = ids
-                .iter()
-                .partition(|&&id| std::ptr::eq(store.lane_of(id), first));
+            let (on_first, on_last) = by_first_lane(&store, &ids);
             assert!(on_first.len() >= 3 && on_last.len() >= 3, "{ids:?}");
             let mut holder = PgConnection::establish(&url).expect("connect");
 

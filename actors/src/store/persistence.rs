@@ -544,12 +544,7 @@ mod tests {
 
     /// A write that runs whether or not its caller still waits.
     fn job_kept(n: u32, log: &Arc<Mutex<Vec<String>>>) -> (Box<dyn Job>, Reply) {
-        let (reply, answer) = oneshot::channel();
-        let probe = Probe {
-            n,
-            log: log.clone(),
-        };
-        (WriteJob::boxed(probe, runner(), None, reply, false), answer)
+        probe_job(n, runner(), None, log, false)
     }
 
     fn job_running(
@@ -558,12 +553,22 @@ mod tests {
         kind: Option<BulkRunner<Probe, u32>>,
         log: &Arc<Mutex<Vec<String>>>,
     ) -> (Box<dyn Job>, Reply) {
+        probe_job(n, run, kind, log, true)
+    }
+
+    fn probe_job(
+        n: u32,
+        run: Runner<Probe, u32>,
+        kind: Option<BulkRunner<Probe, u32>>,
+        log: &Arc<Mutex<Vec<String>>>,
+        droppable: bool,
+    ) -> (Box<dyn Job>, Reply) {
         let (reply, answer) = oneshot::channel();
         let probe = Probe {
             n,
             log: log.clone(),
         };
-        (WriteJob::boxed(probe, run, kind, reply, true), answer)
+        (WriteJob::boxed(probe, run, kind, reply, droppable), answer)
     }
 
     fn run(mut jobs: Vec<Box<dyn Job>>) -> Result<(), StoreError> {
