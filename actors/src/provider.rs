@@ -244,6 +244,12 @@ pub struct ProviderActor {
     superseded: HashSet<i64>,
     /// Per sender, the earliest time its next message may leave (`sender_interval`).
     sender_slots: HashMap<u64, Instant>,
+    /// Per sender, in order, the messages waiting for its slot. They hold neither a
+    /// breaker permit nor an in-flight place while they wait, so other senders' messages
+    /// pass them and an operator's `forced_open` stops them.
+    paced: HashMap<u64, VecDeque<Job>>,
+    /// Senders whose slot has come: their first paced message goes before `ready`.
+    due_senders: VecDeque<u64>,
     /// When "provider refused our credentials" was last logged.
     credentials_logged: Option<Instant>,
     /// The operator's last setting, kept across a restart, and its stamp.
@@ -320,6 +326,8 @@ impl ProviderActor {
             unrecorded: HashMap::new(),
             superseded: HashSet::new(),
             sender_slots: HashMap::new(),
+            paced: HashMap::new(),
+            due_senders: VecDeque::new(),
             credentials_logged: None,
             applied_override: Override::Closed,
             applied_stamp: None,
@@ -336,7 +344,9 @@ impl ProviderActor {
             .set(i64::try_from(self.held.len()).unwrap_or(i64::MAX));
     }
 
-    /// Starts as many ready attempts as the in-flight bound and the breaker allow.
+    /// Starts as many ready attempts as the in-flight bound and the breaker allow: first
+    /// the paced messages whose sender's slot has come, then the ready queue, where a
+    /// message whose sender must still wait joins that sender's paced line instead.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         // `max_in_flight` bounds requests to a real provider; the simulator's attempts are
         // timers, bounded only by MAX_IN_FLIGHT (100 ms of simulated latency must not cap
@@ -345,7 +355,11 @@ impl ProviderActor {
             Some(_) => MAX_IN_FLIGHT.min(self.config.max_in_flight.max(1)),
             None => MAX_IN_FLIGHT,
         };
-        while self.in_flight < limit && !self.ready.is_empty() {
+        while self.in_flight < limit {
+            let due_sender = self.due_senders.front().copied();
+            if due_sender.is_none() && !self.pace_front_of_ready(ctx) {
+                break;
+            }
             let (permit, transition) = self.breaker.try_acquire(Instant::now());
             if let Some(transition) = transition {
                 self.on_transition(transition, ctx);
@@ -357,16 +371,82 @@ impl ProviderActor {
                     .inc();
                 break;
             };
-            if let Some(job) = self.ready.pop_front() {
-                if self.superseded.remove(&job.message_id) {
-                    self.breaker
-                        .record(permit, CallResult::Neutral, Instant::now());
-                    self.let_go(job.message_id);
-                    continue;
+            let job = match due_sender {
+                Some(sender) => {
+                    self.due_senders.pop_front();
+                    self.next_of_sender(sender, ctx)
                 }
-                self.start_attempt(job, permit, ctx);
+                None => self.ready.pop_front(),
+            };
+            let Some(job) = job else {
+                self.breaker
+                    .record(permit, CallResult::Neutral, Instant::now());
+                continue;
+            };
+            if self.superseded.remove(&job.message_id) {
+                self.breaker
+                    .record(permit, CallResult::Neutral, Instant::now());
+                self.let_go(job.message_id);
+                continue;
             }
+            self.take_sender_slot(job.sender);
+            self.start_attempt(job, permit, ctx);
         }
+    }
+
+    /// Moves the ready queue's first messages whose sender must wait into their sender's
+    /// paced line (behind its earlier messages), until the first one that may leave now;
+    /// answers whether there is one.
+    fn pace_front_of_ready(&mut self, ctx: &mut Context<Self>) -> bool {
+        let interval = self.pacing();
+        while let Some(job) = self.ready.front().copied() {
+            if interval.is_zero() {
+                return true;
+            }
+            if let Some(line) = self.paced.get_mut(&job.sender) {
+                line.push_back(job);
+            } else {
+                let now = Instant::now();
+                match self.sender_slots.get(&job.sender) {
+                    Some(slot) if *slot > now => {
+                        let wait = *slot - now;
+                        self.paced.insert(job.sender, VecDeque::from([job]));
+                        self.call_sender_in(ctx, job.sender, wait);
+                    }
+                    _ => return true,
+                }
+            }
+            self.ready.pop_front();
+        }
+        false
+    }
+
+    /// Takes the first paced message of `sender`, whose slot has come; if more wait, its
+    /// next slot is called.
+    fn next_of_sender(&mut self, sender: u64, ctx: &mut Context<Self>) -> Option<Job> {
+        let Entry::Occupied(mut line) = self.paced.entry(sender) else {
+            return None;
+        };
+        let job = line.get_mut().pop_front();
+        if line.get().is_empty() {
+            line.remove();
+        } else {
+            let interval = self.pacing();
+            self.call_sender_in(ctx, sender, interval);
+        }
+        job
+    }
+
+    /// After `wait`, the first paced message of `sender` may leave.
+    fn call_sender_in(&mut self, ctx: &mut Context<Self>, sender: u64, wait: Duration) {
+        ctx.run_later(wait, move |provider, ctx| {
+            provider.guarded(ctx, move |provider, ctx| {
+                if provider.paced.contains_key(&sender) {
+                    provider.due_senders.push_back(sender);
+                }
+                provider.pump(ctx);
+            });
+        });
     }
 
     /// Counts, shows and logs a breaker transition, and sets the timer for the next one.
@@ -447,9 +527,8 @@ impl ProviderActor {
     }
 
     /// One request to the provider's API, on this actor's context: the message is read
-    /// (the API needs its content), spaced from its sender's previous one if asked, sent,
-    /// and its answer finishes the attempt like a simulated one. While it runs the job is
-    /// parked, so a restart requeues it.
+    /// (the API needs its content), sent, and its answer finishes the attempt like a
+    /// simulated one. While it runs the job is parked, so a restart requeues it.
     fn start_real_attempt(
         &mut self,
         sender: Arc<HttpSender>,
@@ -458,12 +537,8 @@ impl ProviderActor {
         ctx: &mut Context<Self>,
     ) {
         let attempt = job.attempts_made + 1;
-        let wait = self.reserve_sender_slot(job.sender);
         let store = self.store.clone();
         let request = async move {
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
             let started = Instant::now();
             let answer = match store.get_message(job.message_id).await? {
                 // Sent, failed, or attempted this far already (its record landed while a
@@ -556,23 +631,25 @@ impl ProviderActor {
         }));
     }
 
-    /// How long this sender's next message waits so that it leaves `sender_interval`
-    /// after the one before; reserving in queue order keeps a sender's messages in order.
-    fn reserve_sender_slot(&mut self, sender: u64) -> Duration {
-        let interval = self.config.sender_interval;
+    /// `sender_interval`, which only a real provider reads.
+    fn pacing(&self) -> Duration {
+        match self.config.sender {
+            Some(_) => self.config.sender_interval,
+            None => Duration::ZERO,
+        }
+    }
+
+    /// Marks that `sender`'s message leaves now: its next waits `sender_interval`.
+    fn take_sender_slot(&mut self, sender: u64) {
+        let interval = self.pacing();
         if interval.is_zero() {
-            return Duration::ZERO;
+            return;
         }
         let now = Instant::now();
         if self.sender_slots.len() > 10_000 {
             self.sender_slots.retain(|_, next| *next > now);
         }
-        let slot = self
-            .sender_slots
-            .get(&sender)
-            .map_or(now, |next| (*next).max(now));
-        self.sender_slots.insert(sender, slot + interval);
-        slot - now
+        self.sender_slots.insert(sender, now + interval);
     }
 
     /// Parks a job in flight: a restart makes it ready again at once.
@@ -865,6 +942,14 @@ impl Supervised for ProviderActor {
         self.breaker_timer = None;
         self.outcomes = OutcomeStream::new(self.config.seed, self.config.odds);
         self.in_flight = 0;
+        // Their calls were dropped with the context's timers: the next `pump` paces them
+        // again (each sender's slot is kept), in their order, ahead of what was ready.
+        self.due_senders.clear();
+        for (_, line) in std::mem::take(&mut self.paced) {
+            for job in line.into_iter().rev() {
+                self.ready.push_front(job);
+            }
+        }
         // Oldest first, ahead of what was already ready.
         for parked in in_flight.into_iter().rev() {
             self.ready.push_front(parked.job);

@@ -799,33 +799,7 @@ fn twilios_inbound_messages_are_stored_once_and_answered_in_twiml() {
 
 #[test]
 fn messages_from_one_sender_leave_spaced_and_in_order() {
-    let twilio = Fake::start();
-    let arrivals: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
-    struct Clock(Arc<Mutex<Vec<(String, Instant)>>>, TwilioCreated);
-    impl Respond for Clock {
-        fn respond(&self, request: &Request) -> ResponseTemplate {
-            let to = form_of(request)
-                .into_iter()
-                .find(|(k, _)| k == "To")
-                .map(|(_, v)| v)
-                .unwrap_or_default();
-            if let Ok(mut list) = self.0.lock() {
-                list.push((to, Instant::now()));
-            }
-            self.1.respond(request)
-        }
-    }
-    twilio.mount(
-        Mock::given(method("POST"))
-            .and(path(messages_path()))
-            .and(header("content-type", "application/x-www-form-urlencoded"))
-            .respond_with(Clock(arrivals.clone(), TwilioCreated(AtomicU64::new(0)))),
-    );
-    let with_interval = settings(&twilio.uri(), &twilio.uri(), "").replace(
-        "request_timeout_ms = 500\n",
-        "request_timeout_ms = 500\nsender_interval_ms = 400\n",
-    );
-    let app = TestApp::spawn_with_env(&with_interval, &secrets());
+    let (_twilio, arrivals, app) = paced_app("sender_interval_ms = 400\n");
     let ids: Vec<i64> = (0..3)
         .map(|n| app.accept("/api/messages/sms", &sms_to(n)))
         .collect();
@@ -856,6 +830,121 @@ fn messages_from_one_sender_leave_spaced_and_in_order() {
         of("+18045550009") < c,
         "another sender does not wait behind the first"
     );
+}
+
+/// When each request reached the fake, by `To`.
+type ArrivalLog = Arc<Mutex<Vec<(String, Instant)>>>;
+
+/// Notes each request in an `ArrivalLog` and answers Twilio's 201.
+struct Arrivals(ArrivalLog, TwilioCreated);
+
+impl Respond for Arrivals {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let to = form_of(request)
+            .into_iter()
+            .find(|(k, _)| k == "To")
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        if let Ok(mut list) = self.0.lock() {
+            list.push((to, Instant::now()));
+        }
+        self.1.respond(request)
+    }
+}
+
+/// A Twilio fake that notes arrivals, and an app on it with `extra` real-provider keys.
+fn paced_app(extra: &str) -> (Fake, ArrivalLog, TestApp) {
+    let twilio = Fake::start();
+    let arrivals = ArrivalLog::default();
+    twilio.mount(
+        Mock::given(method("POST"))
+            .and(path(messages_path()))
+            .and(header("content-type", "application/x-www-form-urlencoded"))
+            .respond_with(Arrivals(arrivals.clone(), TwilioCreated(AtomicU64::new(0)))),
+    );
+    let config = settings(&twilio.uri(), &twilio.uri(), "").replace(
+        "request_timeout_ms = 500\n",
+        &format!("request_timeout_ms = 500\n{extra}"),
+    );
+    let app = TestApp::spawn_with_env(&config, &secrets());
+    (twilio, arrivals, app)
+}
+
+fn arrived(arrivals: &Mutex<Vec<(String, Instant)>>) -> Vec<String> {
+    arrivals
+        .lock()
+        .expect("arrivals")
+        .iter()
+        .map(|(to, _)| to.clone())
+        .collect()
+}
+
+#[test]
+fn a_waiting_sender_holds_no_place_in_flight() {
+    // Two places in flight, and one sender with five messages a second apart: its
+    // messages waiting for their turn must not hold those places from another sender.
+    let (_twilio, arrivals, app) = paced_app("sender_interval_ms = 1000\nmax_in_flight = 2\n");
+    let ids: Vec<i64> = (0..5)
+        .map(|n| app.accept("/api/messages/sms", &sms_to(n)))
+        .collect();
+    let mut other = sms_to(9);
+    other["from"] = json!("+12025550199");
+    let other_id = app.accept("/api/messages/sms", &other);
+    assert_eq!(finished(&app, other_id)["status"], "sent");
+    let so_far = arrived(&arrivals);
+    assert!(
+        so_far.len() <= 3,
+        "the other sender went after {so_far:?}: it waited behind the first"
+    );
+    assert_eq!(finished(&app, ids[4])["status"], "sent");
+    let first_sender: Vec<String> = arrived(&arrivals)
+        .into_iter()
+        .filter(|to| to != "+18045550009")
+        .collect();
+    let expected: Vec<String> = (0..5).map(|n| format!("+1804555{n:04}")).collect();
+    assert_eq!(
+        first_sender, expected,
+        "one sender's messages keep their order"
+    );
+}
+
+#[test]
+fn a_forced_open_breaker_stops_a_senders_waiting_messages() {
+    let (_twilio, arrivals, app) = paced_app("sender_interval_ms = 500\n");
+    let ids: Vec<i64> = (0..4)
+        .map(|n| app.accept("/api/messages/sms", &sms_to(n)))
+        .collect();
+    assert_eq!(finished(&app, ids[0])["status"], "sent");
+    let forced = app.post(
+        "/api/providers/sms-mms/breaker",
+        &json!({"state": "forced_open"}),
+    );
+    assert_eq!(forced.status, 200, "{}", forced.text);
+    let sent_before = arrived(&arrivals).len();
+    // The next message's turn comes within 500 ms, and the breaker turns it away.
+    let rejections = r#"messaging_breaker_rejections_total{provider="sms-mms"}"#;
+    app.eventually("a waiting message meets the forced breaker", || {
+        (app.metric(rejections) >= 1.0).then_some(())
+    });
+    assert_eq!(
+        arrived(&arrivals).len(),
+        sent_before,
+        "a request went out through a forced_open breaker"
+    );
+    assert_eq!(
+        app.get(&format!("/api/messages/{}", ids[3])).json()["status"],
+        "queued"
+    );
+    let closed = app.post(
+        "/api/providers/sms-mms/breaker",
+        &json!({"state": "closed"}),
+    );
+    assert_eq!(closed.status, 200, "{}", closed.text);
+    for id in &ids {
+        assert_eq!(finished(&app, *id)["status"], "sent");
+    }
+    let expected: Vec<String> = (0..4).map(|n| format!("+1804555{n:04}")).collect();
+    assert_eq!(arrived(&arrivals), expected);
 }
 
 #[test]
