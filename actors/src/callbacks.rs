@@ -92,6 +92,10 @@ impl CallbackWorker {
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout)
             .user_agent(concat!("messaging-service/", env!("CARGO_PKG_VERSION")))
+            // A redirect is an answer like any other that is not 2xx: followed, a 302 would
+            // turn the POST into a bodiless GET whose 200 counts as delivered, and a 307
+            // would send the signed body wherever the receiver's `Location` says.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let signer = config
             .secret

@@ -97,6 +97,9 @@ impl HttpSender {
             .timeout(request_timeout)
             .connect_timeout(request_timeout)
             .user_agent(concat!("messaging-service/", env!("CARGO_PKG_VERSION")))
+            // A redirect is an answer (an error, not the API's): followed, the credentials
+            // and the message could go wherever a `Location` says.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(HttpSender {
             api,

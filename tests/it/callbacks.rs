@@ -248,6 +248,46 @@ fn a_410_stops_at_once_a_hang_is_retried_and_max_age_gives_up() {
 }
 
 #[test]
+fn a_redirect_is_not_followed_and_does_not_deliver() {
+    // Followed, a 302 would turn the POST into a GET without its body, whose 200 would
+    // count as delivered; and the signed body could be sent wherever `Location` says.
+    let receiver = Receiver::start();
+    let elsewhere = format!("{}/elsewhere", receiver.server.uri());
+    let mocks = [
+        Mock::given(method("POST"))
+            .and(path("/hooks/messages"))
+            .respond_with(ResponseTemplate::new(302).insert_header("Location", elsewhere.as_str())),
+        Mock::given(path("/elsewhere")).respond_with(ResponseTemplate::new(200)),
+    ];
+    for mock in mocks {
+        receiver.runtime.block_on(mock.mount(&receiver.server));
+    }
+    let app = TestApp::spawn("[callbacks]\nmax_age_ms = 1500\n[providers.sms-mms]\nseed = 42\n");
+    let id = app.accept("/api/messages/sms", &with_callback(sms(0), &receiver.url()));
+    let state = app.eventually("a final callback state", || {
+        callbacks_of(&app, id)
+            .first()
+            .filter(|c| c["state"] != "pending")
+            .cloned()
+    });
+    assert_eq!(state["state"], "given_up", "{state}");
+    assert_eq!(state["last_result"], "302");
+    let paths: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .collect();
+    assert!(
+        paths.iter().all(|p| p == "/hooks/messages"),
+        "followed the redirect: {paths:?}"
+    );
+    assert_eq!(
+        app.metric(r#"messaging_callbacks_total{outcome="delivered"}"#),
+        0.0
+    );
+}
+
+#[test]
 fn callbacks_owed_at_a_sigkill_arrive_once_the_receiver_comes_up() {
     // The receiver's address is known now, but nothing listens there yet.
     let reserved = TcpListener::bind("127.0.0.1:0").expect("bind");

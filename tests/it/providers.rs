@@ -364,9 +364,15 @@ fn every_answer_of_the_table_leads_to_its_outcome_and_no_secret_is_logged() {
         2,
         vec![twilio_error(400, 21211, "Invalid 'To' Phone Number")],
     );
+    // Twilio's 503 carries its error body; a redirect (a proxy's, say) is not followed:
+    // followed, the credentials and the message would go where `Location` says.
+    let elsewhere = format!("{}/elsewhere", twilio.uri());
     fail_then(
         3,
-        vec![ResponseTemplate::new(500), ResponseTemplate::new(503)],
+        vec![
+            twilio_error(503, 20503, "Service Unavailable"),
+            ResponseTemplate::new(307).insert_header("Location", elsewhere.as_str()),
+        ],
     );
     fail_then(
         5,
@@ -428,11 +434,16 @@ fn every_answer_of_the_table_leads_to_its_outcome_and_no_secret_is_logged() {
     );
     assert_eq!(codes, [json!("21211")]);
 
-    // 500, 503 -> errors retried with backoff, then sent.
+    // 503, 307 -> errors retried with backoff (the provider's code, else the status),
+    // then sent; nothing went to the redirect's `Location`.
     let (status, outcomes_3, codes) = outcomes_and_codes(ids[2]);
     assert_eq!(status, "sent");
     assert_eq!(outcomes_3, ["error", "error", "success"]);
-    assert_eq!(codes[..2], [json!("500"), json!("503")]);
+    assert_eq!(codes[..2], [json!("20503"), json!("307")]);
+    assert!(twilio
+        .received()
+        .iter()
+        .all(|request| request.url.path() == messages_path()));
 
     // 401 on every attempt -> errors until failed; the credentials line once.
     let (status, outcomes_4, codes) = outcomes_and_codes(ids[3]);
@@ -517,7 +528,7 @@ fn a_failing_twilio_opens_only_its_breaker_while_sendgrid_keeps_sending() {
     twilio.mount(
         Mock::given(method("POST"))
             .and(path(messages_path()))
-            .respond_with(twilio_error(503, 20500, "Service Unavailable")),
+            .respond_with(twilio_error(503, 20503, "Service Unavailable")),
     );
     sendgrid.mount(sendgrid_accepted());
     let extra =
