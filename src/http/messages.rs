@@ -39,7 +39,9 @@ async fn accept(
 ) -> Result<HttpResponse, ApiError> {
     let object = read_object(req, payload, state.max_body_bytes).await?;
     let content = parse(&object)?;
-    let options = DeliveryFields::options(&object, state.default_callback.as_deref())?;
+    // The fingerprint holds what the request says, not the configured default callback:
+    // the same body stays the same request across a change of `[callbacks] url`.
+    let mut options = DeliveryFields::options(&object)?;
     let send_at = options.send_at.map(|at| at.to_storage());
     let mut extra = Vec::new();
     if let Some(url) = &options.status_callback {
@@ -54,6 +56,9 @@ async fn accept(
             key,
             fingerprint: content.fingerprint_with(Direction::Outbound, &extra),
         });
+    if options.status_callback.is_none() {
+        options.status_callback = state.default_callback.clone();
+    }
     let accepted = router
         .0
         .send(AcceptOutbound {

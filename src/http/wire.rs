@@ -328,12 +328,9 @@ pub struct DeliveryFields {
 const MAX_SEND_AHEAD: std::time::Duration = std::time::Duration::from_secs(35 * 24 * 3600);
 
 impl DeliveryFields {
-    /// The options for the router: the request's callback, else `default_callback`;
-    /// `send_at` no more than 35 days ahead.
-    pub fn options(
-        object: &Map<String, Value>,
-        default_callback: Option<&str>,
-    ) -> Result<DeliveryOptions, ApiError> {
+    /// The request's own options: its callback, if any; `send_at` no more than 35 days
+    /// ahead.
+    pub fn options(object: &Map<String, Value>) -> Result<DeliveryOptions, ApiError> {
         let fields: DeliveryFields = parse(object)?;
         if let Some(at) = fields.send_at {
             if at > Timestamp::after(MAX_SEND_AHEAD) {
@@ -344,10 +341,7 @@ impl DeliveryFields {
             }
         }
         Ok(DeliveryOptions {
-            status_callback: fields
-                .status_callback
-                .map(String::from)
-                .or_else(|| default_callback.map(str::to_owned)),
+            status_callback: fields.status_callback.map(String::from),
             send_at: fields.send_at,
         })
     }

@@ -248,6 +248,31 @@ fn a_410_stops_at_once_a_hang_is_retried_and_max_age_gives_up() {
 }
 
 #[test]
+fn a_repeated_request_stays_the_same_after_the_default_callback_changes() {
+    let receiver = Receiver::start();
+    receiver.answer(&[200], Duration::ZERO);
+    let dir = Arc::new(TestDir::new());
+    let key = [("Idempotency-Key", "order-1")];
+    let before = TestApp::spawn_in(dir.clone(), "");
+    let first = before.post_with("/api/messages/sms", &sms(0), &key);
+    assert_eq!(first.status, 202, "{}", first.text);
+    before.stop();
+    let with_default = format!("[callbacks]\nurl = \"{}\"\n", receiver.url());
+    let after = TestApp::spawn_in(dir, &with_default);
+    let again = after.post_with("/api/messages/sms", &sms(0), &key);
+    assert_eq!(again.status, 202, "{}", again.text);
+    assert_eq!(again.json()["id"], first.json()["id"]);
+    // A body that names a callback is another request.
+    let named = with_callback(sms(0), &receiver.url());
+    assert_eq!(
+        after
+            .post_with("/api/messages/sms", &named, &key)
+            .error_code(422),
+        "idempotency_conflict"
+    );
+}
+
+#[test]
 fn a_redirect_is_not_followed_and_does_not_deliver() {
     // Followed, a 302 would turn the POST into a GET without its body, whose 200 would
     // count as delivered; and the signed body could be sent wherever `Location` says.
