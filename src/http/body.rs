@@ -1,6 +1,6 @@
 //! Reading a request body as the contract wants it: JSON content type (else 415), at most
-//! `server.max_body_bytes` (else 413, checked before and while reading), within 10 s, a
-//! JSON object (else 400 `invalid_json`). `wire.rs` turns the object into a typed request.
+//! `server.max_body_bytes` (else 413, checked before and while reading), within 10 s (else
+//! 408 `request_timeout`), a JSON object (else 400 `invalid_json`). `wire.rs` turns the object into a typed request.
 //! Twilio's webhooks read a form the same way.
 
 use actix_web::{web, HttpMessage as _, HttpRequest};
@@ -20,6 +20,15 @@ fn is_json_content_type(req: &HttpRequest) -> bool {
 fn is_form_content_type(req: &HttpRequest) -> bool {
     matches!(req.mime_type(), Ok(Some(mime))
         if mime.type_() == "application" && mime.subtype() == "x-www-form-urlencoded")
+}
+
+/// A POST whose body is not read still says it is JSON (CONTRACT 3: else 415).
+pub fn require_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+    if is_json_content_type(req) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
 }
 
 /// The body as a JSON object, or the contract's error for why not.
@@ -89,11 +98,8 @@ async fn read_limited(
     // stalls mid-body would otherwise hold its handler forever.
     tokio::time::timeout(BODY_TIMEOUT, read)
         .await
-        .map_err(|_| {
-            ApiError::InvalidJson(format!(
-                "the body did not arrive within {} seconds",
-                BODY_TIMEOUT.as_secs()
-            ))
+        .map_err(|_| ApiError::RequestTimeout {
+            seconds: BODY_TIMEOUT.as_secs(),
         })??;
     Ok(body)
 }

@@ -23,6 +23,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("send the body as application/json")]
     UnsupportedMediaType,
+    #[error("the body did not arrive within {seconds} seconds")]
+    RequestTimeout { seconds: u64 },
     #[error("the Idempotency-Key was already used with a different request")]
     IdempotencyConflict,
     #[error("no provider is configured for channel {channel}")]
@@ -62,6 +64,7 @@ impl ApiError {
             ApiError::NotAcceptable => "not_acceptable",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::IdempotencyConflict => "idempotency_conflict",
             ApiError::NoProvider { .. } => "no_provider",
             ApiError::Overloaded { .. } | ApiError::ReadsBusy => "overloaded",
@@ -84,6 +87,7 @@ impl ResponseError for ApiError {
             ApiError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NoProvider { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Overloaded { .. } | ApiError::NotReady | ApiError::ReadsBusy => {

@@ -2,7 +2,7 @@
 //! `GET /api/messages/{id}`. Parsing and validation happen here; acceptance (provider tag,
 //! storage) is the `RouterActor`'s.
 
-use super::body::read_object;
+use super::body::{read_object, require_json_content_type};
 use super::error::ApiError;
 use super::wire::{
     parse, AcceptedBody, AuthErrors, BodyErrors, DeliveryFields, EmailRequest, ErrorBody,
@@ -183,13 +183,16 @@ async fn message_detail(state: &AppState, id: i64) -> Result<MessageDetail, ApiE
         (status = 202, description = "Queued again; its attempt numbers continue", body = MessageDetail),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`not_retryable`: the message is not a failed outbound one", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: no JSON content type", body = ErrorBody),
         (status = 503, description = "`not_ready`", body = ErrorBody),
     )
 )]
 pub async fn retry_message(
     state: web::Data<AppState>,
+    req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    require_json_content_type(&req)?;
     let id = parse_id(&id, "message")?;
     match requeue(&state, RequeueTarget::One(id)).await? {
         Requeued::Messages(_) => {

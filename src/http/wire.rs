@@ -596,6 +596,11 @@ pub enum BodyErrors {
     BadRequest(ErrorBody),
     #[response(status = 406, description = "`not_acceptable`: Accept excludes JSON")]
     NotAcceptable(ErrorBody),
+    #[response(
+        status = 408,
+        description = "`request_timeout`: the body did not arrive within 10 s"
+    )]
+    RequestTimeout(ErrorBody),
     #[response(status = 413, description = "`payload_too_large`")]
     TooLarge(ErrorBody),
     #[response(status = 415, description = "`unsupported_media_type`")]

@@ -450,6 +450,16 @@ fn a_retry_continues_the_attempt_numbers_and_a_bulk_retry_counts() {
     };
     assert_eq!(numbers(ids[0]), [1, 2]);
 
+    // A POST without a JSON content type is 415 (CONTRACT 3), even one with no body.
+    let untyped = app.request(
+        "POST",
+        &format!("/api/messages/{}/retry", ids[0]),
+        &[],
+        None,
+    );
+    assert_eq!(untyped.error_code(415), "unsupported_media_type");
+    assert_eq!(app.message(ids[0])["status"], "failed", "nothing requeued");
+
     let retried = app.post(&format!("/api/messages/{}/retry", ids[0]), &json!({}));
     assert_eq!(retried.status, 202, "{}", retried.text);
     assert_eq!(retried.json()["id"], ids[0]);
