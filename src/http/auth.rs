@@ -34,23 +34,40 @@ pub enum Access {
     /// signatures of their own).
     Open,
     Needs(Scope),
+    /// No route answers this method and path: a valid key of any scope passes, and the
+    /// router answers 404 or 405 (CONTRACT 3.4), since there is no route's scope to lack.
+    AnyKey,
 }
 
 /// The scope each route needs: reads need `read`, sending needs `send`, the operator
-/// controls `admin`; anything under `/api/` not named here needs `admin`, so a new route
-/// is closed until someone decides otherwise.
+/// controls `admin`. Each route of `http::routes` under `/api/` is named here, in its
+/// shape; `every_route_of_the_api_table_needs_its_scope` checks every documented one
+/// with a key of each scope, so a route left out (which any key would reach) fails it.
 pub fn required_access(method: &Method, path: &str) -> Access {
-    let open = !path.starts_with("/api/")
-        || path == "/api/openapi.json"
-        || path.starts_with("/api/webhooks/");
-    if open {
+    let Some(rest) = path.strip_prefix("/api/") else {
+        return Access::Open;
+    };
+    if rest == "openapi.json" || rest.starts_with("webhooks/") {
         return Access::Open;
     }
-    match *method {
-        Method::GET | Method::HEAD => Access::Needs(Scope::Read),
-        Method::POST if path.starts_with("/api/messages/") => Access::Needs(Scope::Send),
-        _ => Access::Needs(Scope::Admin),
-    }
+    let reading = matches!(*method, Method::GET | Method::HEAD);
+    let posting = *method == Method::POST;
+    let segments: Vec<&str> = rest.split('/').collect();
+    let scope = match segments.as_slice() {
+        ["messages", "sms" | "email" | "retry"] | ["messages", _, "retry"] if posting => {
+            Some(Scope::Send)
+        }
+        // POST-only routes, matched before `/api/messages/{id}`: another method is 405.
+        ["messages", "sms" | "email" | "retry"] => None,
+        ["messages", _] | ["conversations"] | ["conversations", _, "messages"] | ["providers"]
+            if reading =>
+        {
+            Some(Scope::Read)
+        }
+        ["providers", _, "breaker"] if posting => Some(Scope::Admin),
+        _ => None,
+    };
+    scope.map_or(Access::AnyKey, Access::Needs)
 }
 
 struct ApiKey {
@@ -138,8 +155,10 @@ impl Auth {
         path: &str,
         headers: &HeaderMap,
     ) -> Result<Option<&str>, Refusal> {
-        let Access::Needs(scope) = required_access(method, path) else {
-            return Ok(None);
+        let scope = match required_access(method, path) {
+            Access::Open => return Ok(None),
+            Access::Needs(scope) => Some(scope),
+            Access::AnyKey => None,
         };
         if self.is_open() {
             return Ok(None);
@@ -166,7 +185,7 @@ impl Auth {
             key: None,
             error: ApiError::Unauthorized,
         })?;
-        if !key.scopes.contains(&scope) {
+        if scope.is_some_and(|scope| !key.scopes.contains(&scope)) {
             return Err(Refusal {
                 reason: "scope",
                 key: Some(key.name.clone()),
@@ -290,7 +309,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_need_their_scope_and_new_ones_are_closed() {
+    fn routes_need_their_scope_and_what_is_no_route_needs_a_key() {
         let get = Method::GET;
         let post = Method::POST;
         assert_eq!(required_access(&get, "/healthz"), Access::Open);
@@ -314,13 +333,27 @@ mod tests {
             Access::Needs(Scope::Admin)
         );
         assert_eq!(
-            required_access(&Method::DELETE, "/api/messages/1"),
-            Access::Needs(Scope::Admin)
+            required_access(&post, "/api/messages/7/retry"),
+            Access::Needs(Scope::Send)
         );
         assert_eq!(
-            required_access(&post, "/api/anything-new"),
-            Access::Needs(Scope::Admin)
+            required_access(&get, "/api/conversations/7/messages"),
+            Access::Needs(Scope::Read)
         );
+        // No route: any key reaches the router's 405 or 404.
+        for (method, path) in [
+            (Method::DELETE, "/api/messages/1"),
+            (get.clone(), "/api/messages/sms"),
+            (get.clone(), "/api/providers/sms-mms/breaker"),
+            (post.clone(), "/api/conversations"),
+            (post.clone(), "/api/anything-new"),
+        ] {
+            assert_eq!(
+                required_access(&method, path),
+                Access::AnyKey,
+                "{method} {path}"
+            );
+        }
     }
 
     #[test]

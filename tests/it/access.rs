@@ -194,6 +194,24 @@ fn expected_scope(method: &str, path: &str) -> Option<&'static str> {
 }
 
 #[test]
+fn with_keys_a_wrong_method_or_unknown_route_is_405_or_404_to_any_key() {
+    let app = TestApp::spawn(&keyed_settings(""));
+    for secret in [READER, SENDER, ADMIN] {
+        let wrong_method = with_key(&app, "DELETE", "/api/conversations", secret, None);
+        assert_eq!(wrong_method.error_code(405), "method_not_allowed");
+        let get_a_post_route = with_key(&app, "GET", "/api/messages/sms", secret, None);
+        assert_eq!(get_a_post_route.error_code(405), "method_not_allowed");
+        let unknown = with_key(&app, "POST", "/api/nothing-here", secret, Some(&json!({})));
+        assert_eq!(unknown.error_code(404), "not_found");
+    }
+    // Without a valid key, nothing about the routes is told.
+    let anonymous = app.request("DELETE", "/api/conversations", &[], None);
+    assert_eq!(anonymous.error_code(401), "unauthorized");
+    let unknown_key = with_key(&app, "GET", "/api/nothing-here", "msk_not-a-key", None);
+    assert_eq!(unknown_key.error_code(401), "unauthorized");
+}
+
+#[test]
 fn every_route_of_the_api_table_needs_its_scope() {
     let app = TestApp::spawn(&keyed_settings(""));
     let doc = app.get("/api/openapi.json").json();
