@@ -361,14 +361,14 @@ pub async fn receive_sendgrid_events(
             .decode(header("X-Twilio-Email-Event-Webhook-Signature"))
             .ok()
             .and_then(|der| Signature::from_der(&der).ok());
-        let mut signed = header("X-Twilio-Email-Event-Webhook-Timestamp")
-            .as_bytes()
-            .to_vec();
+        let timestamp = header("X-Twilio-Email-Event-Webhook-Timestamp");
+        let mut signed = timestamp.as_bytes().to_vec();
         signed.extend_from_slice(&body);
-        let valid = signature.is_some_and(|signature| {
-            keys.iter()
-                .any(|key| key.verify(&signed, &signature).is_ok())
-        });
+        let valid = sendgrid_timestamp_is_fresh(timestamp, Timestamp::now().unix_seconds())
+            && signature.is_some_and(|signature| {
+                keys.iter()
+                    .any(|key| key.verify(&signed, &signature).is_ok())
+            });
         if !valid {
             state.auth.refused(&state.log, "signature", &req);
             return Err(ApiError::InvalidSignature);
@@ -394,9 +394,47 @@ pub async fn receive_sendgrid_events(
     Ok(HttpResponse::Ok().finish())
 }
 
+/// How old a SendGrid event batch's signed timestamp may be. SendGrid documents no
+/// tolerance, and retries a batch for up to 24 hours; whether a retry is signed afresh is
+/// not documented either, so a retried batch is taken for as long as SendGrid may send it
+/// (and an hour of clock skew). Older, it is stale (CONTRACT 12): a replay, not SendGrid.
+const SENDGRID_MAX_AGE_SECS: i64 = 25 * 60 * 60;
+/// How far ahead of this machine's clock a timestamp may be (Standard Webhooks' window).
+const SENDGRID_MAX_AHEAD_SECS: i64 = 5 * 60;
+
+/// Whether SendGrid's `X-Twilio-Email-Event-Webhook-Timestamp` (Unix seconds) is recent.
+fn sendgrid_timestamp_is_fresh(timestamp: &str, now: i64) -> bool {
+    timestamp.parse::<i64>().is_ok_and(|at| {
+        let age = i128::from(now) - i128::from(at);
+        (-i128::from(SENDGRID_MAX_AHEAD_SECS)..=i128::from(SENDGRID_MAX_AGE_SECS)).contains(&age)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sendgrid_timestamp_is_fresh_for_a_day_and_five_minutes_ahead() {
+        let now = 1_800_000_000;
+        for (timestamp, fresh) in [
+            ("1800000000", true),
+            ("1799910000", true),  // 25 h ago
+            ("1799909999", false), // a second more
+            ("1800000300", true),
+            ("1800000301", false),
+            ("", false),
+            ("1.8e9", false),
+            ("-9223372036854775808", false),
+            ("99999999999999999999", false),
+        ] {
+            assert_eq!(
+                sendgrid_timestamp_is_fresh(timestamp, now),
+                fresh,
+                "{timestamp}"
+            );
+        }
+    }
 
     /// Twilio's own worked example (its request-validation docs and SDK tests).
     #[test]

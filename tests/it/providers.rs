@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -135,6 +135,14 @@ fn settings(twilio: &str, sendgrid: &str, extra: &str) -> String {
          api_key_env = \"TEST_SENDGRID_KEY\"\nevent_webhook_public_key = \"{SENDGRID_PUBLIC_KEY}\"\n\
          {extra}"
     )
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        })
 }
 
 fn sms_to(n: usize) -> Value {
@@ -653,7 +661,9 @@ fn receipts_set_the_delivery_status_and_a_bad_signature_changes_nothing() {
         {"email": "b1@example.com", "event": "bounce", "status": "5.0.0", "sg_message_id": format!("{second}.filter0002.1"), "timestamp": 1700000002},
     ])
     .to_string();
-    let timestamp = "1700000003";
+    let now = unix_now();
+    let timestamp = now.to_string();
+    let timestamp = timestamp.as_str();
     let post_events = |signature: &str, stamp: &str| {
         app.request(
             "POST",
@@ -667,8 +677,16 @@ fn receipts_set_the_delivery_status_and_a_bad_signature_changes_nothing() {
         )
     };
     let good = sign_sendgrid(timestamp, &events);
+    let later = (now + 1).to_string();
     assert_eq!(
-        post_events(&good, "1700000004").error_code(401),
+        post_events(&good, &later).error_code(401),
+        "invalid_signature"
+    );
+    // Signed by SendGrid's key, but two days ago: a replay, stale.
+    let old_stamp = (now - 2 * 24 * 3600).to_string();
+    let replayed = sign_sendgrid(&old_stamp, &events);
+    assert_eq!(
+        post_events(&replayed, &old_stamp).error_code(401),
         "invalid_signature"
     );
     assert_eq!(
@@ -711,7 +729,8 @@ fn provider_webhooks_keep_the_apis_body_rules() {
     }
 
     let post_events = |content_type: &str, events: &str| {
-        let timestamp = "1700000003";
+        let timestamp = unix_now().to_string();
+        let timestamp = timestamp.as_str();
         let signature = sign_sendgrid(timestamp, events);
         app.request(
             "POST",
