@@ -85,6 +85,62 @@ impl DatabaseSettings {
     /// Where the url crate and libpq would read the host apart (a password with an
     /// unencoded `/`, `#` or `?`: the parser fails, or takes part of it for a host, a
     /// port or a fragment), it is not shown at all.
+    /// `text` (an error met opening the database) without any piece of the URL's user
+    /// part or password parameters. libpq quotes what it cannot read: the password of
+    /// `postgres://app:p%zz@db/x` as an `invalid percent-encoded token`, or part of
+    /// `postgres://app:pa/ss@db/x` as the port `"pa"`. So a quoted token found anywhere in
+    /// those parts is hidden, and so are the parts themselves, as written and decoded.
+    pub fn without_secrets(&self, text: &str) -> String {
+        if self.url.starts_with("sqlite://") {
+            return text.to_owned();
+        }
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, r)| r);
+        let mut secrets: Vec<String> = Vec::new();
+        // Up to the last `@`: a user part however a parser splits it.
+        if let Some(at) = rest.rfind('@') {
+            secrets.push(rest[..at].to_owned());
+        }
+        if let Some((_, query)) = rest.split_once('?') {
+            secrets.extend(
+                query
+                    .split('&')
+                    .filter_map(|pair| pair.split_once('='))
+                    .filter(|(key, _)| key.to_ascii_lowercase().contains("password"))
+                    .map(|(_, value)| value.to_owned()),
+            );
+        }
+        let decoded: Vec<String> = secrets
+            .iter()
+            .map(|s| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .collect();
+        secrets.extend(decoded);
+        secrets.retain(|s| !s.is_empty());
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut shown = String::with_capacity(text.len());
+        for (i, part) in text.split('"').enumerate() {
+            if i > 0 {
+                shown.push('"');
+            }
+            let quoted = i % 2 == 1;
+            if quoted && !part.is_empty() && secrets.iter().any(|s| s.contains(part)) {
+                shown.push_str("***");
+            } else {
+                shown.push_str(part);
+            }
+        }
+        for secret in &secrets {
+            shown = shown.replace(secret.as_str(), "***");
+        }
+        shown
+    }
+
     pub fn url_for_logs(&self) -> String {
         if self.url.starts_with("sqlite://") {
             return self.url.clone();
@@ -1100,6 +1156,46 @@ mod tests {
             assert_eq!(shown(url), expected, "{url}");
         }
         assert_eq!(shown("sqlite://messages.db"), "sqlite://messages.db");
+    }
+
+    #[test]
+    fn an_error_opening_the_database_is_told_without_a_piece_of_the_password() {
+        let told = |url: &str, error: &str| {
+            DatabaseSettings {
+                url: url.into(),
+                ..DatabaseSettings::default()
+            }
+            .without_secrets(error)
+        };
+        for (url, error, expected) in [
+            (
+                "postgres://app:s3%zzcret@db/x",
+                r#"invalid percent-encoded token: "s3%zzcret""#,
+                r#"invalid percent-encoded token: "***""#,
+            ),
+            (
+                "postgres://app:pa/ss@db/x",
+                r#"invalid integer value "pa" for connection option "port""#,
+                r#"invalid integer value "***" for connection option "port""#,
+            ),
+            (
+                "postgres://app:s3cret@db/x",
+                r#"connection to server at "db" (10.0.0.1), port 5432 failed: password authentication failed for user "app""#,
+                r#"connection to server at "db" (10.0.0.1), port 5432 failed: password authentication failed for user "***""#,
+            ),
+            (
+                "postgres://db/x?password=s3%20cret&sslmode=require",
+                "could not use s3 cret or s3%20cret; sslmode \"require\"",
+                "could not use *** or ***; sslmode \"require\"",
+            ),
+            (
+                "sqlite://messages.db",
+                r#"unable to open "messages.db""#,
+                r#"unable to open "messages.db""#,
+            ),
+        ] {
+            assert_eq!(told(url, error), expected, "{url}");
+        }
     }
 
     #[test]

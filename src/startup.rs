@@ -142,6 +142,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         settings.database.writers(),
         timeout,
     )
+    .map_err(|e| anyhow::anyhow!(settings.database.without_secrets(&e.to_string())))
     .with_context(|| format!("opening database {}", settings.database.url_for_logs()))?;
     let registry = registry(&settings);
     for (channel, provider) in registry.unserved() {

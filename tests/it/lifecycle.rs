@@ -99,33 +99,48 @@ fn a_bad_configuration_exits_2_with_one_line_naming_the_key() {
 fn a_database_that_cannot_be_opened_is_logged_without_its_password() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("settings.toml"), "").expect("write settings");
-    // Port 1: nothing listens there, so the connection is refused at once.
-    let output = Command::new(BIN)
-        .arg("--config")
-        .arg(dir.path().join("settings.toml"))
-        .env_remove("MESSAGING_CONFIG")
-        .env("MESSAGING__SERVER__BIND", "127.0.0.1:0")
-        .env(
-            "MESSAGING__DATABASE__URL",
+    // Port 1: nothing listens there, so the connection is refused at once. The other two
+    // are URLs libpq cannot read, whose errors quote what they could not read.
+    for (url, shown) in [
+        (
             "postgres://app:s3cret@127.0.0.1:1/messaging?password=s3cret",
-        )
-        .env("MESSAGING__DATABASE__TIMEOUT_MS", "200")
-        .output()
-        .expect("run");
-    assert_eq!(output.status.code(), Some(1));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let failed: Value = stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|line| line["msg"] == "service failed")
-        .unwrap_or_else(|| panic!("no `service failed` line in {stdout}"));
-    let error = failed["error"].as_str().unwrap_or_default();
-    assert!(
-        error.starts_with("opening database postgres://127.0.0.1:1/messaging: "),
-        "{error}"
-    );
-    assert!(!stdout.contains("s3cret"), "{stdout}");
-    assert!(!String::from_utf8_lossy(&output.stderr).contains("s3cret"));
+            "postgres://127.0.0.1:1/messaging",
+        ),
+        (
+            "postgres://app:s3%zzcret@127.0.0.1:1/messaging",
+            "postgres://127.0.0.1:1/messaging",
+        ),
+        (
+            "postgres://app:s3/cret@127.0.0.1:1/messaging",
+            "(a URL not shown: it may hold a password)",
+        ),
+    ] {
+        let output = Command::new(BIN)
+            .arg("--config")
+            .arg(dir.path().join("settings.toml"))
+            .env_remove("MESSAGING_CONFIG")
+            .env("MESSAGING__SERVER__BIND", "127.0.0.1:0")
+            .env("MESSAGING__DATABASE__URL", url)
+            .env("MESSAGING__DATABASE__TIMEOUT_MS", "200")
+            .output()
+            .expect("run");
+        assert_eq!(output.status.code(), Some(1), "{url}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let failed: Value = stdout
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|line| line["msg"] == "service failed")
+            .unwrap_or_else(|| panic!("no `service failed` line in {stdout}"));
+        let error = failed["error"].as_str().unwrap_or_default();
+        assert!(
+            error.starts_with(&format!("opening database {shown}: ")),
+            "{error}"
+        );
+        for piece in ["s3cret", "s3%zz", "zzcret", "\"s3\"", "cret"] {
+            assert!(!stdout.contains(piece), "{piece} in {stdout}");
+        }
+        assert!(!String::from_utf8_lossy(&output.stderr).contains("cret"));
+    }
 }
 
 #[test]
