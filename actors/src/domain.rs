@@ -130,13 +130,14 @@ checked_string!(
 
 checked_string!(
     /// An email subject: 1 to 998 characters (RFC 5322's line limit), not only
-    /// whitespace, no control characters (a header cannot hold a line break).
+    /// whitespace, no control character but a tab (a header cannot hold a line break;
+    /// a tab is whitespace a header may hold).
     Subject,
     |raw| {
         let raw = non_blank(raw)?;
         if raw.chars().count() > 998 {
             Err(InvalidValue::TooLong(998))
-        } else if raw.chars().any(char::is_control) {
+        } else if raw.chars().any(|c| c.is_control() && c != '\t') {
             Err(InvalidValue::Control)
         } else {
             Ok(raw)
@@ -752,6 +753,23 @@ mod tests {
         email.channel = Channel::Email;
         assert_ne!(base, email.fingerprint(Direction::Outbound));
         assert_ne!(base, sms("hi", None).fingerprint(Direction::Inbound));
+    }
+
+    #[test]
+    fn a_subject_is_one_header_line_of_at_most_998_characters() {
+        let subject = |raw: &str| Subject::try_from(raw.to_owned()).is_ok();
+        assert!(subject("Re:\tYour order"));
+        assert!(subject(&"é".repeat(998)));
+        assert!(!subject(&"é".repeat(999)));
+        for refused in [
+            "",
+            "  ",
+            "one\r\nBcc: x@example.com",
+            "one\ntwo",
+            "bell\u{7}",
+        ] {
+            assert!(!subject(refused), "{refused:?}");
+        }
     }
 
     #[test]
