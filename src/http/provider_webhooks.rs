@@ -62,6 +62,34 @@ pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
+/// The URL as built, and the same with its scheme's default port written out or left
+/// out: Twilio signs the URL exactly as it was configured at Twilio, where
+/// `https://host:443/...` and `https://host/...` both reach us, and its own helper
+/// libraries accept either form.
+fn with_and_without_default_port(url: &str) -> Vec<String> {
+    let mut forms = vec![url.to_owned()];
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return forms;
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return forms,
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host_end = authority.rfind(']').map_or(0, |bracket| bracket + 1);
+    let other = match authority.strip_suffix(default_port) {
+        Some(host) if host.len() >= host_end => format!("{scheme}://{host}{tail}"),
+        _ if !authority[host_end..].contains(':') => {
+            format!("{scheme}://{authority}{default_port}{tail}")
+        }
+        _ => return forms,
+    };
+    forms.push(other);
+    forms
+}
+
 /// Reads a form body (at most `max_body_bytes`) and checks Twilio's signature on it.
 async fn signed_twilio_form(
     state: &AppState,
@@ -86,9 +114,11 @@ async fn signed_twilio_form(
     });
     let valid = !signature.is_empty()
         && url.as_deref().is_some_and(|url| {
-            keys.twilio_tokens.iter().any(|token| {
-                let expected = twilio_signature(token.expose(), url, &params);
-                bool::from(expected.as_bytes().ct_eq(signature.as_bytes()))
+            with_and_without_default_port(url).iter().any(|url| {
+                keys.twilio_tokens.iter().any(|token| {
+                    let expected = twilio_signature(token.expose(), url, &params);
+                    bool::from(expected.as_bytes().ct_eq(signature.as_bytes()))
+                })
             })
         });
     if !valid {
@@ -413,6 +443,36 @@ fn sendgrid_timestamp_is_fresh(timestamp: &str, now: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_twilio_url_is_tried_with_and_without_its_default_port() {
+        for (url, other) in [
+            (
+                "https://example.com/api/x?a=1",
+                Some("https://example.com:443/api/x?a=1"),
+            ),
+            (
+                "https://example.com:443/api/x",
+                Some("https://example.com/api/x"),
+            ),
+            (
+                "http://example.com/api/x",
+                Some("http://example.com:80/api/x"),
+            ),
+            (
+                "http://example.com:80/api/x",
+                Some("http://example.com/api/x"),
+            ),
+            ("https://[::1]/api/x", Some("https://[::1]:443/api/x")),
+            ("https://[::1]:443/api/x", Some("https://[::1]/api/x")),
+            ("https://example.com:8443/api/x", None),
+            ("http://example.com:443/api/x", None),
+        ] {
+            let mut expected = vec![url.to_owned()];
+            expected.extend(other.map(str::to_owned));
+            assert_eq!(with_and_without_default_port(url), expected, "{url}");
+        }
+    }
 
     #[test]
     fn a_sendgrid_timestamp_is_fresh_for_a_day_and_five_minutes_ahead() {

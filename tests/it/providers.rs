@@ -627,8 +627,21 @@ fn receipts_set_the_delivery_status_and_a_bad_signature_changes_nothing() {
         ("MessageStatus", "undelivered"),
         ("ErrorCode", "30003"),
     ];
-    let ok = post_signed(&app, route, &undelivered);
-    assert_eq!(ok.status, 200);
+    // Configured at Twilio with the default port written out: Twilio signs that URL.
+    let with_port =
+        PUBLIC_URL.replace("https://messaging.example", "https://messaging.example:443");
+    let other_port = PUBLIC_URL.replace(
+        "https://messaging.example",
+        "https://messaging.example:8443",
+    );
+    let on_other_port = sign_twilio(&format!("{other_port}{route}"), &undelivered);
+    assert_eq!(
+        post_form(&app, route, &undelivered, Some(&on_other_port)).error_code(401),
+        "invalid_signature"
+    );
+    let on_443 = sign_twilio(&format!("{with_port}{route}"), &undelivered);
+    let ok = post_form(&app, route, &undelivered, Some(&on_443));
+    assert_eq!(ok.status, 200, "{}", ok.text);
     let message = app.message(sms_ids[1]);
     assert_eq!(message["delivery_status"], "undelivered");
     assert_eq!(message["delivery_error_code"], "30003");
