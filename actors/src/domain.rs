@@ -576,6 +576,19 @@ impl MessageContent {
 pub struct IdempotencyKey {
     pub key: String,
     pub fingerprint: String,
+    /// The same request's fingerprint as an earlier version stored it, also taken as a
+    /// match: until 2026-12-07 the configured default callback was folded in when the
+    /// request named none, so a repeat across the upgrade stays the same request.
+    pub earlier_form: Option<String>,
+}
+
+impl IdempotencyKey {
+    /// Whether a stored fingerprint is this request's.
+    pub fn matches(&self, stored: Option<&str>) -> bool {
+        stored.is_some_and(|stored| {
+            stored == self.fingerprint || self.earlier_form.as_deref() == Some(stored)
+        })
+    }
 }
 
 /// Idempotency keys are 1..=255 visible ASCII characters.

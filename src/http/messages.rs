@@ -43,18 +43,25 @@ async fn accept(
     // the same body stays the same request across a change of `[callbacks] url`.
     let mut options = DeliveryFields::options(&object)?;
     let send_at = options.send_at.map(|at| at.to_storage());
-    let mut extra = Vec::new();
-    if let Some(url) = &options.status_callback {
-        extra.push(("status_callback", url.as_str()));
-    }
-    if let Some(at) = &send_at {
-        extra.push(("send_at", at.as_str()));
-    }
+    let fingerprint = |callback: Option<&str>| {
+        let mut extra = Vec::new();
+        if let Some(url) = callback {
+            extra.push(("status_callback", url));
+        }
+        if let Some(at) = &send_at {
+            extra.push(("send_at", at.as_str()));
+        }
+        content.fingerprint_with(Direction::Outbound, &extra)
+    };
     let idempotency = IdempotencyKeyHeader::from_request(req)?
         .key
         .map(|key| IdempotencyKey {
             key,
-            fingerprint: content.fingerprint_with(Direction::Outbound, &extra),
+            fingerprint: fingerprint(options.status_callback.as_deref()),
+            earlier_form: match (&options.status_callback, &state.default_callback) {
+                (None, Some(default)) => Some(fingerprint(Some(default))),
+                _ => None,
+            },
         });
     if options.status_callback.is_none() {
         options.status_callback = state.default_callback.clone();

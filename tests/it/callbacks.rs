@@ -270,6 +270,15 @@ fn a_repeated_request_stays_the_same_after_the_default_callback_changes() {
             .error_code(422),
         "idempotency_conflict"
     );
+    // Versions before 2026-12-07 stored a request without a callback as if it named the
+    // default one: stored that way (here by naming it), a repeat is still the same.
+    let upgraded = [("Idempotency-Key", "order-2")];
+    let old_form = with_callback(sms(1), &receiver.url());
+    let stored = after.post_with("/api/messages/sms", &old_form, &upgraded);
+    assert_eq!(stored.status, 202, "{}", stored.text);
+    let repeat = after.post_with("/api/messages/sms", &sms(1), &upgraded);
+    assert_eq!(repeat.status, 202, "{}", repeat.text);
+    assert_eq!(repeat.json()["id"], stored.json()["id"]);
 }
 
 #[test]

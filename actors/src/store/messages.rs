@@ -673,7 +673,7 @@ for_each_backend! {
             .first::<(i64, i64, String, Option<String>, Option<String>)>(conn)
             .optional()?;
         Ok(earlier.map(|(id, conversation_id, channel, provider, fingerprint)| {
-            if fingerprint.as_deref() == Some(&idempotency.fingerprint) {
+            if idempotency.matches(fingerprint.as_deref()) {
                 OutboundStored::Replayed {
                     id,
                     conversation_id,
