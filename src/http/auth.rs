@@ -39,35 +39,40 @@ pub enum Access {
     AnyKey,
 }
 
-/// The scope each route needs: reads need `read`, sending needs `send`, the operator
-/// controls `admin`. Each route of `http::routes` under `/api/` is named here, in its
-/// shape; `every_route_of_the_api_table_needs_its_scope` checks every documented one
-/// with a key of each scope, so a route left out (which any key would reach) fails it.
-pub fn required_access(method: &Method, path: &str) -> Access {
-    let Some(rest) = path.strip_prefix("/api/") else {
-        return Access::Open;
-    };
-    if rest == "openapi.json" || rest.starts_with("webhooks/") {
+/// The scope each route needs, by the pattern the router matched (`None`: no route):
+/// reads need `read`, sending needs `send`, the operator controls `admin`. A route not
+/// named here needs `admin`, so a new route is closed until someone decides otherwise.
+/// A method the matched route does not answer, or a path no route matches, needs a key
+/// of any scope, then gets the router's 405 or 404: there is no route's scope to lack.
+pub fn required_access(method: &Method, path: &str, pattern: Option<&str>) -> Access {
+    let open = !path.starts_with("/api/")
+        || path == "/api/openapi.json"
+        || path.starts_with("/api/webhooks/");
+    if open {
         return Access::Open;
     }
+    let Some(pattern) = pattern else {
+        return Access::AnyKey;
+    };
     let reading = matches!(*method, Method::GET | Method::HEAD);
     let posting = *method == Method::POST;
-    let segments: Vec<&str> = rest.split('/').collect();
-    let scope = match segments.as_slice() {
-        ["messages", "sms" | "email" | "retry"] | ["messages", _, "retry"] if posting => {
-            Some(Scope::Send)
-        }
-        // POST-only routes, matched before `/api/messages/{id}`: another method is 405.
-        ["messages", "sms" | "email" | "retry"] => None,
-        ["messages", _] | ["conversations"] | ["conversations", _, "messages"] | ["providers"]
-            if reading =>
-        {
-            Some(Scope::Read)
-        }
-        ["providers", _, "breaker"] if posting => Some(Scope::Admin),
-        _ => None,
+    let (scope, answered) = match pattern {
+        "/api/messages/sms"
+        | "/api/messages/email"
+        | "/api/messages/retry"
+        | "/api/messages/{id}/retry" => (Scope::Send, posting),
+        "/api/messages/{id}"
+        | "/api/conversations"
+        | "/api/conversations/{id}/messages"
+        | "/api/providers" => (Scope::Read, reading),
+        "/api/providers/{name}/breaker" => (Scope::Admin, posting),
+        _ => (Scope::Admin, true),
     };
-    scope.map_or(Access::AnyKey, Access::Needs)
+    if answered {
+        Access::Needs(scope)
+    } else {
+        Access::AnyKey
+    }
 }
 
 struct ApiKey {
@@ -149,20 +154,22 @@ impl Auth {
     }
 
     /// The key the request carries, if it needs one: `Ok(None)` when the route is open.
+    /// `pattern` is the route the router matched, `None` for none.
     fn check(
         &self,
         method: &Method,
         path: &str,
+        pattern: impl FnOnce() -> Option<String>,
         headers: &HeaderMap,
     ) -> Result<Option<&str>, Refusal> {
-        let scope = match required_access(method, path) {
+        if self.is_open() {
+            return Ok(None);
+        }
+        let scope = match required_access(method, path, pattern().as_deref()) {
             Access::Open => return Ok(None),
             Access::Needs(scope) => Some(scope),
             Access::AnyKey => None,
         };
-        if self.is_open() {
-            return Ok(None);
-        }
         let presented = headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -288,7 +295,9 @@ pub async fn authenticate(
     let auth: &Arc<Auth> = &state.auth;
     // The path as the router matches it (percent-decoded but for `/`, `+` and `%`): the raw
     // one would let `/%61pi/...` skip the keys and still reach the `/api/` handler.
-    match auth.check(req.method(), req.match_info().as_str(), req.headers()) {
+    let path = req.match_info().as_str();
+    let pattern = || req.resource_map().match_pattern(path);
+    match auth.check(req.method(), path, pattern, req.headers()) {
         Ok(_) => next
             .call(req)
             .await
@@ -309,51 +318,76 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_need_their_scope_and_what_is_no_route_needs_a_key() {
-        let get = Method::GET;
-        let post = Method::POST;
-        assert_eq!(required_access(&get, "/healthz"), Access::Open);
-        assert_eq!(required_access(&get, "/metrics"), Access::Open);
-        assert_eq!(required_access(&get, "/api/openapi.json"), Access::Open);
-        assert_eq!(required_access(&post, "/api/webhooks/sms"), Access::Open);
-        assert_eq!(
-            required_access(&get, "/api/conversations"),
-            Access::Needs(Scope::Read)
-        );
-        assert_eq!(
-            required_access(&Method::HEAD, "/api/messages/1"),
-            Access::Needs(Scope::Read)
-        );
-        assert_eq!(
-            required_access(&post, "/api/messages/sms"),
-            Access::Needs(Scope::Send)
-        );
-        assert_eq!(
-            required_access(&post, "/api/providers/sms-mms/breaker"),
-            Access::Needs(Scope::Admin)
-        );
-        assert_eq!(
-            required_access(&post, "/api/messages/7/retry"),
-            Access::Needs(Scope::Send)
-        );
-        assert_eq!(
-            required_access(&get, "/api/conversations/7/messages"),
-            Access::Needs(Scope::Read)
-        );
-        // No route: any key reaches the router's 405 or 404.
-        for (method, path) in [
-            (Method::DELETE, "/api/messages/1"),
-            (get.clone(), "/api/messages/sms"),
-            (get.clone(), "/api/providers/sms-mms/breaker"),
-            (post.clone(), "/api/conversations"),
-            (post.clone(), "/api/anything-new"),
+    fn routes_need_their_scope_and_new_ones_are_closed() {
+        let (get, post) = (Method::GET, Method::POST);
+        let access = |method: &Method, path: &str, pattern: Option<&str>| {
+            required_access(method, path, pattern)
+        };
+        for path in ["/healthz", "/metrics", "/api/openapi.json"] {
+            assert_eq!(access(&get, path, Some(path)), Access::Open, "{path}");
+        }
+        let webhook = "/api/webhooks/sms";
+        assert_eq!(access(&post, webhook, Some(webhook)), Access::Open);
+        for (method, path, pattern, scope) in [
+            (
+                &get,
+                "/api/conversations",
+                "/api/conversations",
+                Scope::Read,
+            ),
+            (
+                &Method::HEAD,
+                "/api/messages/1",
+                "/api/messages/{id}",
+                Scope::Read,
+            ),
+            (
+                &get,
+                "/api/conversations/7/messages",
+                "/api/conversations/{id}/messages",
+                Scope::Read,
+            ),
+            (&post, "/api/messages/sms", "/api/messages/sms", Scope::Send),
+            (
+                &post,
+                "/api/messages/7/retry",
+                "/api/messages/{id}/retry",
+                Scope::Send,
+            ),
+            (
+                &post,
+                "/api/providers/a/breaker",
+                "/api/providers/{name}/breaker",
+                Scope::Admin,
+            ),
+            // A route nobody named here is closed.
+            (
+                &get,
+                "/api/providers/a/secrets",
+                "/api/providers/{name}/secrets",
+                Scope::Admin,
+            ),
         ] {
             assert_eq!(
-                required_access(&method, path),
-                Access::AnyKey,
-                "{method} {path}"
+                access(method, path, Some(pattern)),
+                Access::Needs(scope),
+                "{path}"
             );
         }
+        // A route's other methods (405) and no route at all (404): any key.
+        assert_eq!(
+            access(
+                &Method::DELETE,
+                "/api/messages/1",
+                Some("/api/messages/{id}")
+            ),
+            Access::AnyKey
+        );
+        assert_eq!(
+            access(&get, "/api/messages/sms", Some("/api/messages/sms")),
+            Access::AnyKey
+        );
+        assert_eq!(access(&post, "/api/anything-new", None), Access::AnyKey);
     }
 
     #[test]
