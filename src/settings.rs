@@ -66,6 +66,27 @@ pub struct DatabaseSettings {
     pub writers: Option<u32>,
 }
 
+/// libpq's connection option names, which its errors quote ("for connection option
+/// \"port\""): harmless to show.
+const LIBPQ_OPTIONS: [&str; 16] = [
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "sslmode",
+    "sslcert",
+    "sslkey",
+    "sslrootcert",
+    "connect_timeout",
+    "options",
+    "application_name",
+    "target_session_attrs",
+    "=",
+];
+
 impl DatabaseSettings {
     /// The write lanes this database gets: `writers` if set, else the backend's own.
     pub fn writers(&self) -> usize {
@@ -79,17 +100,13 @@ impl DatabaseSettings {
         }
     }
 
-    /// `url` as it may be logged. A SQLite URL holds no secret and is shown whole. Of a
-    /// PostgreSQL one only the scheme, host, port and path are shown, as the url crate
-    /// reads them, never the user part or the query (libpq takes a password in both).
-    /// Where the url crate and libpq would read the host apart (a password with an
-    /// unencoded `/`, `#` or `?`: the parser fails, or takes part of it for a host, a
-    /// port or a fragment), it is not shown at all.
-    /// `text` (an error met opening the database) without any piece of the URL's user
-    /// part or password parameters. libpq quotes what it cannot read: the password of
+    /// `text` (an error met opening the database) with nothing of the URL's user part or
+    /// password parameters. libpq quotes what it cannot read: the password of
     /// `postgres://app:p%zz@db/x` as an `invalid percent-encoded token`, or part of
-    /// `postgres://app:pa/ss@db/x` as the port `"pa"`. So a quoted token found anywhere in
-    /// those parts is hidden, and so are the parts themselves, as written and decoded.
+    /// `postgres://app:pa/ss@db/x` as the port `"pa"`. So those parts are hidden wherever
+    /// they stand, as written and decoded, and then every quoted token but the few known
+    /// to be harmless: libpq's option names, a socket path, and the host, port, database
+    /// and user of a URL `url_for_logs` shows.
     pub fn without_secrets(&self, text: &str) -> String {
         if self.url.starts_with("sqlite://") {
             return text.to_owned();
@@ -101,7 +118,13 @@ impl DatabaseSettings {
         let mut secrets: Vec<String> = Vec::new();
         // Up to the last `@`: a user part however a parser splits it.
         if let Some(at) = rest.rfind('@') {
-            secrets.push(rest[..at].to_owned());
+            let user_part = &rest[..at];
+            secrets.push(user_part.to_owned());
+            secrets.extend(
+                user_part
+                    .split_once(':')
+                    .map(|(_, password)| password.to_owned()),
+            );
         }
         if let Some((_, query)) = rest.split_once('?') {
             secrets.extend(
@@ -123,24 +146,45 @@ impl DatabaseSettings {
         secrets.extend(decoded);
         secrets.retain(|s| !s.is_empty());
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut text = text.to_owned();
+        for secret in &secrets {
+            text = text.replace(secret.as_str(), "***");
+        }
+        let mut harmless: Vec<String> = LIBPQ_OPTIONS.iter().map(|&o| o.to_owned()).collect();
+        if !self.url_for_logs().starts_with('(') {
+            if let Ok(url) = url::Url::parse(&self.url) {
+                harmless.extend(url.host_str().map(str::to_owned));
+                harmless.extend(url.port().map(|port| port.to_string()));
+                harmless.push(url.path().trim_start_matches('/').to_owned());
+                harmless.push(
+                    percent_encoding::percent_decode_str(url.username())
+                        .decode_utf8_lossy()
+                        .into_owned(),
+                );
+            }
+        }
         let mut shown = String::with_capacity(text.len());
         for (i, part) in text.split('"').enumerate() {
             if i > 0 {
                 shown.push('"');
             }
             let quoted = i % 2 == 1;
-            if quoted && !part.is_empty() && secrets.iter().any(|s| s.contains(part)) {
+            let socket = part.starts_with('/') && part.contains(".s.PGSQL.");
+            if quoted && !part.is_empty() && !socket && !harmless.iter().any(|h| h == part) {
                 shown.push_str("***");
             } else {
                 shown.push_str(part);
             }
         }
-        for secret in &secrets {
-            shown = shown.replace(secret.as_str(), "***");
-        }
         shown
     }
 
+    /// `url` as it may be logged. A SQLite URL holds no secret and is shown whole. Of a
+    /// PostgreSQL one only the scheme, host, port and path are shown, as the url crate
+    /// reads them, never the user part or the query (libpq takes a password in both).
+    /// Where the url crate and libpq would read the host apart (a password with an
+    /// unencoded `/`, `#` or `?`: the parser fails, or takes part of it for a host, a
+    /// port or a fragment), it is not shown at all.
     pub fn url_for_logs(&self) -> String {
         if self.url.starts_with("sqlite://") {
             return self.url.clone();
@@ -1181,12 +1225,34 @@ mod tests {
             (
                 "postgres://app:s3cret@db/x",
                 r#"connection to server at "db" (10.0.0.1), port 5432 failed: password authentication failed for user "app""#,
-                r#"connection to server at "db" (10.0.0.1), port 5432 failed: password authentication failed for user "***""#,
+                r#"connection to server at "db" (10.0.0.1), port 5432 failed: password authentication failed for user "app""#,
             ),
             (
                 "postgres://db/x?password=s3%20cret&sslmode=require",
                 "could not use s3 cret or s3%20cret; sslmode \"require\"",
-                "could not use *** or ***; sslmode \"require\"",
+                "could not use *** or ***; sslmode \"***\"",
+            ),
+            // A quote in the password shifts libpq's quotes: the whole goes first.
+            (
+                "postgres://app:pa\"s%zz@db/x",
+                r#"invalid percent-encoded token: "pa"s%zz""#,
+                r#"invalid percent-encoded token: "***""#,
+            ),
+            // libpq takes `12` for the port and the rest for the database's name.
+            (
+                "postgres://app:12/ss@db/x",
+                r#"database "ss@db/x" does not exist"#,
+                r#"database "***" does not exist"#,
+            ),
+            (
+                "postgres://app:s3cret@127.0.0.1:1/messaging",
+                r#"connection to server at "127.0.0.1", port 1 failed: Connection refused; database "messaging", option "port""#,
+                r#"connection to server at "127.0.0.1", port 1 failed: Connection refused; database "messaging", option "port""#,
+            ),
+            (
+                "postgres:///x?host=/run/postgresql",
+                r#"connection to server on socket "/run/postgresql/.s.PGSQL.5432" failed"#,
+                r#"connection to server on socket "/run/postgresql/.s.PGSQL.5432" failed"#,
             ),
             (
                 "sqlite://messages.db",
