@@ -934,13 +934,15 @@ fn a_waiting_sender_holds_no_place_in_flight() {
     other["from"] = json!("+12025550199");
     let other_id = app.accept("/api/messages/sms", &other);
     assert_eq!(finished(&app, other_id)["status"], "sent");
-    let so_far = arrived(&arrivals);
-    assert!(
-        so_far.len() <= 3,
-        "the other sender went after {so_far:?}: it waited behind the first"
-    );
     assert_eq!(finished(&app, ids[4])["status"], "sent");
-    let first_sender: Vec<String> = arrived(&arrivals)
+    let order = arrived(&arrivals);
+    // Held behind the first sender's waiting messages, it would have left fourth or later.
+    let place = order.iter().position(|to| to == "+18045550009");
+    assert!(
+        place.is_some_and(|place| place <= 2),
+        "the other sender waited behind the first: {order:?}"
+    );
+    let first_sender: Vec<String> = order
         .into_iter()
         .filter(|to| to != "+18045550009")
         .collect();
@@ -953,7 +955,7 @@ fn a_waiting_sender_holds_no_place_in_flight() {
 
 #[test]
 fn a_forced_open_breaker_stops_a_senders_waiting_messages() {
-    let (_twilio, arrivals, app) = paced_app("sender_interval_ms = 500\n");
+    let (_twilio, arrivals, app) = paced_app("sender_interval_ms = 1000\n");
     let ids: Vec<i64> = (0..4)
         .map(|n| app.accept("/api/messages/sms", &sms_to(n)))
         .collect();
@@ -963,17 +965,15 @@ fn a_forced_open_breaker_stops_a_senders_waiting_messages() {
         &json!({"state": "forced_open"}),
     );
     assert_eq!(forced.status, 200, "{}", forced.text);
-    let sent_before = arrived(&arrivals).len();
-    // The next message's turn comes within 500 ms, and the breaker turns it away.
+    // The next waiting message's turn comes within a second, and the breaker turns it
+    // away. (Had the waiting messages held permits, as before, none would be refused.)
     let rejections = r#"messaging_breaker_rejections_total{provider="sms-mms"}"#;
     app.eventually("a waiting message meets the forced breaker", || {
         (app.metric(rejections) >= 1.0).then_some(())
     });
-    assert_eq!(
-        arrived(&arrivals).len(),
-        sent_before,
-        "a request went out through a forced_open breaker"
-    );
+    // At most the one that may have left just before the force.
+    let sent_while_forced = arrived(&arrivals).len();
+    assert!(sent_while_forced <= 2, "{:?}", arrived(&arrivals));
     assert_eq!(
         app.get(&format!("/api/messages/{}", ids[3])).json()["status"],
         "queued"
