@@ -22,9 +22,16 @@ fn is_form_content_type(req: &HttpRequest) -> bool {
         if mime.type_() == "application" && mime.subtype() == "x-www-form-urlencoded")
 }
 
-/// A POST whose body is not read still says it is JSON (CONTRACT 3: else 415).
+/// A POST whose body is not read: a body it carries must say it is JSON (CONTRACT 3:
+/// else 415). One with no body at all has no media type to refuse, and its route's
+/// OpenAPI description declares none (so a client following it sends no Content-Type).
 pub fn require_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
-    if is_json_content_type(req) {
+    let headers = req.headers();
+    let has_body = headers.contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .is_some_and(|len| len.as_bytes() != b"0");
+    if !has_body || is_json_content_type(req) {
         Ok(())
     } else {
         Err(ApiError::UnsupportedMediaType)

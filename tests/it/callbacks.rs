@@ -258,7 +258,7 @@ fn a_repeated_request_stays_the_same_after_the_default_callback_changes() {
     assert_eq!(first.status, 202, "{}", first.text);
     before.stop();
     let with_default = format!("[callbacks]\nurl = \"{}\"\n", receiver.url());
-    let after = TestApp::spawn_in(dir, &with_default);
+    let after = TestApp::spawn_in(dir.clone(), &with_default);
     let again = after.post_with("/api/messages/sms", &sms(0), &key);
     assert_eq!(again.status, 202, "{}", again.text);
     assert_eq!(again.json()["id"], first.json()["id"]);
@@ -270,12 +270,23 @@ fn a_repeated_request_stays_the_same_after_the_default_callback_changes() {
             .error_code(422),
         "idempotency_conflict"
     );
-    // Versions before 2026-12-07 stored a request without a callback as if it named the
-    // default one: stored that way (here by naming it), a repeat is still the same.
+    // Naming the default callback is another request than naming none...
     let upgraded = [("Idempotency-Key", "order-2")];
-    let old_form = with_callback(sms(1), &receiver.url());
-    let stored = after.post_with("/api/messages/sms", &old_form, &upgraded);
+    let names_default = with_callback(sms(1), &receiver.url());
+    let stored = after.post_with("/api/messages/sms", &names_default, &upgraded);
     assert_eq!(stored.status, 202, "{}", stored.text);
+    assert_eq!(
+        after
+            .post_with("/api/messages/sms", &sms(1), &upgraded)
+            .error_code(422),
+        "idempotency_conflict"
+    );
+    // ...but versions before 2026-12-07 stored a request naming none as if it named the
+    // default, untagged: a row stored so (the tag taken off) matches its repeat.
+    dir.execute_sql(
+        "UPDATE messages SET request_fingerprint = substr(request_fingerprint, 3) \
+         WHERE idempotency_key = 'order-2'",
+    );
     let repeat = after.post_with("/api/messages/sms", &sms(1), &upgraded);
     assert_eq!(repeat.status, 202, "{}", repeat.text);
     assert_eq!(repeat.json()["id"], stored.json()["id"]);
@@ -459,15 +470,18 @@ fn a_retry_continues_the_attempt_numbers_and_a_bulk_retry_counts() {
     };
     assert_eq!(numbers(ids[0]), [1, 2]);
 
-    // A POST without a JSON content type is 415 (CONTRACT 3), even one with no body.
+    // A body that is not JSON is 415 (CONTRACT 3), though the route reads none.
     let untyped = app.request(
         "POST",
         &format!("/api/messages/{}/retry", ids[0]),
-        &[],
-        None,
+        &[("Content-Type", "text/plain")],
+        Some(b"retry please"),
     );
     assert_eq!(untyped.error_code(415), "unsupported_media_type");
     assert_eq!(app.message(ids[0])["status"], "failed", "nothing requeued");
+    // With no body there is no media type to refuse (the OpenAPI document declares none).
+    let bodiless = app.request("POST", "/api/messages/99999/retry", &[], None);
+    assert_eq!(bodiless.error_code(404), "not_found");
 
     let retried = app.post(&format!("/api/messages/{}/retry", ids[0]), &json!({}));
     assert_eq!(retried.status, 202, "{}", retried.text);
