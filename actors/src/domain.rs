@@ -575,19 +575,35 @@ impl MessageContent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {
     pub key: String,
+    /// The digest as this version stores it: tagged with `FINGERPRINT_TAG`.
     pub fingerprint: String,
-    /// The same request's fingerprint as an earlier version stored it, also taken as a
-    /// match: until 2026-12-07 the configured default callback was folded in when the
-    /// request named none, so a repeat across the upgrade stays the same request.
+    /// The same request's digest as versions before 2026-12-07 stored it, untagged: they
+    /// folded the configured default callback in when the request named none. Compared
+    /// only with untagged stored digests, so a repeat across the upgrade stays the same
+    /// request, and two requests told apart now stay apart.
     pub earlier_form: Option<String>,
 }
 
+/// Marks a stored digest as this version's (the request's own callback only).
+const FINGERPRINT_TAG: &str = "2:";
+
 impl IdempotencyKey {
-    /// Whether a stored fingerprint is this request's.
+    /// `own`: the digest of the request as sent; `earlier`: as earlier versions made it.
+    pub fn new(key: String, own: &str, earlier: String) -> IdempotencyKey {
+        IdempotencyKey {
+            key,
+            fingerprint: format!("{FINGERPRINT_TAG}{own}"),
+            earlier_form: Some(earlier),
+        }
+    }
+
+    /// Whether a stored digest is this request's.
     pub fn matches(&self, stored: Option<&str>) -> bool {
-        stored.is_some_and(|stored| {
-            stored == self.fingerprint || self.earlier_form.as_deref() == Some(stored)
-        })
+        match stored {
+            Some(stored) if stored.starts_with(FINGERPRINT_TAG) => stored == self.fingerprint,
+            Some(stored) => self.earlier_form.as_deref() == Some(stored),
+            None => false,
+        }
     }
 }
 
@@ -783,6 +799,22 @@ mod tests {
         ] {
             assert!(!subject(refused), "{refused:?}");
         }
+    }
+
+    #[test]
+    fn a_stored_digest_is_compared_in_its_own_version() {
+        let key = IdempotencyKey::new("k".into(), "own", "earlier".into());
+        assert!(key.matches(Some("2:own")));
+        assert!(key.matches(Some("earlier")));
+        assert!(
+            !key.matches(Some("2:earlier")),
+            "a tagged digest is this version's"
+        );
+        assert!(
+            !key.matches(Some("own")),
+            "an untagged one is an earlier version's"
+        );
+        assert!(!key.matches(None));
     }
 
     #[test]

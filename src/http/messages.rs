@@ -53,16 +53,11 @@ async fn accept(
         }
         content.fingerprint_with(Direction::Outbound, &extra)
     };
-    let idempotency = IdempotencyKeyHeader::from_request(req)?
-        .key
-        .map(|key| IdempotencyKey {
-            key,
-            fingerprint: fingerprint(options.status_callback.as_deref()),
-            earlier_form: match (&options.status_callback, &state.default_callback) {
-                (None, Some(default)) => Some(fingerprint(Some(default))),
-                _ => None,
-            },
-        });
+    let idempotency = IdempotencyKeyHeader::from_request(req)?.key.map(|key| {
+        let callback = options.status_callback.as_deref();
+        let earlier = fingerprint(callback.or(state.default_callback.as_deref()));
+        IdempotencyKey::new(key, &fingerprint(callback), earlier)
+    });
     if options.status_callback.is_none() {
         options.status_callback = state.default_callback.clone();
     }
