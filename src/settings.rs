@@ -66,9 +66,9 @@ pub struct DatabaseSettings {
     pub writers: Option<u32>,
 }
 
-/// libpq's connection option names, which its errors quote ("for connection option
-/// \"port\""): harmless to show.
-const LIBPQ_OPTIONS: [&str; 16] = [
+/// libpq's connection parameters (its documentation's list), which its errors quote
+/// ("for connection option \"port\""): harmless to show.
+const LIBPQ_OPTIONS: [&str; 44] = [
     "host",
     "hostaddr",
     "port",
@@ -76,16 +76,49 @@ const LIBPQ_OPTIONS: [&str; 16] = [
     "user",
     "password",
     "passfile",
-    "sslmode",
-    "sslcert",
-    "sslkey",
-    "sslrootcert",
+    "require_auth",
+    "channel_binding",
     "connect_timeout",
+    "client_encoding",
     "options",
     "application_name",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "replication",
+    "gssencmode",
+    "sslmode",
+    "requiressl",
+    "sslnegotiation",
+    "sslcompression",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslcertmode",
+    "sslrootcert",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "requirepeer",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "service",
     "target_session_attrs",
+    "load_balance_hosts",
+    "min_protocol_version",
     "=",
 ];
+
+/// What start-up logs in place of the database's error when the URL may be misread.
+const NOT_SHOWN: &str = "(the database's own error is not shown: it may quote a piece of a \
+    password its URL holds; percent-encode the password's reserved characters, and use \
+    only libpq's parameters in the query)";
 
 impl DatabaseSettings {
     /// The write lanes this database gets: `writers` if set, else the backend's own.
@@ -115,6 +148,20 @@ impl DatabaseSettings {
             .url
             .split_once("://")
             .map_or(self.url.as_str(), |(_, r)| r);
+        // A URL libpq may read apart from the url crate (a password with an unencoded
+        // `/`, `?`, `#` or `@`), with a quote (which shifts libpq's), or with a query
+        // libpq would not take whole (an `&` inside a password splits it): libpq may then
+        // show a piece of the password anywhere, unquoted too (as a port), so none of
+        // its text is shown.
+        let query_is_libpqs = rest.split_once('?').is_none_or(|(_, query)| {
+            query.split('&').all(|pair| {
+                pair.split_once('=')
+                    .is_some_and(|(key, _)| LIBPQ_OPTIONS.contains(&key))
+            })
+        });
+        if self.url_for_logs().starts_with('(') || self.url.contains('"') || !query_is_libpqs {
+            return NOT_SHOWN.to_owned();
+        }
         let mut secrets: Vec<String> = Vec::new();
         // Up to the last `@`: a user part however a parser splits it.
         if let Some(at) = rest.rfind('@') {
@@ -1220,7 +1267,7 @@ mod tests {
             (
                 "postgres://app:pa/ss@db/x",
                 r#"invalid integer value "pa" for connection option "port""#,
-                r#"invalid integer value "***" for connection option "port""#,
+                NOT_SHOWN,
             ),
             (
                 "postgres://app:s3cret@db/x",
@@ -1232,17 +1279,31 @@ mod tests {
                 "could not use s3 cret or s3%20cret; sslmode \"require\"",
                 "could not use *** or ***; sslmode \"***\"",
             ),
-            // A quote in the password shifts libpq's quotes: the whole goes first.
+            // URLs libpq may read apart: none of its text is shown.
             (
                 "postgres://app:pa\"s%zz@db/x",
                 r#"invalid percent-encoded token: "pa"s%zz""#,
-                r#"invalid percent-encoded token: "***""#,
+                NOT_SHOWN,
             ),
-            // libpq takes `12` for the port and the rest for the database's name.
             (
                 "postgres://app:12/ss@db/x",
                 r#"database "ss@db/x" does not exist"#,
-                r#"database "***" does not exist"#,
+                NOT_SHOWN,
+            ),
+            (
+                "postgres://postgres:1234/abcd@postgres/app",
+                r#"connection to server at "postgres" (10.0.0.1), port 1234 failed"#,
+                NOT_SHOWN,
+            ),
+            (
+                "postgres://db/x?password=ab&cd",
+                r#"invalid URI query parameter: "cd""#,
+                NOT_SHOWN,
+            ),
+            (
+                "postgres://db/x?password=ab&c=d",
+                r#"invalid URI query parameter: "c""#,
+                NOT_SHOWN,
             ),
             (
                 "postgres://app:s3cret@127.0.0.1:1/messaging",
