@@ -39,16 +39,18 @@ pub enum Access {
     AnyKey,
 }
 
+/// Health, readiness, metrics, the OpenAPI document and the webhooks: no key needed.
+fn is_open_path(path: &str) -> bool {
+    !path.starts_with("/api/") || path == "/api/openapi.json" || path.starts_with("/api/webhooks/")
+}
+
 /// The scope each route needs, by the pattern the router matched (`None`: no route):
 /// reads need `read`, sending needs `send`, the operator controls `admin`. A route not
 /// named here needs `admin`, so a new route is closed until someone decides otherwise.
 /// A method the matched route does not answer, or a path no route matches, needs a key
 /// of any scope, then gets the router's 405 or 404: there is no route's scope to lack.
 pub fn required_access(method: &Method, path: &str, pattern: Option<&str>) -> Access {
-    let open = !path.starts_with("/api/")
-        || path == "/api/openapi.json"
-        || path.starts_with("/api/webhooks/");
-    if open {
+    if is_open_path(path) {
         return Access::Open;
     }
     let Some(pattern) = pattern else {
@@ -162,7 +164,8 @@ impl Auth {
         pattern: impl FnOnce() -> Option<String>,
         headers: &HeaderMap,
     ) -> Result<Option<&str>, Refusal> {
-        if self.is_open() {
+        // Neither costs a lookup of the route: no keys, or a path that needs none.
+        if self.is_open() || is_open_path(path) {
             return Ok(None);
         }
         let scope = match required_access(method, path, pattern().as_deref()) {
