@@ -1,10 +1,11 @@
 //! Start-up: opens the database (migrations included), starts the actors, binds the HTTP
 //! server, logs the real bound address, and stops gracefully on SIGTERM or SIGINT.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor as _;
+use actix::{Actor as _, Addr};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use messaging_actors::admission::Backlog;
@@ -28,6 +29,9 @@ use messaging_actors::senders::{Api, HttpSender};
 /// handing leases back and flushing the log within the 10 s the README promises (a client
 /// stalled mid-body would otherwise hold the stop for the whole body deadline).
 const SHUTDOWN_TIMEOUT_SECS: u64 = 8;
+/// How long a graceful stop waits for the providers' attempts under way (a real
+/// provider's request, a simulated latency) and their records.
+const STOP_DRAIN: Duration = Duration::from_secs(5);
 
 fn registry(settings: &Settings) -> Registry {
     let routing = &settings.routing;
@@ -211,6 +215,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         .context("resuming queued messages")?
         .context("loading queued messages")?;
     info!(log, "resumed queued messages"; "count" => resumed);
+    let stopping_providers = providers.clone();
     LeaseKeeper::new(store.clone(), providers, router.clone(), &log).start();
     let callbacks = CallbackConfig {
         secret: settings.callbacks.secret.clone(),
@@ -269,14 +274,44 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         handle.stop(true).await;
     });
     server.await.context("running the HTTP server")?;
-    // Queued work this instance leased goes back at once, not after its lease lapses.
-    match store.release_leases().await {
+    // Attempts under way finish and are recorded, so that nothing is sent twice after a
+    // graceful stop; then queued work this instance leased goes back at once, not after
+    // its lease lapses, but for what is still under way.
+    let busy = stop_sending(&stopping_providers, &log).await;
+    match store.release_leases(busy).await {
         Ok(count) => info!(log, "released leases"; "count" => count),
         Err(e) => warn!(log, "could not release leases"; "error" => e.to_string()),
     }
     // No query may still run as the process exits (see `Store::close`).
     store.close().await;
     Ok(())
+}
+
+/// Tells every provider to start nothing more, and waits up to `STOP_DRAIN` for the
+/// attempts under way and their records; answers the messages still under way then.
+async fn stop_sending(
+    providers: &BTreeMap<String, Addr<provider::ProviderActor>>,
+    log: &Logger,
+) -> Vec<i64> {
+    let deadline = tokio::time::Instant::now() + STOP_DRAIN;
+    loop {
+        let mut busy = Vec::new();
+        for provider in providers.values() {
+            busy.extend(
+                provider
+                    .send(provider::StopSending)
+                    .await
+                    .unwrap_or_default(),
+            );
+        }
+        if busy.is_empty() || tokio::time::Instant::now() >= deadline {
+            if !busy.is_empty() {
+                warn!(log, "attempts still under way at the stop"; "count" => busy.len());
+            }
+            return busy;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits for SIGTERM or SIGINT, whichever comes first.

@@ -148,6 +148,13 @@ pub struct ForceBreaker {
 #[rtype(result = "Vec<i64>")]
 pub struct GetHeldIds;
 
+/// At a graceful stop: start no attempt any more, and answer the messages whose attempt
+/// is under way or whose record is on its way. Once none is, this instance sends nothing
+/// more, and every lease it holds may go to another instance.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<i64>")]
+pub struct StopSending;
+
 /// An attempt record landed, or was refused for good: the message is off this provider's
 /// hands.
 #[derive(Debug, Message)]
@@ -250,6 +257,8 @@ pub struct ProviderActor {
     paced: HashMap<u64, VecDeque<Job>>,
     /// Senders whose slot has come: their first paced message goes before `ready`.
     due_senders: VecDeque<u64>,
+    /// A graceful stop has begun: no attempt starts any more.
+    stopping: bool,
     /// When "provider refused our credentials" was last logged.
     credentials_logged: Option<Instant>,
     /// The operator's last setting, kept across a restart, and its stamp.
@@ -328,6 +337,7 @@ impl ProviderActor {
             sender_slots: HashMap::new(),
             paced: HashMap::new(),
             due_senders: VecDeque::new(),
+            stopping: false,
             credentials_logged: None,
             applied_override: Override::Closed,
             applied_stamp: None,
@@ -351,6 +361,9 @@ impl ProviderActor {
         // `max_in_flight` bounds requests to a real provider; the simulator's attempts are
         // timers, bounded only by MAX_IN_FLIGHT (100 ms of simulated latency must not cap
         // throughput at max_in_flight per 100 ms).
+        if self.stopping {
+            return;
+        }
         let limit = match self.config.sender {
             Some(_) => MAX_IN_FLIGHT.min(self.config.max_in_flight.max(1)),
             None => MAX_IN_FLIGHT,
@@ -1038,6 +1051,23 @@ impl Handler<ForceBreaker> for ProviderActor {
             self.pump(ctx);
         }
         MessageResult(self.status())
+    }
+}
+
+impl Handler<StopSending> for ProviderActor {
+    type Result = MessageResult<StopSending>;
+
+    fn handle(&mut self, _: StopSending, _: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
+        let in_flight = self
+            .parked
+            .values()
+            .filter(|parked| parked.due.is_none())
+            .map(|parked| parked.job.message_id);
+        let mut busy: Vec<i64> = in_flight.chain(self.unrecorded.keys().copied()).collect();
+        busy.sort_unstable();
+        busy.dedup();
+        MessageResult(busy)
     }
 }
 

@@ -90,6 +90,17 @@ impl Respond for TwilioCreated {
     }
 }
 
+/// `TwilioCreated`, answered after a delay.
+struct TwilioCreatedAfter(Duration);
+
+impl Respond for TwilioCreatedAfter {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        TwilioCreated(AtomicU64::new(0))
+            .respond(request)
+            .set_delay(self.0)
+    }
+}
+
 /// Twilio's error body (its REST API's documented shape).
 fn twilio_error(status: u16, code: u32, message: &str) -> ResponseTemplate {
     ResponseTemplate::new(status).set_body_json(json!({
@@ -988,6 +999,35 @@ fn a_forced_open_breaker_stops_a_senders_waiting_messages() {
     }
     let expected: Vec<String> = (0..4).map(|n| format!("+1804555{n:04}")).collect();
     assert_eq!(arrived(&arrivals), expected);
+}
+
+#[test]
+fn a_graceful_stop_lets_a_request_under_way_finish_and_records_it() {
+    // Twilio answers after 300 ms; the stop comes while the request is on its way.
+    let twilio = Fake::start();
+    twilio.mount(
+        Mock::given(method("POST"))
+            .and(path(messages_path()))
+            .respond_with(TwilioCreatedAfter(Duration::from_millis(300))),
+    );
+    let config = settings(&twilio.uri(), &twilio.uri(), "");
+    let dir = Arc::new(TestDir::new());
+    let app = TestApp::spawn_in_with_env(dir.clone(), &config, &secrets());
+    let id = app.accept("/api/messages/sms", &sample_sms());
+    app.eventually("the request at Twilio", || {
+        (!twilio.received().is_empty()).then_some(())
+    });
+    assert_eq!(app.stop().code(), Some(0));
+    // Recorded before the exit: the next start has nothing to send again.
+    let again = TestApp::spawn_in_with_env(dir, &config, &secrets());
+    let resumed = again.eventually("resumed", || {
+        again.logs_with("resumed queued messages").first().cloned()
+    });
+    assert_eq!(resumed["count"], 0, "the message was left queued");
+    let message = again.message(id);
+    assert_eq!(message["status"], "sent", "{message}");
+    assert_eq!(message["attempts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(twilio.received().len(), 1, "sent twice");
 }
 
 #[test]

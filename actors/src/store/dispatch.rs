@@ -252,10 +252,14 @@ for_each_backend! {
     }
 
     /// Gives up this instance's leases (on a graceful stop), so others take over at once.
-    pub(crate) fn release_leases(conn: &mut Conn, owner: &String) -> Result<usize, StoreError> {
+    pub(crate) fn release_leases(
+        conn: &mut Conn,
+        (owner, keep): &(String, Vec<i64>),
+    ) -> Result<usize, StoreError> {
         Ok(diesel::update(messages::table)
             .filter(messages::lease_owner.eq(owner))
             .filter(is_queued())
+            .filter(messages::id.ne_all(keep))
             .set((
                 messages::lease_owner.eq(None::<String>),
                 messages::lease_until.eq(None::<String>),

@@ -587,9 +587,13 @@ impl Store {
     /// exits, would otherwise take the freed messages straight back and leave the next
     /// start waiting out their leases. Records queued before it land first, so another
     /// instance never claims a message whose finished attempt is still on its way.
-    pub async fn release_leases(&self) -> Result<usize, StoreError> {
+    /// `keep`: messages whose attempt is still under way here (their providers were told
+    /// to start nothing more but could not finish in time); their leases lapse instead,
+    /// so no other instance sends them while this one may still be.
+    pub async fn release_leases(&self, keep: Vec<i64>) -> Result<usize, StoreError> {
         self.released.store(true, Ordering::Release);
-        self.write_after_queued(self.instance.to_string(), runner!(dispatch::release_leases))
+        let input = (self.instance.to_string(), keep);
+        self.write_after_queued(input, runner!(dispatch::release_leases))
             .await
     }
 

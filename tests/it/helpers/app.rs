@@ -101,7 +101,11 @@ impl TestApp {
 
     /// A fresh server with `env` in its environment (the secrets real providers read).
     pub fn spawn_with_env(settings: &str, env: &[(&str, &str)]) -> TestApp {
-        let dir = Arc::new(TestDir::new());
+        TestApp::spawn_in_with_env(Arc::new(TestDir::new()), settings, env)
+    }
+
+    /// `spawn_with_env` on the database of `dir` (for restarts on the same data).
+    pub fn spawn_in_with_env(dir: Arc<TestDir>, settings: &str, env: &[(&str, &str)]) -> TestApp {
         let url = dir.database_url();
         TestApp::launch(dir, &url, settings, env)
     }
