@@ -260,7 +260,7 @@ pub struct EmailRequest {
     #[schema(value_type = String, format = DateTime, example = "2024-11-01T14:00:00Z")]
     pub timestamp: Timestamp,
     /// Optional; the provider's `default_subject` otherwise.
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 998, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 998, pattern = r"^[^\x00-\x08\x0a-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x08\x0a-\x1f\x7f-\x9f]*$")]
     #[serde(default)]
     pub subject: Option<Subject>,
 }
