@@ -14,7 +14,7 @@ use actix::{Actor, Addr, AsyncContext, Context};
 use slog::{info, warn, Logger};
 
 use crate::breaker::Override;
-use crate::provider::{ForceBreaker, GetHeldIds, ProviderActor};
+use crate::provider::{ForceBreaker, GetHeldIds, LeasesLost, ProviderActor};
 use crate::router::{RouteQueued, RouterActor, CLAIM_BATCH};
 use crate::store::Store;
 
@@ -80,8 +80,18 @@ impl LeaseKeeper {
         if held.is_empty() {
             return;
         }
-        if let Err(e) = store.renew_leases(held).await {
-            warn!(log, "could not renew leases"; "error" => e.to_string());
+        match store.renew_leases(held).await {
+            // Among them are messages finished a moment ago (their records landed), which
+            // no provider holds any more: each provider drops only those it holds. On
+            // SQLite no lease is ever written (one instance owns the file), so every id
+            // comes back and none is lost.
+            Ok(lost) if !lost.is_empty() && store.shares_work() => {
+                for provider in providers.values() {
+                    provider.do_send(LeasesLost(lost.clone()));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(log, "could not renew leases"; "error" => e.to_string()),
         }
     }
 

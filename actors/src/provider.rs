@@ -148,6 +148,12 @@ pub struct ForceBreaker {
 #[rtype(result = "Vec<i64>")]
 pub struct GetHeldIds;
 
+/// Messages whose lease this instance no longer holds (a renewal found them taken over
+/// by another instance): each one held here is dropped where it is next met, unsent.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct LeasesLost(pub Vec<i64>);
+
 /// At a graceful stop: start no attempt any more, and answer the messages whose attempt
 /// is under way or whose record is on its way. Once none is, this instance sends nothing
 /// more, and every lease it holds may go to another instance.
@@ -399,6 +405,8 @@ impl ProviderActor {
             if self.superseded.remove(&job.message_id) {
                 self.breaker
                     .record(permit, CallResult::Neutral, Instant::now());
+                info!(self.log, "message left to the instance that holds its lease";
+                    "message_id" => job.message_id);
                 self.let_go(job.message_id);
                 continue;
             }
@@ -832,6 +840,7 @@ impl ProviderActor {
         if self.held.remove(&message_id) {
             self.backlog.release();
         }
+        self.superseded.remove(&message_id);
         self.set_pending_gauge();
     }
 
@@ -1051,6 +1060,18 @@ impl Handler<ForceBreaker> for ProviderActor {
             self.pump(ctx);
         }
         MessageResult(self.status())
+    }
+}
+
+impl Handler<LeasesLost> for ProviderActor {
+    type Result = ();
+
+    fn handle(&mut self, LeasesLost(ids): LeasesLost, _: &mut Self::Context) {
+        for id in ids {
+            if self.held.contains(&id) {
+                self.superseded.insert(id);
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+use diesel::RunQueryDsl as _;
 use hmac::{Hmac, Mac};
 use p256::ecdsa::signature::Signer as _;
 use serde_json::{json, Value};
@@ -1028,6 +1029,49 @@ fn a_graceful_stop_lets_a_request_under_way_finish_and_records_it() {
     assert_eq!(message["status"], "sent", "{message}");
     assert_eq!(message["attempts"].as_array().map(Vec::len), Some(1));
     assert_eq!(twilio.received().len(), 1, "sent twice");
+}
+
+#[test]
+fn a_message_taken_over_by_another_instance_is_not_sent_again_here() {
+    let Some(db) = postgres_database("a_message_taken_over_by_another_instance...") else {
+        return;
+    };
+    // The first answer fails; the retry would go 3 s later.
+    let twilio = Fake::start();
+    twilio.mount(
+        Mock::given(method("POST"))
+            .and(path(messages_path()))
+            .respond_with(twilio_error(503, 20503, "Service Unavailable"))
+            .up_to_n_times(1)
+            .with_priority(1),
+    );
+    twilio.mount(twilio_created().with_priority(2));
+    let config = settings(&twilio.uri(), &twilio.uri(), "").replace(
+        "backoff_initial_ms = 10\nbackoff_max_ms = 20\n",
+        "backoff_initial_ms = 3000\nbackoff_max_ms = 3000\nlease_ms = 900\n",
+    );
+    let app = TestApp::spawn_on_with_env(&db, &config, &secrets());
+    let id = app.accept("/api/messages/sms", &sample_sms());
+    app.eventually("the first attempt recorded", || {
+        (app.message(id)["attempts"].as_array().map(Vec::len) == Some(1)).then_some(())
+    });
+    // Another instance takes the message over while this one waits out the backoff (as
+    // after a pause of this one longer than its lease).
+    diesel::sql_query(format!(
+        "UPDATE messages SET lease_owner = 'another-instance', \
+         lease_until = '9999-12-31T00:00:00.000000Z' WHERE id = {id}"
+    ))
+    .execute(&mut db.connect())
+    .expect("take over");
+    app.eventually("the message left to its new owner", || {
+        app.logs_with("message left to the instance that holds its lease")
+            .iter()
+            .any(|line| line["message_id"] == id)
+            .then_some(())
+    });
+    assert_eq!(twilio.received().len(), 1, "sent again after the takeover");
+    let message = app.message(id);
+    assert_eq!(message["status"], "queued", "{message}");
 }
 
 #[test]

@@ -237,16 +237,23 @@ for_each_backend! {
         Ok(())
     }
 
-    pub(crate) fn renew_leases(conn: &mut Conn, renewal: &Renewal) -> Result<usize, StoreError> {
+    /// Renews the leases this instance still holds among `renewal.ids`; answers those.
+    pub(crate) fn renew_leases(
+        conn: &mut Conn,
+        renewal: &Renewal,
+    ) -> Result<Vec<i64>, StoreError> {
         let until = renewal.lease.until.to_storage();
-        let mut renewed = 0;
+        let mut renewed = Vec::with_capacity(renewal.ids.len());
         for ids in renewal.ids.chunks(RENEWAL_CHUNK) {
-            renewed += diesel::update(messages::table)
-                .filter(messages::id.eq_any(ids))
-                .filter(messages::lease_owner.eq(&renewal.lease.owner))
-                .filter(messages::status.eq(MessageStatus::Queued.as_str()))
-                .set(messages::lease_until.eq(&until))
-                .execute(conn)?;
+            renewed.extend(
+                diesel::update(messages::table)
+                    .filter(messages::id.eq_any(ids))
+                    .filter(messages::lease_owner.eq(&renewal.lease.owner))
+                    .filter(messages::status.eq(MessageStatus::Queued.as_str()))
+                    .set(messages::lease_until.eq(&until))
+                    .returning(messages::id)
+                    .get_results::<i64>(conn)?,
+            );
         }
         Ok(renewed)
     }

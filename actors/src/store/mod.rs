@@ -20,6 +20,7 @@ mod persistence;
 mod rows;
 pub mod schema;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -549,8 +550,10 @@ impl Store {
     /// message's renewal goes on the lane of its attempt records: a renewal on another
     /// lane would lock the rows those records' trigger locks, from a transaction running
     /// at the same time, in an order of its own (a deadlock PostgreSQL breaks only after
-    /// a second).
-    pub async fn renew_leases(&self, ids: Vec<i64>) -> Result<usize, StoreError> {
+    /// a second). Answers the ids whose lease this instance no longer holds (another
+    /// instance took the message over, or it is no longer queued); an error when a lane's
+    /// renewal failed, since then nothing is known of its leases.
+    pub async fn renew_leases(&self, ids: Vec<i64>) -> Result<Vec<i64>, StoreError> {
         let lease = self.lease();
         let mut by_lane: Vec<Vec<i64>> = vec![Vec::new(); self.lanes.len()];
         for id in ids {
@@ -564,22 +567,33 @@ impl Store {
             .zip(by_lane)
             .filter(|(_, ids)| !ids.is_empty())
             .map(|(lane, ids)| {
+                let asked = ids.clone();
                 let renewal = Renewal {
                     lease: lease.clone(),
                     ids,
                 };
-                self.write_on(
+                let renewed = self.write_on(
                     lane,
                     renewal,
                     runner!(dispatch::renew_leases),
                     None,
                     Wait::Droppable,
-                )
+                );
+                async move {
+                    let renewed: HashSet<i64> = renewed.await?.into_iter().collect();
+                    Ok::<_, StoreError>(
+                        asked
+                            .into_iter()
+                            .filter(|id| !renewed.contains(id))
+                            .collect::<Vec<i64>>(),
+                    )
+                }
             });
-        futures_util::future::join_all(renewals)
-            .await
-            .into_iter()
-            .sum()
+        let mut lost = Vec::new();
+        for lane in futures_util::future::join_all(renewals).await {
+            lost.extend(lane?);
+        }
+        Ok(lost)
     }
 
     /// Hands this instance's queued work back, for another instance to claim at once.
@@ -1044,7 +1058,11 @@ pub(crate) mod tests {
             held.await.expect("recorded");
             behind.await.expect("recorded");
             probe.await.expect("the probe commits after");
-            assert_eq!(renewal.await.expect("renewed"), 1);
+            assert_eq!(
+                renewal.await.expect("renewed"),
+                Vec::<i64>::new(),
+                "none lost"
+            );
             assert_eq!(receipt.await.expect("applied"), Some(on_last[0]));
 
             // A record in the first lane waits; new messages do not. A receipt that lands

@@ -94,6 +94,11 @@ impl TestApp {
         TestApp::spawn_with_url(Arc::new(TestDir::new()), &db.url(), settings)
     }
 
+    /// `spawn_on` with `env` in the server's environment (a real provider's secrets).
+    pub fn spawn_on_with_env(db: &PgDatabase, settings: &str, env: &[(&str, &str)]) -> TestApp {
+        TestApp::launch(Arc::new(TestDir::new()), &db.url(), settings, env)
+    }
+
     /// A server on the database `url`, its settings file in `dir`.
     pub fn spawn_with_url(dir: Arc<TestDir>, url: &str, settings: &str) -> TestApp {
         TestApp::launch(dir, url, settings, &[])
