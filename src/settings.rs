@@ -68,7 +68,7 @@ pub struct DatabaseSettings {
 
 /// libpq's connection parameters (its documentation's list), which its errors quote
 /// ("for connection option \"port\""): harmless to show.
-const LIBPQ_OPTIONS: [&str; 44] = [
+const LIBPQ_OPTIONS: [&str; 43] = [
     "host",
     "hostaddr",
     "port",
@@ -111,7 +111,6 @@ const LIBPQ_OPTIONS: [&str; 44] = [
     "service",
     "target_session_attrs",
     "load_balance_hosts",
-    "min_protocol_version",
     "=",
 ];
 
@@ -138,8 +137,8 @@ impl DatabaseSettings {
     /// `postgres://app:p%zz@db/x` as an `invalid percent-encoded token`, or part of
     /// `postgres://app:pa/ss@db/x` as the port `"pa"`. So those parts are hidden wherever
     /// they stand, as written and decoded, and then every quoted token but the few known
-    /// to be harmless: libpq's option names, a socket path, and the host, port, database
-    /// and user of a URL `url_for_logs` shows.
+    /// to be harmless: libpq's parameter names, a socket path, and the host, port,
+    /// database and user of a URL `url_for_logs` shows.
     pub fn without_secrets(&self, text: &str) -> String {
         if self.url.starts_with("sqlite://") {
             return text.to_owned();
@@ -163,15 +162,14 @@ impl DatabaseSettings {
             return NOT_SHOWN.to_owned();
         }
         let mut secrets: Vec<String> = Vec::new();
-        // Up to the last `@`: a user part however a parser splits it.
+        // Up to the last `@`: a user part however a parser splits it; one without a `:`
+        // is a user name alone, which errors may show.
         if let Some(at) = rest.rfind('@') {
             let user_part = &rest[..at];
-            secrets.push(user_part.to_owned());
-            secrets.extend(
-                user_part
-                    .split_once(':')
-                    .map(|(_, password)| password.to_owned()),
-            );
+            if let Some((_, password)) = user_part.split_once(':') {
+                secrets.push(user_part.to_owned());
+                secrets.push(password.to_owned());
+            }
         }
         if let Some((_, query)) = rest.split_once('?') {
             secrets.extend(
@@ -1314,6 +1312,11 @@ mod tests {
                 "postgres:///x?host=/run/postgresql",
                 r#"connection to server on socket "/run/postgresql/.s.PGSQL.5432" failed"#,
                 r#"connection to server on socket "/run/postgresql/.s.PGSQL.5432" failed"#,
+            ),
+            (
+                "postgres://app@db/x?application_name=app",
+                r#"role "app" does not exist (application_name "app")"#,
+                r#"role "app" does not exist (application_name "app")"#,
             ),
             (
                 "sqlite://messages.db",

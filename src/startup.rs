@@ -29,8 +29,8 @@ use messaging_actors::senders::{Api, HttpSender};
 /// handing leases back and flushing the log within the 10 s the README promises (a client
 /// stalled mid-body would otherwise hold the stop for the whole body deadline).
 const SHUTDOWN_TIMEOUT_SECS: u64 = 8;
-/// How long a graceful stop waits for the providers' attempts under way (a real
-/// provider's request, a simulated latency) and their records.
+/// How long a graceful stop waits for the real providers' requests under way and the
+/// records on their way (a simulated attempt is abandoned: nothing was sent).
 const STOP_DRAIN: Duration = Duration::from_secs(5);
 
 fn registry(settings: &Settings) -> Registry {

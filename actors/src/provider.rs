@@ -154,9 +154,10 @@ pub struct GetHeldIds;
 #[rtype(result = "()")]
 pub struct LeasesLost(pub Vec<i64>);
 
-/// At a graceful stop: start no attempt any more, and answer the messages whose attempt
-/// is under way or whose record is on its way. Once none is, this instance sends nothing
-/// more, and every lease it holds may go to another instance.
+/// At a graceful stop: start no attempt any more (and finish no simulated one), and
+/// answer the messages whose request to a real provider is under way or whose record is
+/// on its way. Once none is, this instance sends nothing more, and every lease it holds
+/// may go to another instance.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<i64>")]
 pub struct StopSending;
@@ -364,12 +365,12 @@ impl ProviderActor {
     /// the paced messages whose sender's slot has come, then the ready queue, where a
     /// message whose sender must still wait joins that sender's paced line instead.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        // `max_in_flight` bounds requests to a real provider; the simulator's attempts are
-        // timers, bounded only by MAX_IN_FLIGHT (100 ms of simulated latency must not cap
-        // throughput at max_in_flight per 100 ms).
         if self.stopping {
             return;
         }
+        // `max_in_flight` bounds requests to a real provider; the simulator's attempts are
+        // timers, bounded only by MAX_IN_FLIGHT (100 ms of simulated latency must not cap
+        // throughput at max_in_flight per 100 ms).
         let limit = match self.config.sender {
             Some(_) => MAX_IN_FLIGHT.min(self.config.max_in_flight.max(1)),
             None => MAX_IN_FLIGHT,
@@ -535,7 +536,11 @@ impl ProviderActor {
             self.parked.remove(&token);
         } else {
             self.hold(ctx, took, job, move |provider, _, ctx| {
-                provider.finish_attempt(finished, ctx);
+                // A graceful stop abandons a simulated attempt (nothing was sent anywhere)
+                // and hands its message to the next start, which makes it again.
+                if !provider.stopping {
+                    provider.finish_attempt(finished, ctx);
+                }
             });
         }
     }
@@ -1080,10 +1085,13 @@ impl Handler<StopSending> for ProviderActor {
 
     fn handle(&mut self, _: StopSending, _: &mut Self::Context) -> Self::Result {
         self.stopping = true;
+        // A real provider's request may have reached it: waited for. A simulated attempt
+        // is a timer, abandoned at the stop.
+        let real = self.config.sender.is_some();
         let in_flight = self
             .parked
             .values()
-            .filter(|parked| parked.due.is_none())
+            .filter(|parked| real && parked.due.is_none())
             .map(|parked| parked.job.message_id);
         let mut busy: Vec<i64> = in_flight.chain(self.unrecorded.keys().copied()).collect();
         busy.sort_unstable();

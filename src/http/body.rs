@@ -1,7 +1,8 @@
 //! Reading a request body as the contract wants it: JSON content type (else 415), at
 //! most `server.max_body_bytes` (else 413, checked before and while reading), within
-//! 10 s (else 408 `request_timeout`), a JSON object (else 400 `invalid_json`). `wire.rs` turns the object into a typed request.
-//! Twilio's webhooks read a form the same way.
+//! 10 s (else 408 `request_timeout`), a JSON object (else 400 `invalid_json`).
+//! `wire.rs` turns the object into a typed request. Twilio's webhooks read a form the
+//! same way.
 
 use actix_web::{web, HttpMessage as _, HttpRequest};
 use futures_util::StreamExt as _;

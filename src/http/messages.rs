@@ -185,7 +185,7 @@ async fn message_detail(state: &AppState, id: i64) -> Result<MessageDetail, ApiE
         (status = 202, description = "Queued again; its attempt numbers continue", body = MessageDetail),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`not_retryable`: the message is not a failed outbound one", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`: no JSON content type", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body that is not JSON", body = ErrorBody),
         (status = 503, description = "`not_ready`", body = ErrorBody),
     )
 )]
