@@ -196,17 +196,16 @@ impl DatabaseSettings {
             text = text.replace(secret.as_str(), "***");
         }
         let mut harmless: Vec<String> = LIBPQ_OPTIONS.iter().map(|&o| o.to_owned()).collect();
-        if !self.url_for_logs().starts_with('(') {
-            if let Ok(url) = url::Url::parse(&self.url) {
-                harmless.extend(url.host_str().map(str::to_owned));
-                harmless.extend(url.port().map(|port| port.to_string()));
-                harmless.push(url.path().trim_start_matches('/').to_owned());
-                harmless.push(
-                    percent_encoding::percent_decode_str(url.username())
-                        .decode_utf8_lossy()
-                        .into_owned(),
-                );
-            }
+        // Shown by `url_for_logs`, so the url crate and libpq read it alike.
+        if let Ok(url) = url::Url::parse(&self.url) {
+            harmless.extend(url.host_str().map(str::to_owned));
+            harmless.extend(url.port().map(|port| port.to_string()));
+            harmless.push(url.path().trim_start_matches('/').to_owned());
+            harmless.push(
+                percent_encoding::percent_decode_str(url.username())
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            );
         }
         let mut shown = String::with_capacity(text.len());
         for (i, part) in text.split('"').enumerate() {

@@ -581,7 +581,7 @@ pub struct IdempotencyKey {
     /// folded the configured default callback in when the request named none. Compared
     /// only with untagged stored digests, so a repeat across the upgrade stays the same
     /// request, and two requests told apart now stay apart.
-    pub earlier_form: Option<String>,
+    pub earlier_form: String,
 }
 
 /// Marks a stored digest as this version's (the request's own callback only).
@@ -593,7 +593,7 @@ impl IdempotencyKey {
         IdempotencyKey {
             key,
             fingerprint: format!("{FINGERPRINT_TAG}{own}"),
-            earlier_form: Some(earlier),
+            earlier_form: earlier,
         }
     }
 
@@ -601,7 +601,7 @@ impl IdempotencyKey {
     pub fn matches(&self, stored: Option<&str>) -> bool {
         match stored {
             Some(stored) if stored.starts_with(FINGERPRINT_TAG) => stored == self.fingerprint,
-            Some(stored) => self.earlier_form.as_deref() == Some(stored),
+            Some(stored) => stored == self.earlier_form,
             None => false,
         }
     }

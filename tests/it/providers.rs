@@ -855,12 +855,7 @@ fn twilios_inbound_messages_are_stored_once_and_answered_in_twiml() {
 #[test]
 fn messages_from_one_sender_leave_spaced_and_in_order() {
     let (_twilio, arrivals, app) = paced_app("sender_interval_ms = 400\n");
-    let ids: Vec<i64> = (0..3)
-        .map(|n| app.accept("/api/messages/sms", &sms_to(n)))
-        .collect();
-    let mut other = sms_to(9);
-    other["from"] = json!("+12025550199");
-    let other_id = app.accept("/api/messages/sms", &other);
+    let (ids, other_id) = one_sender_then_another(&app, 3);
     for id in ids.iter().chain([&other_id]) {
         assert_eq!(finished(&app, *id)["status"], "sent");
     }
@@ -925,6 +920,17 @@ fn paced_app(extra: &str) -> (Fake, ArrivalLog, TestApp) {
     (twilio, arrivals, app)
 }
 
+/// `n` SMS from one sender (to `+1804555000k`), then one from another (to
+/// `+18045550009`): their ids.
+fn one_sender_then_another(app: &TestApp, n: usize) -> (Vec<i64>, i64) {
+    let ids = (0..n)
+        .map(|k| app.accept("/api/messages/sms", &sms_to(k)))
+        .collect();
+    let mut other = sms_to(9);
+    other["from"] = json!("+12025550199");
+    (ids, app.accept("/api/messages/sms", &other))
+}
+
 fn arrived(arrivals: &Mutex<Vec<(String, Instant)>>) -> Vec<String> {
     arrivals
         .lock()
@@ -939,12 +945,7 @@ fn a_waiting_sender_holds_no_place_in_flight() {
     // Two places in flight, and one sender with five messages a second apart: its
     // messages waiting for their turn must not hold those places from another sender.
     let (_twilio, arrivals, app) = paced_app("sender_interval_ms = 1000\nmax_in_flight = 2\n");
-    let ids: Vec<i64> = (0..5)
-        .map(|n| app.accept("/api/messages/sms", &sms_to(n)))
-        .collect();
-    let mut other = sms_to(9);
-    other["from"] = json!("+12025550199");
-    let other_id = app.accept("/api/messages/sms", &other);
+    let (ids, other_id) = one_sender_then_another(&app, 5);
     assert_eq!(finished(&app, other_id)["status"], "sent");
     assert_eq!(finished(&app, ids[4])["status"], "sent");
     let order = arrived(&arrivals);
