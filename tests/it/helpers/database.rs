@@ -107,11 +107,17 @@ impl TestDir {
         }
     }
 
-    /// Runs one statement on the test's database, whichever it is.
+    /// Runs one statement on the test's database, whichever it is. On SQLite it waits
+    /// for a server's write in progress rather than failing with `database is locked`.
     pub fn execute_sql(&self, sql: &str) {
         let done = match &self.pg {
             Some(pg) => diesel::sql_query(sql).execute(&mut pg.connect()),
-            None => diesel::sql_query(sql).execute(&mut sqlite(&database_path(self.path()))),
+            None => {
+                let mut conn = sqlite(&database_path(self.path()));
+                diesel::sql_query("PRAGMA busy_timeout = 5000")
+                    .execute(&mut conn)
+                    .and_then(|_| diesel::sql_query(sql).execute(&mut conn))
+            }
         };
         done.expect("execute");
     }
