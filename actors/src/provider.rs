@@ -256,6 +256,12 @@ pub struct ProviderActor {
     unrecorded: HashMap<i64, Unrecorded>,
     /// Taken over by another instance while held here: dropped when next met.
     superseded: HashSet<i64>,
+    /// Finished here while records of theirs were still on their way: each keeps its
+    /// backlog slot until the last of them settles, so that the records waiting for the
+    /// writer are bounded by the backlog too. (A provider that finishes messages faster
+    /// than the database records them, such as a simulated one working through a bulk
+    /// retry, would otherwise queue records without bound: 1.7 GB for 650,000.)
+    slot_until_recorded: HashSet<i64>,
     /// Per sender, the earliest time its next message may leave (`sender_interval`).
     sender_slots: HashMap<u64, Instant>,
     /// Per sender, in order, the messages waiting for its slot. They hold neither a
@@ -341,6 +347,7 @@ impl ProviderActor {
             held: HashSet::new(),
             unrecorded: HashMap::new(),
             superseded: HashSet::new(),
+            slot_until_recorded: HashSet::new(),
             sender_slots: HashMap::new(),
             paced: HashMap::new(),
             due_senders: VecDeque::new(),
@@ -840,10 +847,14 @@ impl ProviderActor {
     }
 
     /// The message is finished here (or another instance has it): its backlog slot goes
-    /// back.
+    /// back, once its records are in the database.
     fn let_go(&mut self, message_id: i64) {
         if self.held.remove(&message_id) {
-            self.backlog.release();
+            if self.unrecorded.contains_key(&message_id) {
+                self.slot_until_recorded.insert(message_id);
+            } else {
+                self.backlog.release();
+            }
         }
         self.superseded.remove(&message_id);
         self.set_pending_gauge();
@@ -1117,6 +1128,9 @@ impl Handler<RecordSettled> for ProviderActor {
             on_its_way.get_mut().records -= 1;
             if on_its_way.get().records == 0 {
                 on_its_way.remove();
+                if self.slot_until_recorded.remove(&settled.message_id) {
+                    self.backlog.release();
+                }
             }
         }
         if settled.superseded && self.held.contains(&settled.message_id) {
@@ -1518,6 +1532,52 @@ mod tests {
         assert_eq!(recorded, Ok(()));
         let (message, attempts) = store.get_message(id).await.expect("read").expect("found");
         assert_eq!((message.status.as_str(), attempts.len()), ("sent", 1));
+    }
+
+    /// A message finished here keeps its backlog slot until its record is in the
+    /// database: claims fill the backlog's free slots, so a provider that finishes
+    /// messages faster than they are recorded would otherwise queue records without
+    /// bound.
+    #[actix::test]
+    async fn a_finished_message_keeps_its_backlog_slot_until_its_record_lands() {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+
+        let (_dir, url, store) = sqlite_store();
+        let metrics = sms_metrics();
+        let backlog = Arc::new(Backlog::new(10));
+        let addr = supervised(config(), &store, &metrics, &backlog);
+        let id = store_one(&store, 0).await;
+        let path = url.trim_start_matches("sqlite://").to_owned();
+        let (let_go, until) = std::sync::mpsc::channel::<()>();
+        let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+        let lock = std::thread::spawn(move || {
+            let mut lock = diesel::SqliteConnection::establish(&path).expect("a second connection");
+            lock.batch_execute("BEGIN IMMEDIATE")
+                .expect("the write lock");
+            locked.send(()).expect("the test waits");
+            let _ = until.recv();
+            lock.batch_execute("COMMIT").expect("let go");
+        });
+        is_locked.recv().expect("locked");
+
+        backlog.add(1);
+        addr.do_send(first_dispatch(id));
+        poll_until("the attempt made and its record on its way", async || {
+            addr.send(CountUnrecorded).await.expect("the actor answers") == 1
+                && addr.send(GetProviderStatus).await.expect("answers").pending == 0
+        })
+        .await;
+        assert_eq!(backlog.pending(), 1, "held while its record waits");
+
+        let_go.send(()).expect("the lock's thread waits");
+        lock.join().expect("the lock's thread");
+        poll_until("the record to land and the slot to come back", async || {
+            backlog.pending() == 0
+        })
+        .await;
+        let (message, _) = store.get_message(id).await.expect("read").expect("found");
+        assert_eq!(message.status, "sent");
     }
 
     /// A record whose first copy committed but whose answer was lost (the connection
