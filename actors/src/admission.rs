@@ -31,18 +31,65 @@ impl Backlog {
             .is_ok()
     }
 
-    /// Counts recovered work, even beyond the limit: it was accepted before.
+    /// Takes up to `n` of the free slots, and answers how many it took.
+    pub fn reserve_up_to(&self, n: u64) -> u64 {
+        let mut taken = 0;
+        let _ = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                taken = self.limit.saturating_sub(p).min(n);
+                (taken > 0).then_some(p + taken)
+            });
+        taken
+    }
+
+    /// Counts work taken in without a reservation, even beyond the limit: a message
+    /// whose retry an operator asked for.
     pub fn add(&self, n: u64) {
         self.pending.fetch_add(n, Ordering::AcqRel);
     }
 
     pub fn release(&self) {
+        self.release_many(1);
+    }
+
+    /// Gives back `n` slots, reserved and not used.
+    pub fn release_many(&self, n: u64) {
         let _ = self
             .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                Some(p.saturating_sub(n))
+            });
+    }
+
+    /// Whether a slot is free.
+    pub fn has_room(&self) -> bool {
+        self.pending() < self.limit
     }
 
     pub fn pending(&self) -> u64 {
         self.pending.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backlog;
+
+    #[test]
+    fn a_reservation_takes_only_the_free_slots_and_gives_back_what_it_did_not_use() {
+        let backlog = Backlog::new(10);
+        assert!(backlog.try_reserve());
+        assert_eq!(backlog.reserve_up_to(4), 4);
+        assert_eq!(backlog.reserve_up_to(100), 5, "only the free slots");
+        assert_eq!(backlog.reserve_up_to(1), 0);
+        assert!(!backlog.try_reserve() && !backlog.has_room());
+        backlog.release_many(3);
+        assert_eq!(backlog.pending(), 7);
+        assert!(backlog.has_room());
+        backlog.add(5);
+        assert_eq!(backlog.reserve_up_to(1), 0, "over the limit: nothing free");
+        backlog.release_many(100);
+        assert_eq!(backlog.pending(), 0, "never below zero");
     }
 }

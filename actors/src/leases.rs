@@ -1,21 +1,23 @@
 //! `LeaseKeeper`: the lease work of one instance. Every queued message is leased to the
 //! instance working it (taken when it is accepted or claimed); the keeper renews the
 //! leases of the messages this instance's providers hold in memory, three times per lease,
-//! and sweeps twice per lease for messages whose lease lapsed: an instance that died, a
-//! message this one lost track of (a write that timed out after committing), or one
-//! whose renewal failed. Claimed messages go to the router. Renewals also resync the
-//! database's clock, which every lease is read and written in, and the operators' breaker
+//! and has the router sweep twice per lease for messages whose lease lapsed: an instance
+//! that died, a message this one lost track of (a write that timed out after committing),
+//! or one whose renewal failed; the router claims them as far as the backlog has room,
+//! and once a second the keeper has it claim what waited for room. Renewals also resync
+//! the database's clock, which every lease is read and written in, and the operators' breaker
 //! settings, so that every instance obeys them within one renewal period.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::{Actor, Addr, AsyncContext, Context};
-use slog::{info, warn, Logger};
+use slog::{warn, Logger};
 
 use crate::breaker::Override;
 use crate::provider::{ForceBreaker, GetHeldIds, LeasesLost, ProviderActor};
-use crate::router::{RouteQueued, RouterActor, CLAIM_BATCH};
+use crate::router::{ClaimQueued, RouterActor};
 use crate::store::Store;
 
 pub struct LeaseKeeper {
@@ -94,31 +96,6 @@ impl LeaseKeeper {
             Err(e) => warn!(log, "could not renew leases"; "error" => e.to_string()),
         }
     }
-
-    async fn sweep(store: Store, router: Addr<RouterActor>, log: Logger) {
-        let mut after_id = 0;
-        loop {
-            match store.claim_queued(CLAIM_BATCH, after_id, false).await {
-                Ok(claimed) => {
-                    if !claimed.is_empty() {
-                        info!(log, "claimed lapsed messages"; "count" => claimed.len());
-                    }
-                    let last_batch = claimed.len() < CLAIM_BATCH as usize;
-                    for message in claimed {
-                        after_id = message.id;
-                        router.do_send(RouteQueued(message));
-                    }
-                    if last_batch {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    warn!(log, "could not claim lapsed messages"; "error" => e.to_string());
-                    return;
-                }
-            }
-        }
-    }
 }
 
 impl Actor for LeaseKeeper {
@@ -135,12 +112,12 @@ impl Actor for LeaseKeeper {
             actix::spawn(Self::renew(store, providers, log));
         });
         ctx.run_interval(lease / 2, |keeper, _| {
-            let (store, router, log) = (
-                keeper.store.clone(),
-                keeper.router.clone(),
-                keeper.log.clone(),
-            );
-            actix::spawn(Self::sweep(store, router, log));
+            keeper.router.do_send(ClaimQueued::Sweep);
+        });
+        // Messages a claim left in the database for want of room (a bulk retry larger
+        // than the backlog) go out as room comes back, not a half lease later.
+        ctx.run_interval(Duration::from_secs(1), |keeper, _| {
+            keeper.router.do_send(ClaimQueued::IfWaitingForRoom);
         });
     }
 }

@@ -29,7 +29,7 @@
 //!                                       |  --Dispatch(Many)--> ProviderActor (one per provider)
 //!                                       |                   --record_attempt--> Store
 //! start-up --ResumeQueued--> RouterActor (queued rows, in id order, to their providers)
-//! LeaseKeeper --GetHeldIds--> ProviderActor; --renew/claim--> Store; --RouteQueued--> RouterActor
+//! LeaseKeeper --GetHeldIds--> ProviderActor; --renew--> Store; --ClaimQueued--> RouterActor
 //! CallbackWorker --claim/finish callbacks--> Store; POST --> clients
 //! HTTP handlers --insert_inbound / reads------------------------->  Store
 //! Store: WriteQueue --CommitQueued--> PersistenceActor (one writer per lane: SQLite 1, PG 2)

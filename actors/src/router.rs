@@ -7,10 +7,11 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::{Actor, Addr, Arbiter, Context, Handler, Message, ResponseFuture};
-use slog::{error, warn, Logger};
+use slog::{error, info, warn, Logger};
 use thiserror::Error;
 
 use crate::admission::Backlog;
@@ -132,11 +133,24 @@ pub struct RequeueFailed(pub RequeueTarget);
 #[rtype(result = "()")]
 pub struct RouteQueued(pub QueuedMessage);
 
-/// Hands every queued outbound message in the database to its provider, in id order and
-/// in batches of `CLAIM_BATCH`. Answers how many were handed over.
+/// Hands the queued outbound messages in the database to their providers at start, in id
+/// order and in batches of `CLAIM_BATCH`, as far as the backlog has room (the rest wait
+/// in the database for `ClaimQueued`). Answers how many were handed over.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<usize, StoreError>")]
 pub struct ResumeQueued;
+
+/// Claims queued messages that no instance holds (a lease lapsed, or a bulk retry left
+/// none) as far as the backlog has room, and hands them to their providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub enum ClaimQueued {
+    /// The lease keeper's sweep, every half lease.
+    Sweep,
+    /// The lease keeper's tick, every second: claims only when an earlier claim stopped
+    /// at a full backlog and room has come back since.
+    IfWaitingForRoom,
+}
 
 /// Every provider's status, by name.
 #[derive(Debug, Message)]
@@ -165,17 +179,110 @@ struct Routes {
     store: Store,
     metrics: Arc<Metrics>,
     backlog: Arc<Backlog>,
+    claims: Arc<Claims>,
     log: Logger,
 }
 
+/// What the router's claims share across its twins.
+#[derive(Debug, Default)]
+struct Claims {
+    /// Claims under way.
+    running: AtomicUsize,
+    /// A claim stopped at a full backlog with queued messages left in the database: new
+    /// messages are refused until a claim takes them all.
+    waiting_for_room: AtomicBool,
+}
+
+/// Counts a claim as under way for as long as it lives.
+struct Running<'a>(&'a AtomicUsize);
+
+impl<'a> Running<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Running(count)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Routes {
+    /// Claims queued messages in id order, `CLAIM_BATCH` at most at a time and never more
+    /// than the backlog has free slots for, so that what waits in the database (a bulk
+    /// retry of a million failures, an outage's worth) never all comes into memory at
+    /// once. At start (`at_start`) a SQLite instance also takes back its earlier
+    /// process's leases. Answers how many it handed over.
+    async fn claim(&self, at_start: bool) -> Result<usize, StoreError> {
+        let _running = Running::new(&self.claims.running);
+        let (mut count, mut after_id) = (0, 0);
+        loop {
+            let room = self.backlog.reserve_up_to(CLAIM_BATCH.unsigned_abs());
+            if room == 0 {
+                // A full backlog says nothing of the database: ask it. If it cannot
+                // answer, the next tick claims and finds out.
+                let waiting = self
+                    .store
+                    .any_claimable(after_id, at_start)
+                    .await
+                    .unwrap_or(true);
+                self.claims
+                    .waiting_for_room
+                    .store(waiting, Ordering::Release);
+                return Ok(count);
+            }
+            let limit = i64::try_from(room).unwrap_or(CLAIM_BATCH);
+            let queued = match self.store.claim_queued(limit, after_id, at_start).await {
+                Ok(queued) => queued,
+                Err(e) => {
+                    self.backlog.release_many(room);
+                    return Err(e);
+                }
+            };
+            let taken = queued.len() as u64;
+            self.backlog.release_many(room - taken);
+            count += queued.len();
+            for message in queued {
+                after_id = message.id;
+                self.route(message, Slot::Reserved).await;
+            }
+            if taken < room {
+                self.claims.waiting_for_room.store(false, Ordering::Release);
+                return Ok(count);
+            }
+        }
+    }
+
+    /// `claim`, logged under `what` when it took any.
+    async fn claim_logged(self, what: &'static str) {
+        match self.claim(false).await {
+            Ok(0) => {}
+            Ok(count) => info!(self.log, "{}", what; "count" => count),
+            Err(e) => warn!(self.log, "could not claim queued messages"; "error" => e.to_string()),
+        }
+    }
+
     /// Hands a queued message to its provider, or fails it for good when it cannot be
     /// routed, so that it is never picked up again.
     async fn route_queued(&self, queued: QueuedMessage) {
+        self.route(queued, Slot::Take).await;
+    }
+
+    /// `route_queued` with the message's backlog slot either already reserved (given back
+    /// if it cannot be routed) or taken here.
+    async fn route(&self, queued: QueuedMessage, slot: Slot) {
         let id = queued.id;
+        let unroutable = || {
+            if slot == Slot::Reserved {
+                self.backlog.release();
+            }
+        };
         let Some(channel) = Channel::parse(&queued.channel) else {
             error!(self.log, "invalid routing"; "channel" => &queued.channel, "message_id" => id);
             self.metrics.invalid_routing.inc();
+            unroutable();
             self.fail(id).await;
             return;
         };
@@ -187,10 +294,13 @@ impl Routes {
                 .routing_missing_provider
                 .with_label_values(&[channel.as_str()])
                 .inc();
+            unroutable();
             self.fail(id).await;
             return;
         };
-        self.backlog.add(1);
+        if slot == Slot::Take {
+            self.backlog.add(1);
+        }
         // Bounded by the backlog: every message in a provider's mailbox holds a slot.
         provider.do_send(Dispatch {
             message_id: id,
@@ -209,6 +319,15 @@ impl Routes {
                 "error" => e.to_string());
         }
     }
+}
+
+/// Whose is the backlog slot of a message being routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Reserved by a claim within the limit.
+    Reserved,
+    /// To be taken, even beyond the limit: the message was accepted before.
+    Take,
 }
 
 /// Cloning a router makes a twin over the same registry, providers, store and backlog:
@@ -259,6 +378,7 @@ impl RouterActor {
                 store,
                 metrics,
                 backlog,
+                claims: Arc::default(),
                 log: log.new(slog::o!("actor" => "router")),
             },
         }
@@ -322,8 +442,11 @@ impl Handler<AcceptOutbound> for RouterActor {
         let provider = self.registry.provider_for(channel).map(str::to_owned);
         let routes = self.routes.clone();
         // A message with a provider takes a backlog slot before it is stored, so that a
-        // flood is refused before it costs a write.
-        if provider.is_some() && !routes.backlog.try_reserve() {
+        // flood is refused before it costs a write. Messages accepted earlier and waiting
+        // in the database for room (a bulk retry, a dead instance's) are part of the
+        // backlog too: while they wait, a new message is refused and they get the room.
+        let earlier_wait = routes.claims.waiting_for_room.load(Ordering::Acquire);
+        if provider.is_some() && (earlier_wait || !routes.backlog.try_reserve()) {
             let pending = routes.backlog.pending();
             // A replay creates nothing, so it gets its first answer however full the
             // backlog is; only a new message is refused.
@@ -450,24 +573,29 @@ impl Handler<ResumeQueued> for RouterActor {
 
     fn handle(&mut self, _: ResumeQueued, _: &mut Self::Context) -> Self::Result {
         let routes = self.routes.clone();
-        Box::pin(async move {
-            let (mut count, mut after_id) = (0, 0);
-            loop {
-                let queued = routes
-                    .store
-                    .claim_queued(CLAIM_BATCH, after_id, true)
-                    .await?;
-                let last_batch = queued.len() < CLAIM_BATCH as usize;
-                count += queued.len();
-                for message in queued {
-                    after_id = message.id;
-                    routes.route_queued(message).await;
+        Box::pin(async move { routes.claim(true).await })
+    }
+}
+
+impl Handler<ClaimQueued> for RouterActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: ClaimQueued, _: &mut Self::Context) -> Self::Result {
+        let routes = self.routes.clone();
+        let what = match msg {
+            ClaimQueued::Sweep => "claimed lapsed messages",
+            ClaimQueued::IfWaitingForRoom => {
+                let claims = &routes.claims;
+                let waiting = claims.waiting_for_room.load(Ordering::Acquire)
+                    && claims.running.load(Ordering::Acquire) == 0
+                    && routes.backlog.has_room();
+                if !waiting {
+                    return Box::pin(async {});
                 }
-                if last_batch {
-                    return Ok(count);
-                }
+                "claimed queued messages"
             }
-        })
+        };
+        Box::pin(routes.claim_logged(what))
     }
 }
 
@@ -482,10 +610,18 @@ impl Handler<RequeueFailed> for RouterActor {
         let routes = self.routes.clone();
         Box::pin(async move {
             let requeued = routes.store.requeue(target).await?;
-            if let Requeued::Messages(messages) = &requeued {
-                for message in messages.clone() {
-                    routes.route_queued(message).await;
+            match &requeued {
+                Requeued::Messages(messages) => {
+                    for message in messages.clone() {
+                        routes.route_queued(message).await;
+                    }
                 }
+                // Claimed meanwhile, not awaited: the operator's answer need not wait
+                // for the backlog to have room for all of them.
+                Requeued::Many(count) if *count > 0 => {
+                    actix::spawn(routes.clone().claim_logged("claimed queued messages"));
+                }
+                Requeued::Many(_) | Requeued::NotFound | Requeued::NotRetryable => {}
             }
             Ok(requeued)
         })

@@ -13,9 +13,12 @@ use messaging_actors::metrics::Metrics;
 use messaging_actors::outcome::{Outcome, OutcomeOdds, OutcomeStream, RetryPolicy};
 use messaging_actors::provider::{self, ProviderConfig};
 use messaging_actors::router::{
-    AcceptOutbound, ListProviders, Registry, RouteError, RouteQueued, RouterActor,
+    AcceptOutbound, ClaimQueued, ListProviders, Registry, ResumeQueued, RouteError, RouteQueued,
+    RouterActor,
 };
-use messaging_actors::store::{self, AttemptView, MessageView, QueuedMessage, Store};
+use messaging_actors::store::{
+    self, AttemptView, MessageView, NewOutbound, OutboundStored, QueuedMessage, Store,
+};
 use tempfile::TempDir;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -65,11 +68,19 @@ struct Harness {
 }
 
 fn start(providers: Vec<ProviderConfig>, backlog_limit: u64) -> Harness {
+    start_with_lease(providers, backlog_limit, Duration::from_secs(30))
+}
+
+fn start_with_lease(
+    providers: Vec<ProviderConfig>,
+    backlog_limit: u64,
+    lease: Duration,
+) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("m.db").display());
     let timeout = Duration::from_secs(5);
     let pool = store::open(&url, 2, 1, timeout).expect("open store");
-    let store = Store::start(pool, 2, Duration::from_secs(30), timeout);
+    let store = Store::start(pool, 2, lease, timeout);
     let registry = Registry::new(
         [
             (Channel::Sms, "sms-mms".to_owned()),
@@ -623,4 +634,66 @@ async fn after_its_leases_are_released_an_instance_claims_nothing() {
     );
     let claimed = h.store.claim_queued(10, 0, false).await.expect("claim");
     assert!(claimed.is_empty(), "claimed back: {}", claimed.len());
+}
+
+/// Messages accepted earlier and waiting in the database for room in the backlog are
+/// part of it: a claim takes only what the backlog has room for, and until the rest are
+/// claimed a new message is refused, even when room has come back meanwhile.
+#[actix_rt::test]
+async fn messages_waiting_in_the_database_for_room_go_before_new_ones() {
+    let mut slow = provider("sms-mms", &[Channel::Sms], Some(1), NO_FAULTS);
+    slow.latency = Duration::from_millis(500);
+    let email = provider("email", &[Channel::Email], Some(2), NO_FAULTS);
+    // Leases short enough to lapse by the time the test claims again: no lease keeper
+    // renews them here.
+    let h = start_with_lease(vec![slow, email], 2, Duration::from_millis(50));
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let stored = h
+            .store
+            .insert_outbound(NewOutbound {
+                content: content(Channel::Sms, n),
+                provider: Some("sms-mms".to_owned()),
+                idempotency: None,
+                lease: None,
+                status_callback: None,
+                send_at: None,
+            })
+            .await
+            .expect("stored");
+        let OutboundStored::Created { id, .. } = stored else {
+            panic!("not created: {stored:?}");
+        };
+        ids.push(id);
+    }
+    let resumed = h.router.send(ResumeQueued).await.expect("router answers");
+    assert_eq!(resumed, Ok(2), "as many as the backlog has room for");
+    for id in &ids[..2] {
+        assert_eq!(h.finished(*id).await.0.status, "sent");
+    }
+    // Room again, but the third message was accepted first.
+    let refused = h.accept(Channel::Email, 0).await;
+    assert!(
+        matches!(refused, Err(RouteError::Overloaded { .. })),
+        "{refused:?}"
+    );
+    // The lease keeper's tick, until the providers have given the slots back.
+    let started = Instant::now();
+    while h.counter("sms-mms", "sms") < 3 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the third message was not claimed"
+        );
+        h.router
+            .send(ClaimQueued::IfWaitingForRoom)
+            .await
+            .expect("router answers");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(h.finished(ids[2]).await.0.status, "sent");
+    let email = h
+        .accept(Channel::Email, 0)
+        .await
+        .expect("room for new messages");
+    assert_eq!(h.finished(email).await.0.status, "sent");
 }

@@ -197,7 +197,7 @@ pub async fn retry_message(
     require_json_content_type(&req)?;
     let id = parse_id(&id, "message")?;
     match requeue(&state, RequeueTarget::One(id)).await? {
-        Requeued::Messages(_) => {
+        Requeued::Messages(_) | Requeued::Many(_) => {
             Ok(HttpResponse::Accepted().json(message_detail(&state, id).await?))
         }
         Requeued::NotFound => Err(ApiError::NotFound(format!("message {id}"))),
@@ -233,6 +233,7 @@ pub async fn retry_failed(
         since: request.failed_since,
     };
     let requeued = match requeue(&state, target).await? {
+        Requeued::Many(count) => count,
         Requeued::Messages(messages) => messages.len(),
         Requeued::NotFound | Requeued::NotRetryable => 0,
     };

@@ -198,6 +198,74 @@ fn past_the_backlog_limit_new_messages_get_503_and_nothing_accepted_is_dropped()
 }
 
 #[test]
+fn a_bulk_retry_larger_than_the_backlog_waits_in_the_database_for_room() {
+    let dir = Arc::new(TestDir::new());
+    let failing = "[dispatch]\nmax_attempts = 1\nbacklog_limit = 5\n\
+                   [providers.sms-mms]\nseed = 42\nerror_pct = 100.0\n\
+                   [providers.sms-mms.breaker]\nwindow_size = 50\nminimum_calls = 50\n";
+    let app = TestApp::spawn_in(dir.clone(), failing);
+    let since = chrono::Utc::now().to_rfc3339();
+    let ids: Vec<i64> = (0..12)
+        .map(|n| {
+            if n == 6 {
+                // A gap of ids: the retry goes through them in steps of 5,000 ids.
+                dir.execute_sql(if on_postgres() {
+                    "SELECT setval('messages_id_seq', 12000)"
+                } else {
+                    "UPDATE sqlite_sequence SET seq = 12000 WHERE name = 'messages'"
+                });
+            }
+            let id = app.eventually("room in the backlog", || {
+                let response = app.post("/api/messages/sms", &sms(n));
+                (response.status == 202).then(|| response.json()["id"].as_i64())?
+            });
+            assert_eq!(finished(&app, id)["status"], "failed");
+            id
+        })
+        .collect();
+    assert!(ids[6] > 12_000, "{ids:?}");
+    assert!(app.stop().success());
+
+    // Attempts of a minute: what the provider takes in stays there while the test looks.
+    let slow = "[dispatch]\nbacklog_limit = 5\n[outcomes]\nlatency_ms = 60000\n";
+    let app = TestApp::spawn_in(dir.clone(), slow);
+    let bulk = app.post(
+        "/api/messages/retry",
+        &json!({"provider": "sms-mms", "failed_since": since}),
+    );
+    assert_eq!(bulk.status, 202, "{}", bulk.text);
+    assert_eq!(bulk.json()["requeued"], 12);
+    let claimed = app.eventually("the first claim", || {
+        app.logs_with("claimed queued messages").first().cloned()
+    });
+    assert_eq!(claimed["count"], 5, "as many as the backlog has room for");
+    for id in &ids {
+        assert_eq!(app.message(*id)["status"], "queued");
+    }
+    // The five in flight hold every slot: the other seven wait in the database.
+    app.eventually("five attempts under way", || {
+        let series = r#"messaging_dispatch_attempts_total{channel="sms",provider="sms-mms"}"#;
+        (app.metric(series) == 5.0).then_some(())
+    });
+    assert_eq!(provider(&app, "sms-mms")["pending"], 5);
+    let refused = app.post("/api/messages/email", &email(0));
+    assert_eq!(refused.error_code(503), "overloaded");
+    assert!(app.stop().success());
+
+    // Fast again, the same limit: all twelve go out, five at a time at most.
+    let app = TestApp::spawn_in(dir, "[dispatch]\nbacklog_limit = 5\n");
+    let resumed = app.logs_with("resumed queued messages")[0]["count"]
+        .as_u64()
+        .expect("count");
+    assert!((5..=12).contains(&resumed), "{resumed} resumed");
+    for id in &ids {
+        let message = finished(&app, *id);
+        assert_eq!(message["status"], "sent");
+        assert_eq!(outcomes(&message), ["error", "success"]);
+    }
+}
+
+#[test]
 fn a_simulated_provider_keeps_more_attempts_in_flight_than_a_real_ones_limit() {
     // Attempts of a minute each: all 100 must start, well past max_in_flight's default of
     // 64, which bounds requests to real providers only.

@@ -82,14 +82,27 @@ pub enum RequeueTarget {
 #[derive(Debug, Clone)]
 pub(crate) struct Requeue {
     pub lease: Lease,
-    pub target: RequeueTarget,
+    pub id: i64,
 }
 
-/// What a retry of one message came to.
+/// One step of a bulk retry: the provider's failed messages among ids `after + 1 ..=
+/// upto`, back to `queued` with no lease, for the claims to take as the backlog has room.
+#[derive(Debug, Clone)]
+pub(crate) struct RequeueRange {
+    pub name: String,
+    pub since: Timestamp,
+    pub after: i64,
+    pub upto: i64,
+    pub now: Timestamp,
+}
+
+/// What a retry came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requeued {
     /// Back to `queued`, leased to this instance: hand these to their providers.
     Messages(Vec<QueuedMessage>),
+    /// A bulk retry's count: back to `queued` without a lease, for claims to take.
+    Many(usize),
     NotFound,
     /// It exists but is not a failed outbound message.
     NotRetryable,
@@ -211,21 +224,13 @@ for_each_backend! {
             .get_result(conn)?)
     }
 
-    /// Moves failed outbound messages back to `queued` (one more retry each, the
-    /// trigger's condition for leaving `failed`), leased to this instance.
+    /// Moves a failed outbound message back to `queued` (one more retry, the trigger's
+    /// condition for leaving `failed`), leased to this instance.
     pub(crate) fn requeue(conn: &mut Conn, requeue: &Requeue) -> Result<Requeued, StoreError> {
         let now = Timestamp::now().to_storage();
-        let mut query = diesel::update(messages::table)
+        let rows = diesel::update(messages::table.find(requeue.id))
             .filter(messages::status.eq(MessageStatus::Failed.as_str()))
             .filter(messages::direction.eq(Direction::Outbound.as_str()))
-            .into_boxed();
-        query = match &requeue.target {
-            RequeueTarget::One(id) => query.filter(messages::id.eq(*id)),
-            RequeueTarget::Provider { name, since } => query
-                .filter(messages::provider_name.eq(name.clone()))
-                .filter(messages::updated_at.ge(since.to_storage())),
-        };
-        let rows = query
             .set((
                 messages::status.eq(MessageStatus::Queued.as_str()),
                 messages::retries.eq(messages::retries + 1),
@@ -237,18 +242,46 @@ for_each_backend! {
             ))
             .returning(queued_columns!())
             .get_results::<QueuedRow>(conn)?;
-        if let (RequeueTarget::One(id), true) = (&requeue.target, rows.is_empty()) {
+        if rows.is_empty() {
             let exists = messages::table
-                .find(*id)
+                .find(requeue.id)
                 .select(messages::id)
                 .first::<i64>(conn)
                 .optional()?
                 .is_some();
             return Ok(if exists { Requeued::NotRetryable } else { Requeued::NotFound });
         }
-        let mut queued: Vec<_> = rows.into_iter().map(queued_message).collect();
-        queued.sort_by_key(|m| m.id);
-        Ok(Requeued::Messages(queued))
+        Ok(Requeued::Messages(rows.into_iter().map(queued_message).collect()))
+    }
+
+    /// One step of a bulk retry. The ids bound it, not a count of matches, so a step
+    /// reads at most `upto - after` rows however sparse the failures are.
+    pub(crate) fn requeue_range(conn: &mut Conn, step: &RequeueRange) -> Result<usize, StoreError> {
+        Ok(diesel::update(messages::table)
+            .filter(messages::id.gt(step.after))
+            .filter(messages::id.le(step.upto))
+            .filter(messages::status.eq(MessageStatus::Failed.as_str()))
+            .filter(messages::direction.eq(Direction::Outbound.as_str()))
+            .filter(messages::provider_name.eq(&step.name))
+            .filter(messages::updated_at.ge(step.since.to_storage()))
+            .set((
+                messages::status.eq(MessageStatus::Queued.as_str()),
+                messages::retries.eq(messages::retries + 1),
+                messages::retry_base.eq(messages::attempt_count),
+                messages::next_attempt_at.eq(None::<String>),
+                messages::lease_owner.eq(None::<String>),
+                messages::lease_until.eq(None::<String>),
+                messages::updated_at.eq(step.now.to_storage()),
+            ))
+            .execute(conn)?)
+    }
+
+    /// The lowest and highest message ids, `None` for an empty table.
+    pub(crate) fn message_id_bounds(conn: &mut Conn) -> Result<Option<(i64, i64)>, StoreError> {
+        let (low, high) = messages::table
+            .select((diesel::dsl::min(messages::id), diesel::dsl::max(messages::id)))
+            .first::<(Option<i64>, Option<i64>)>(conn)?;
+        Ok(low.zip(high))
     }
 }
 

@@ -189,6 +189,30 @@ impl InsertAttempts for diesel::pg::PgConnection {
 }
 
 for_each_backend! {
+    /// Whether a claim like `claim` would take anything: a read, no lease taken. A
+    /// claim that found the backlog full asks it, to know whether messages wait in the
+    /// database for room.
+    pub(crate) fn any_claimable(conn: &mut Conn, claim: &Claim) -> Result<bool, StoreError> {
+        let mut query = messages::table
+            .select(messages::id)
+            .filter(is_queued())
+            .filter(messages::direction.eq(Direction::Outbound.as_str()))
+            .filter(messages::id.gt(claim.after_id))
+            .into_boxed();
+        if !claim.every_lease {
+            query = query.filter(
+                messages::lease_until
+                    .is_null()
+                    .or(messages::lease_until.lt(claim.now.to_storage())),
+            );
+        }
+        Ok(query
+            .order(messages::id.asc())
+            .first::<i64>(conn)
+            .optional()?
+            .is_some())
+    }
+
     /// A trigger (`dispatch_attempts_fenced`; on PostgreSQL `dispatch_attempts_apply`)
     /// refuses the record when another instance holds the message's lease now
     /// (`StoreError::Superseded`).

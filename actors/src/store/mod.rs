@@ -41,9 +41,14 @@ pub use messages::{
 };
 
 use backend::{bulk_runner, runner, BulkRunner, DbConn, Runner};
-use callbacks::{CallbackClaim, CallbackResult, Requeue};
+use callbacks::{CallbackClaim, CallbackResult, Requeue, RequeueRange};
 use dispatch::{Claim, Renewal};
 use persistence::{PersistenceActor, Read, WriteJob, WriteQueue};
+
+/// How many message ids one step of a bulk retry covers: a few milliseconds of the
+/// writer (one PK range read, at most that many rows changed), so new messages queued
+/// behind it wait no longer than behind a batch of their own.
+pub const REQUEUE_STEP: i64 = 5_000;
 
 /// Why the database did not do what was asked. The kinds differ in what a caller does:
 /// a lost connection is replaced, a lock or a timeout is waited out, a conflict is read
@@ -503,14 +508,45 @@ impl Store {
             .await
     }
 
-    /// Sends failed messages again: back to `queued`, leased here, attempt numbers
-    /// continuing.
+    /// Sends failed messages again, attempt numbers continuing. One message goes back to
+    /// `queued` leased here, for the router to hand over at once. A provider's go back
+    /// without a lease, in steps of `REQUEUE_STEP` ids, each a transaction of its own: a
+    /// retry of a million failures neither holds the writer for seconds (every new
+    /// message would wait behind it) nor reads them all into memory; the router's claims
+    /// then take them as the backlog has room. Only messages there when the retry began
+    /// are looked at. An error part-way leaves the steps before it done: repeating the
+    /// retry takes the rest.
     pub async fn requeue(&self, target: RequeueTarget) -> Result<Requeued, StoreError> {
-        let requeue = Requeue {
-            lease: self.lease(),
-            target,
+        let (name, since) = match target {
+            RequeueTarget::One(id) => {
+                let requeue = Requeue {
+                    lease: self.lease(),
+                    id,
+                };
+                return self.write(requeue, runner!(callbacks::requeue)).await;
+            }
+            RequeueTarget::Provider { name, since } => (name, since),
         };
-        self.write(requeue, runner!(callbacks::requeue)).await
+        let bounds = self
+            .read(|conn| on_backend!(conn, callbacks::message_id_bounds()))
+            .await?;
+        let Some((low, high)) = bounds else {
+            return Ok(Requeued::Many(0));
+        };
+        let (mut after, mut count) = (low - 1, 0);
+        while after < high {
+            let upto = after.saturating_add(REQUEUE_STEP).min(high);
+            let step = RequeueRange {
+                name: name.clone(),
+                since,
+                after,
+                upto,
+                now: Timestamp::now(),
+            };
+            count += self.write(step, runner!(callbacks::requeue_range)).await?;
+            after = upto;
+        }
+        Ok(Requeued::Many(count))
     }
 
     /// Marks a message `failed` without an attempt (it cannot be routed).
@@ -543,6 +579,19 @@ impl Store {
             postgres: dispatch::claim_postgres,
         };
         self.write_on(&self.lanes[0], claim, run, None, Wait::Droppable)
+            .await
+    }
+
+    /// Whether `claim_queued` with the same arguments would take anything (a read).
+    pub async fn any_claimable(&self, after_id: i64, at_start: bool) -> Result<bool, StoreError> {
+        let claim = Claim {
+            lease: self.lease(),
+            now: self.database_time(),
+            limit: 1,
+            after_id,
+            every_lease: at_start && !self.shares_work(),
+        };
+        self.read(move |conn| on_backend!(conn, dispatch::any_claimable(&claim)))
             .await
     }
 
