@@ -5,6 +5,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio::sync::Notify;
+
 /// The count of accepted messages not yet finished, across providers, against
 /// `dispatch.backlog_limit`. Admission reserves a slot before storing; the provider that
 /// finishes a message gives its slot back.
@@ -12,6 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Backlog {
     limit: u64,
     pending: AtomicU64,
+    /// Told of every slot given back, for a claim waiting for room.
+    room: Notify,
 }
 
 impl Backlog {
@@ -19,6 +23,7 @@ impl Backlog {
         Backlog {
             limit,
             pending: AtomicU64::new(0),
+            room: Notify::new(),
         }
     }
 
@@ -60,6 +65,15 @@ impl Backlog {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
                 Some(p.saturating_sub(n))
             });
+        if n > 0 {
+            self.room.notify_one();
+        }
+    }
+
+    /// Returns once a slot has been given back since the last such wait (at once if one
+    /// was); one waiter at a time is woken.
+    pub async fn room_given_back(&self) {
+        self.room.notified().await;
     }
 
     /// Whether a slot is free.

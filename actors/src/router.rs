@@ -213,16 +213,19 @@ impl Routes {
     /// Claims queued messages in id order, `CLAIM_BATCH` at most at a time and never more
     /// than the backlog has free slots for, so that what waits in the database (a bulk
     /// retry of a million failures, an outage's worth) never all comes into memory at
-    /// once. At start (`at_start`) a SQLite instance also takes back its earlier
-    /// process's leases. Answers how many it handed over.
-    async fn claim(&self, at_start: bool) -> Result<usize, StoreError> {
+    /// once. When the backlog is full and messages are left, it waits for slots to come
+    /// back and goes on, until none are left; except at start (`at_start`, when a SQLite
+    /// instance also takes back its earlier process's leases), which must not hold up
+    /// start-up: the lease keeper's tick goes on from there. Logs each batch it takes
+    /// under `logged`, if given. Answers how many it handed over.
+    async fn claim(&self, at_start: bool, logged: Option<&str>) -> Result<usize, StoreError> {
         let _running = Running::new(&self.claims.running);
         let (mut count, mut after_id) = (0, 0);
         loop {
             let room = self.backlog.reserve_up_to(CLAIM_BATCH.unsigned_abs());
             if room == 0 {
                 // A full backlog says nothing of the database: ask it. If it cannot
-                // answer, the next tick claims and finds out.
+                // answer, the next look finds out.
                 let waiting = self
                     .store
                     .any_claimable(after_id, at_start)
@@ -231,7 +234,13 @@ impl Routes {
                 self.claims
                     .waiting_for_room
                     .store(waiting, Ordering::Release);
-                return Ok(count);
+                if at_start || !waiting {
+                    return Ok(count);
+                }
+                // A second at most: the database is asked again even if no slot comes
+                // back (another instance may have claimed what was left).
+                let _ = tokio::time::timeout(ROOM_WAIT, self.backlog.room_given_back()).await;
+                continue;
             }
             let limit = i64::try_from(room).unwrap_or(CLAIM_BATCH);
             let queued = match self.store.claim_queued(limit, after_id, at_start).await {
@@ -244,6 +253,9 @@ impl Routes {
             let taken = queued.len() as u64;
             self.backlog.release_many(room - taken);
             count += queued.len();
+            if let (Some(what), false) = (logged, queued.is_empty()) {
+                info!(self.log, "{}", what; "count" => queued.len());
+            }
             for message in queued {
                 after_id = message.id;
                 self.route(message, Slot::Reserved).await;
@@ -255,12 +267,10 @@ impl Routes {
         }
     }
 
-    /// `claim`, logged under `what` when it took any.
+    /// `claim` after start-up, each batch it takes logged under `what`.
     async fn claim_logged(self, what: &'static str) {
-        match self.claim(false).await {
-            Ok(0) => {}
-            Ok(count) => info!(self.log, "{}", what; "count" => count),
-            Err(e) => warn!(self.log, "could not claim queued messages"; "error" => e.to_string()),
+        if let Err(e) = self.claim(false, Some(what)).await {
+            warn!(self.log, "could not claim queued messages"; "error" => e.to_string());
         }
     }
 
@@ -423,6 +433,9 @@ fn hand_over(provider: &Addr<ProviderActor>, dispatch: Dispatch) {
 /// holds everything in one transaction.
 pub const CLAIM_BATCH: i64 = 1_000;
 
+/// How long a claim waiting for room in the backlog waits before it looks again.
+const ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Actor for RouterActor {
     type Context = Context<Self>;
 }
@@ -573,7 +586,7 @@ impl Handler<ResumeQueued> for RouterActor {
 
     fn handle(&mut self, _: ResumeQueued, _: &mut Self::Context) -> Self::Result {
         let routes = self.routes.clone();
-        Box::pin(async move { routes.claim(true).await })
+        Box::pin(async move { routes.claim(true, None).await })
     }
 }
 

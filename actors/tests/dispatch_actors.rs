@@ -639,13 +639,14 @@ async fn after_its_leases_are_released_an_instance_claims_nothing() {
 /// Messages accepted earlier and waiting in the database for room in the backlog are
 /// part of it: a claim takes only what the backlog has room for, and until the rest are
 /// claimed a new message is refused, even when room has come back meanwhile.
-#[actix_rt::test]
-async fn messages_waiting_in_the_database_for_room_go_before_new_ones() {
+/// Three queued messages no one holds, stored with leases that lapse at once, in a
+/// harness of `backlog_limit` 2 whose SMS attempts take half a second.
+async fn three_waiting_messages() -> (Harness, Vec<i64>) {
     let mut slow = provider("sms-mms", &[Channel::Sms], Some(1), NO_FAULTS);
     slow.latency = Duration::from_millis(500);
     let email = provider("email", &[Channel::Email], Some(2), NO_FAULTS);
-    // Leases short enough to lapse by the time the test claims again: no lease keeper
-    // renews them here.
+    // Leases short enough to lapse by the time the test claims: no lease keeper renews
+    // them here.
     let h = start_with_lease(vec![slow, email], 2, Duration::from_millis(50));
     let mut ids = Vec::new();
     for n in 0..3 {
@@ -666,6 +667,41 @@ async fn messages_waiting_in_the_database_for_room_go_before_new_ones() {
         };
         ids.push(id);
     }
+    (h, ids)
+}
+
+/// A claim after start-up that fills the backlog waits for slots to come back and takes
+/// the rest, with no tick to start it again.
+#[actix_rt::test]
+async fn a_claim_that_fills_the_backlog_waits_for_room_and_takes_the_rest() {
+    let (h, ids) = three_waiting_messages().await;
+    let started = Instant::now();
+    while !h
+        .store
+        .any_claimable(ids[2] - 1, false)
+        .await
+        .expect("read")
+    {
+        assert!(started.elapsed() < DEADLINE, "the leases did not lapse");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    h.router
+        .send(ClaimQueued::Sweep)
+        .await
+        .expect("router answers");
+    assert_eq!(
+        h.counter("sms-mms", "sms"),
+        3,
+        "all three taken by one claim"
+    );
+    for id in ids {
+        assert_eq!(h.finished(id).await.0.status, "sent");
+    }
+}
+
+#[actix_rt::test]
+async fn messages_waiting_in_the_database_for_room_go_before_new_ones() {
+    let (h, ids) = three_waiting_messages().await;
     let resumed = h.router.send(ResumeQueued).await.expect("router answers");
     assert_eq!(resumed, Ok(2), "as many as the backlog has room for");
     for id in &ids[..2] {

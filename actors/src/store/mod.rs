@@ -584,6 +584,9 @@ impl Store {
 
     /// Whether `claim_queued` with the same arguments would take anything (a read).
     pub async fn any_claimable(&self, after_id: i64, at_start: bool) -> Result<bool, StoreError> {
+        if self.released.load(Ordering::Acquire) {
+            return Ok(false);
+        }
         let claim = Claim {
             lease: self.lease(),
             now: self.database_time(),
