@@ -36,38 +36,19 @@ impl Backlog {
             .is_ok()
     }
 
-    /// Takes up to `n` of the free slots, and answers how many it took.
-    pub fn reserve_up_to(&self, n: u64) -> u64 {
-        let mut taken = 0;
-        let _ = self
-            .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                taken = self.limit.saturating_sub(p).min(n);
-                (taken > 0).then_some(p + taken)
-            });
-        taken
-    }
-
     /// Counts work taken in without a reservation, even beyond the limit: a message
-    /// whose retry an operator asked for.
+    /// whose retry an operator asked for, or messages a claim took as far as `free`
+    /// said there was room (new messages accepted meanwhile may take it past the limit
+    /// by as many as were accepted during the claim's write).
     pub fn add(&self, n: u64) {
         self.pending.fetch_add(n, Ordering::AcqRel);
     }
 
     pub fn release(&self) {
-        self.release_many(1);
-    }
-
-    /// Gives back `n` slots, reserved and not used.
-    pub fn release_many(&self, n: u64) {
         let _ = self
             .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                Some(p.saturating_sub(n))
-            });
-        if n > 0 {
-            self.room.notify_one();
-        }
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1));
+        self.room.notify_one();
     }
 
     /// Returns once a slot has been given back since the last such wait (at once if one
@@ -78,7 +59,12 @@ impl Backlog {
 
     /// Whether a slot is free.
     pub fn has_room(&self) -> bool {
-        self.pending() < self.limit
+        self.free() > 0
+    }
+
+    /// How many slots are free now.
+    pub fn free(&self) -> u64 {
+        self.limit.saturating_sub(self.pending())
     }
 
     pub fn pending(&self) -> u64 {
@@ -91,19 +77,21 @@ mod tests {
     use super::Backlog;
 
     #[test]
-    fn a_reservation_takes_only_the_free_slots_and_gives_back_what_it_did_not_use() {
+    fn free_slots_are_the_limit_less_what_is_pending_and_never_below_zero() {
         let backlog = Backlog::new(10);
         assert!(backlog.try_reserve());
-        assert_eq!(backlog.reserve_up_to(4), 4);
-        assert_eq!(backlog.reserve_up_to(100), 5, "only the free slots");
-        assert_eq!(backlog.reserve_up_to(1), 0);
+        backlog.add(4);
+        assert_eq!(backlog.free(), 5);
+        backlog.add(10);
+        assert_eq!(backlog.free(), 0, "over the limit: nothing free");
         assert!(!backlog.try_reserve() && !backlog.has_room());
-        backlog.release_many(3);
-        assert_eq!(backlog.pending(), 7);
+        for _ in 0..14 {
+            backlog.release();
+        }
         assert!(backlog.has_room());
-        backlog.add(5);
-        assert_eq!(backlog.reserve_up_to(1), 0, "over the limit: nothing free");
-        backlog.release_many(100);
+        assert_eq!(backlog.free(), 9);
+        backlog.release();
+        backlog.release();
         assert_eq!(backlog.pending(), 0, "never below zero");
     }
 }

@@ -260,8 +260,10 @@ pub struct ProviderActor {
     /// backlog slot until the last of them settles, so that the records waiting for the
     /// writer are bounded by the backlog too. (A provider that finishes messages faster
     /// than the database records them, such as a simulated one working through a bulk
-    /// retry, would otherwise queue records without bound: 1.7 GB for 650,000.)
-    slot_until_recorded: HashSet<i64>,
+    /// retry, would otherwise queue records without bound: 1.7 GB for 650,000.) Counted:
+    /// a message let go, taken in again and let go again before its records settled
+    /// holds two.
+    slot_until_recorded: HashMap<i64, u32>,
     /// Per sender, the earliest time its next message may leave (`sender_interval`).
     sender_slots: HashMap<u64, Instant>,
     /// Per sender, in order, the messages waiting for its slot. They hold neither a
@@ -347,7 +349,7 @@ impl ProviderActor {
             held: HashSet::new(),
             unrecorded: HashMap::new(),
             superseded: HashSet::new(),
-            slot_until_recorded: HashSet::new(),
+            slot_until_recorded: HashMap::new(),
             sender_slots: HashMap::new(),
             paced: HashMap::new(),
             due_senders: VecDeque::new(),
@@ -851,7 +853,7 @@ impl ProviderActor {
     fn let_go(&mut self, message_id: i64) {
         if self.held.remove(&message_id) {
             if self.unrecorded.contains_key(&message_id) {
-                self.slot_until_recorded.insert(message_id);
+                *self.slot_until_recorded.entry(message_id).or_default() += 1;
             } else {
                 self.backlog.release();
             }
@@ -1128,7 +1130,11 @@ impl Handler<RecordSettled> for ProviderActor {
             on_its_way.get_mut().records -= 1;
             if on_its_way.get().records == 0 {
                 on_its_way.remove();
-                if self.slot_until_recorded.remove(&settled.message_id) {
+                for _ in 0..self
+                    .slot_until_recorded
+                    .remove(&settled.message_id)
+                    .unwrap_or(0)
+                {
                     self.backlog.release();
                 }
             }

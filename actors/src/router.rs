@@ -210,19 +210,27 @@ impl Drop for Running<'_> {
 }
 
 impl Routes {
-    /// Claims queued messages in id order, `CLAIM_BATCH` at most at a time and never more
+    /// Claims queued messages in id order, `CLAIM_BATCH` at most at a time and no more
     /// than the backlog has free slots for, so that what waits in the database (a bulk
     /// retry of a million failures, an outage's worth) never all comes into memory at
-    /// once. When the backlog is full and messages are left, it waits for slots to come
-    /// back and goes on, until none are left; except at start (`at_start`, when a SQLite
-    /// instance also takes back its earlier process's leases), which must not hold up
-    /// start-up: the lease keeper's tick goes on from there. Logs each batch it takes
-    /// under `logged`, if given. Answers how many it handed over.
-    async fn claim(&self, at_start: bool, logged: Option<&str>) -> Result<usize, StoreError> {
+    /// once. No slot is held across the claim's write: new messages are not refused while
+    /// it waits for the writer; the claimed are counted once it answers. At a full
+    /// backlog it asks the database whether any are left (then new messages are refused
+    /// until they are claimed); if so and `wait`, it waits for slots to come back and
+    /// goes on until none are left, else it returns and the lease keeper's tick goes on
+    /// from there. At start (`at_start`) a SQLite instance also takes back its earlier
+    /// process's leases. Logs each batch it takes under `logged`, if given. Answers how
+    /// many it handed over.
+    async fn claim(
+        &self,
+        at_start: bool,
+        wait: bool,
+        logged: Option<&str>,
+    ) -> Result<usize, StoreError> {
         let _running = Running::new(&self.claims.running);
         let (mut count, mut after_id) = (0, 0);
         loop {
-            let room = self.backlog.reserve_up_to(CLAIM_BATCH.unsigned_abs());
+            let room = self.backlog.free().min(CLAIM_BATCH.unsigned_abs());
             if room == 0 {
                 // A full backlog says nothing of the database: ask it. If it cannot
                 // answer, the next look finds out.
@@ -234,7 +242,7 @@ impl Routes {
                 self.claims
                     .waiting_for_room
                     .store(waiting, Ordering::Release);
-                if at_start || !waiting {
+                if !wait || !waiting {
                     return Ok(count);
                 }
                 // A second at most: the database is asked again even if no slot comes
@@ -243,22 +251,16 @@ impl Routes {
                 continue;
             }
             let limit = i64::try_from(room).unwrap_or(CLAIM_BATCH);
-            let queued = match self.store.claim_queued(limit, after_id, at_start).await {
-                Ok(queued) => queued,
-                Err(e) => {
-                    self.backlog.release_many(room);
-                    return Err(e);
-                }
-            };
+            let queued = self.store.claim_queued(limit, after_id, at_start).await?;
             let taken = queued.len() as u64;
-            self.backlog.release_many(room - taken);
+            self.backlog.add(taken);
             count += queued.len();
             if let (Some(what), false) = (logged, queued.is_empty()) {
                 info!(self.log, "{}", what; "count" => queued.len());
             }
             for message in queued {
                 after_id = message.id;
-                self.route(message, Slot::Reserved).await;
+                self.route(message, Slot::Counted).await;
             }
             if taken < room {
                 self.claims.waiting_for_room.store(false, Ordering::Release);
@@ -268,8 +270,8 @@ impl Routes {
     }
 
     /// `claim` after start-up, each batch it takes logged under `what`.
-    async fn claim_logged(self, what: &'static str) {
-        if let Err(e) = self.claim(false, Some(what)).await {
+    async fn claim_logged(self, wait: bool, what: &'static str) {
+        if let Err(e) = self.claim(false, wait, Some(what)).await {
             warn!(self.log, "could not claim queued messages"; "error" => e.to_string());
         }
     }
@@ -280,12 +282,12 @@ impl Routes {
         self.route(queued, Slot::Take).await;
     }
 
-    /// `route_queued` with the message's backlog slot either already reserved (given back
+    /// `route_queued` with the message's backlog slot either already counted (given back
     /// if it cannot be routed) or taken here.
     async fn route(&self, queued: QueuedMessage, slot: Slot) {
         let id = queued.id;
         let unroutable = || {
-            if slot == Slot::Reserved {
+            if slot == Slot::Counted {
                 self.backlog.release();
             }
         };
@@ -334,8 +336,8 @@ impl Routes {
 /// Whose is the backlog slot of a message being routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
-    /// Reserved by a claim within the limit.
-    Reserved,
+    /// Counted by a claim within the limit.
+    Counted,
     /// To be taken, even beyond the limit: the message was accepted before.
     Take,
 }
@@ -586,7 +588,7 @@ impl Handler<ResumeQueued> for RouterActor {
 
     fn handle(&mut self, _: ResumeQueued, _: &mut Self::Context) -> Self::Result {
         let routes = self.routes.clone();
-        Box::pin(async move { routes.claim(true, None).await })
+        Box::pin(async move { routes.claim(true, false, None).await })
     }
 }
 
@@ -595,20 +597,22 @@ impl Handler<ClaimQueued> for RouterActor {
 
     fn handle(&mut self, msg: ClaimQueued, _: &mut Self::Context) -> Self::Result {
         let routes = self.routes.clone();
-        let what = match msg {
-            ClaimQueued::Sweep => "claimed lapsed messages",
+        match msg {
+            ClaimQueued::Sweep => Box::pin(routes.claim_logged(false, "claimed lapsed messages")),
+            // The one claim that waits for room: started only when no other claim runs,
+            // so that a backlog full for long (an open breaker, a day of `send_at`
+            // messages) keeps at most one of them looking.
             ClaimQueued::IfWaitingForRoom => {
                 let claims = &routes.claims;
-                let waiting = claims.waiting_for_room.load(Ordering::Acquire)
+                let wanted = claims.waiting_for_room.load(Ordering::Acquire)
                     && claims.running.load(Ordering::Acquire) == 0
                     && routes.backlog.has_room();
-                if !waiting {
+                if !wanted {
                     return Box::pin(async {});
                 }
-                "claimed queued messages"
+                Box::pin(routes.claim_logged(true, "claimed queued messages"))
             }
-        };
-        Box::pin(routes.claim_logged(what))
+        }
     }
 }
 
@@ -621,22 +625,29 @@ impl Handler<RequeueFailed> for RouterActor {
         _: &mut Self::Context,
     ) -> Self::Result {
         let routes = self.routes.clone();
+        let bulk = matches!(target, RequeueTarget::Provider { .. });
         Box::pin(async move {
-            let requeued = routes.store.requeue(target).await?;
+            let requeued = routes.store.requeue(target).await;
             match &requeued {
-                Requeued::Messages(messages) => {
+                Ok(Requeued::Messages(messages)) => {
                     for message in messages.clone() {
                         routes.route_queued(message).await;
                     }
                 }
                 // Claimed meanwhile, not awaited: the operator's answer need not wait
-                // for the backlog to have room for all of them.
-                Requeued::Many(count) if *count > 0 => {
-                    actix::spawn(routes.clone().claim_logged("claimed queued messages"));
+                // for the backlog to have room for all of them. After an error too: the
+                // steps before it stand.
+                Ok(Requeued::Many(0)) => {}
+                Ok(Requeued::Many(_)) | Err(_) if bulk => {
+                    actix::spawn(
+                        routes
+                            .clone()
+                            .claim_logged(false, "claimed queued messages"),
+                    );
                 }
-                Requeued::Many(_) | Requeued::NotFound | Requeued::NotRetryable => {}
+                _ => {}
             }
-            Ok(requeued)
+            requeued
         })
     }
 }

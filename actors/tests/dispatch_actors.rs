@@ -639,9 +639,9 @@ async fn after_its_leases_are_released_an_instance_claims_nothing() {
 /// Messages accepted earlier and waiting in the database for room in the backlog are
 /// part of it: a claim takes only what the backlog has room for, and until the rest are
 /// claimed a new message is refused, even when room has come back meanwhile.
-/// Three queued messages no one holds, stored with leases that lapse at once, in a
+/// `count` queued messages no one holds, stored with leases that lapse at once, in a
 /// harness of `backlog_limit` 2 whose SMS attempts take half a second.
-async fn three_waiting_messages() -> (Harness, Vec<i64>) {
+async fn waiting_messages(count: usize) -> (Harness, Vec<i64>) {
     let mut slow = provider("sms-mms", &[Channel::Sms], Some(1), NO_FAULTS);
     slow.latency = Duration::from_millis(500);
     let email = provider("email", &[Channel::Email], Some(2), NO_FAULTS);
@@ -649,7 +649,7 @@ async fn three_waiting_messages() -> (Harness, Vec<i64>) {
     // them here.
     let h = start_with_lease(vec![slow, email], 2, Duration::from_millis(50));
     let mut ids = Vec::new();
-    for n in 0..3 {
+    for n in 0..count {
         let stored = h
             .store
             .insert_outbound(NewOutbound {
@@ -670,15 +670,16 @@ async fn three_waiting_messages() -> (Harness, Vec<i64>) {
     (h, ids)
 }
 
-/// A claim after start-up that fills the backlog waits for slots to come back and takes
-/// the rest, with no tick to start it again.
+/// A sweep that fills the backlog stops there; the tick's claim, once there is room,
+/// takes what it can and then waits for slots to come back and takes the rest, with no
+/// further tick.
 #[actix_rt::test]
-async fn a_claim_that_fills_the_backlog_waits_for_room_and_takes_the_rest() {
-    let (h, ids) = three_waiting_messages().await;
+async fn the_ticks_claim_waits_for_room_and_takes_the_rest() {
+    let (h, ids) = waiting_messages(5).await;
     let started = Instant::now();
     while !h
         .store
-        .any_claimable(ids[2] - 1, false)
+        .any_claimable(ids[4] - 1, false)
         .await
         .expect("read")
     {
@@ -689,19 +690,28 @@ async fn a_claim_that_fills_the_backlog_waits_for_room_and_takes_the_rest() {
         .send(ClaimQueued::Sweep)
         .await
         .expect("router answers");
+    for id in &ids[..2] {
+        assert_eq!(h.finished(*id).await.0.status, "sent");
+    }
     assert_eq!(
         h.counter("sms-mms", "sms"),
-        3,
-        "all three taken by one claim"
+        2,
+        "the sweep stopped at the limit"
     );
-    for id in ids {
-        assert_eq!(h.finished(id).await.0.status, "sent");
+    // Room for two: the tick's claim takes two, waits for their slots, takes the fifth.
+    h.router
+        .send(ClaimQueued::IfWaitingForRoom)
+        .await
+        .expect("router answers");
+    for id in &ids[2..] {
+        assert_eq!(h.finished(*id).await.0.status, "sent");
     }
+    assert_eq!(h.counter("sms-mms", "sms"), 5);
 }
 
 #[actix_rt::test]
 async fn messages_waiting_in_the_database_for_room_go_before_new_ones() {
-    let (h, ids) = three_waiting_messages().await;
+    let (h, ids) = waiting_messages(3).await;
     let resumed = h.router.send(ResumeQueued).await.expect("router answers");
     assert_eq!(resumed, Ok(2), "as many as the backlog has room for");
     for id in &ids[..2] {

@@ -513,9 +513,10 @@ impl Store {
     /// without a lease, in steps of `REQUEUE_STEP` ids, each a transaction of its own: a
     /// retry of a million failures neither holds the writer for seconds (every new
     /// message would wait behind it) nor reads them all into memory; the router's claims
-    /// then take them as the backlog has room. Only messages there when the retry began
-    /// are looked at. An error part-way leaves the steps before it done: repeating the
-    /// retry takes the rest.
+    /// then take them as the backlog has room. Only ids there when the retry began are
+    /// looked at (one that fails while the retry runs, still ahead of its steps, matches
+    /// and is taken too). An error part-way leaves the steps before it done: repeating
+    /// the retry takes the rest.
     pub async fn requeue(&self, target: RequeueTarget) -> Result<Requeued, StoreError> {
         let (name, since) = match target {
             RequeueTarget::One(id) => {
