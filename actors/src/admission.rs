@@ -1,7 +1,8 @@
 //! Admission: the backlog bound (`dispatch.backlog_limit`) shared by the router, which
-//! reserves a slot for each message it accepts, and the providers, which give the slot
-//! back when they finish the message. Its own module because both need it and neither
-//! may depend on the other's.
+//! reserves a slot for each message it accepts and counts those it claims, and the
+//! providers, which give the slot back when they have finished the message and its
+//! records are in the database. Its own module because both need it and neither may
+//! depend on the other's.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -9,7 +10,7 @@ use tokio::sync::Notify;
 
 /// The count of accepted messages not yet finished, across providers, against
 /// `dispatch.backlog_limit`. Admission reserves a slot before storing; the provider that
-/// finishes a message gives its slot back.
+/// finishes a message gives its slot back once the message's records have landed.
 #[derive(Debug)]
 pub struct Backlog {
     limit: u64,

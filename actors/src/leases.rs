@@ -85,8 +85,8 @@ impl LeaseKeeper {
         match store.renew_leases(held).await {
             // Among them are messages finished a moment ago (their records landed), which
             // no provider holds any more: each provider drops only those it holds. On
-            // SQLite no lease is ever written (one instance owns the file), so every id
-            // comes back and none is lost.
+            // SQLite one instance owns the file, so a lease found gone means nothing (a
+            // message finished meanwhile), and none is dropped.
             Ok(lost) if !lost.is_empty() && store.shares_work() => {
                 for provider in providers.values() {
                     provider.do_send(LeasesLost(lost.clone()));

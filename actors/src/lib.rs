@@ -28,7 +28,8 @@
 //!   (AcceptOutbound goes to the router's twin on the handler's own thread)
 //!                                       |  --Dispatch(Many)--> ProviderActor (one per provider)
 //!                                       |                   --record_attempt--> Store
-//! start-up --ResumeQueued--> RouterActor (queued rows, in id order, to their providers)
+//! start-up --ResumeQueued--> RouterActor (queued rows, in id order, to their providers,
+//!   as far as the backlog has room; ClaimQueued takes the rest: RouterActor --claim--> Store)
 //! LeaseKeeper --GetHeldIds--> ProviderActor; --renew--> Store; --ClaimQueued--> RouterActor
 //! CallbackWorker --claim/finish callbacks--> Store; POST --> clients
 //! HTTP handlers --insert_inbound / reads------------------------->  Store

@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::{Actor, Addr, Arbiter, Context, Handler, Message, ResponseFuture};
@@ -127,8 +127,9 @@ pub struct DeliveryOptions {
 #[rtype(result = "Result<Requeued, StoreError>")]
 pub struct RequeueFailed(pub RequeueTarget);
 
-/// A dispatch event for a stored, queued message (recovery hands every one over this
-/// way). Its channel is raw: an unknown one is an invalid route.
+/// A dispatch event for a stored, queued message, its backlog slot taken even beyond the
+/// limit (claims route their messages themselves, within the room there is). Its channel
+/// is raw: an unknown one is an invalid route.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct RouteQueued(pub QueuedMessage);
@@ -186,26 +187,34 @@ struct Routes {
 /// What the router's claims share across its twins.
 #[derive(Debug, Default)]
 struct Claims {
-    /// Claims under way.
-    running: AtomicUsize,
-    /// A claim stopped at a full backlog with queued messages left in the database: new
-    /// messages are refused until a claim takes them all.
+    /// A claim is under way: one at a time, so that claims never share out the same
+    /// free slots, and a backlog full for long keeps one of them looking, not a pile.
+    running: AtomicBool,
+    /// A claim was asked for since the running one began: it goes over everything once
+    /// more before it ends.
+    asked: AtomicBool,
+    /// The last claim met a full backlog with queued messages left in the database that
+    /// a claim could take: they were accepted first, so new messages are refused until
+    /// a claim finds none left.
     waiting_for_room: AtomicBool,
 }
 
-/// Counts a claim as under way for as long as it lives.
-struct Running<'a>(&'a AtomicUsize);
+/// The one claim under way, for as long as it lives.
+struct Running(Arc<Claims>);
 
-impl<'a> Running<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::AcqRel);
-        Running(count)
+impl Running {
+    fn try_start(claims: &Arc<Claims>) -> Option<Self> {
+        claims
+            .running
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()
+            .map(|_| Running(claims.clone()))
     }
 }
 
-impl Drop for Running<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.running.store(false, Ordering::SeqCst);
     }
 }
 
@@ -218,32 +227,48 @@ impl Routes {
     /// backlog it asks the database whether any are left (then new messages are refused
     /// until they are claimed); if so and `wait`, it waits for slots to come back and
     /// goes on until none are left, else it returns and the lease keeper's tick goes on
-    /// from there. At start (`at_start`) a SQLite instance also takes back its earlier
-    /// process's leases. Logs each batch it takes under `logged`, if given. Answers how
-    /// many it handed over.
-    async fn claim(
+    /// from there. Before it concludes that none are left, it looks again from the first
+    /// id: messages below its place may have become claimable meanwhile (a second bulk
+    /// retry, a lease lapsing). Logs each batch it takes under `logged`, if given.
+    /// Answers how many it handed over, or `None` when another claim was under way: that
+    /// one goes over everything again before it ends.
+    async fn claim(&self, wait: bool, logged: Option<&str>) -> Result<Option<usize>, StoreError> {
+        let mut count = 0;
+        loop {
+            // Asked before trying, so that a claim ending as this one fails to start
+            // sees the ask once it has let go.
+            self.claims.asked.store(true, Ordering::SeqCst);
+            let Some(running) = Running::try_start(&self.claims) else {
+                return Ok(None);
+            };
+            self.claims.asked.store(false, Ordering::SeqCst);
+            let pass = self.claim_pass(wait, logged, &mut count).await;
+            drop(running);
+            if pass.is_err() || !self.claims.asked.load(Ordering::SeqCst) {
+                return pass.map(|()| Some(count));
+            }
+        }
+    }
+
+    /// One pass of `claim`, from the first id, adding to `count` what it hands over.
+    async fn claim_pass(
         &self,
-        at_start: bool,
         wait: bool,
         logged: Option<&str>,
-    ) -> Result<usize, StoreError> {
-        let _running = Running::new(&self.claims.running);
-        let (mut count, mut after_id) = (0, 0);
+        count: &mut usize,
+    ) -> Result<(), StoreError> {
+        let mut after_id = 0;
         loop {
             let room = self.backlog.free().min(CLAIM_BATCH.unsigned_abs());
             if room == 0 {
                 // A full backlog says nothing of the database: ask it. If it cannot
                 // answer, the next look finds out.
-                let waiting = self
-                    .store
-                    .any_claimable(after_id, at_start)
-                    .await
-                    .unwrap_or(true);
+                let waiting = self.store.any_claimable(0).await.unwrap_or(true);
                 self.claims
                     .waiting_for_room
                     .store(waiting, Ordering::Release);
                 if !wait || !waiting {
-                    return Ok(count);
+                    return Ok(());
                 }
                 // A second at most: the database is asked again even if no slot comes
                 // back (another instance may have claimed what was left).
@@ -251,10 +276,11 @@ impl Routes {
                 continue;
             }
             let limit = i64::try_from(room).unwrap_or(CLAIM_BATCH);
-            let queued = self.store.claim_queued(limit, after_id, at_start).await?;
+            let from = after_id;
+            let queued = self.store.claim_queued(limit, from).await?;
             let taken = queued.len() as u64;
             self.backlog.add(taken);
-            count += queued.len();
+            *count += queued.len();
             if let (Some(what), false) = (logged, queued.is_empty()) {
                 info!(self.log, "{}", what; "count" => queued.len());
             }
@@ -263,15 +289,19 @@ impl Routes {
                 self.route(message, Slot::Counted).await;
             }
             if taken < room {
+                if from > 0 {
+                    after_id = 0;
+                    continue;
+                }
                 self.claims.waiting_for_room.store(false, Ordering::Release);
-                return Ok(count);
+                return Ok(());
             }
         }
     }
 
     /// `claim` after start-up, each batch it takes logged under `what`.
     async fn claim_logged(self, wait: bool, what: &'static str) {
-        if let Err(e) = self.claim(false, wait, Some(what)).await {
+        if let Err(e) = self.claim(wait, Some(what)).await {
             warn!(self.log, "could not claim queued messages"; "error" => e.to_string());
         }
     }
@@ -588,7 +618,10 @@ impl Handler<ResumeQueued> for RouterActor {
 
     fn handle(&mut self, _: ResumeQueued, _: &mut Self::Context) -> Self::Result {
         let routes = self.routes.clone();
-        Box::pin(async move { routes.claim(true, false, None).await })
+        Box::pin(async move {
+            routes.store.forget_earlier_leases().await?;
+            Ok(routes.claim(false, None).await?.unwrap_or(0))
+        })
     }
 }
 
@@ -599,13 +632,9 @@ impl Handler<ClaimQueued> for RouterActor {
         let routes = self.routes.clone();
         match msg {
             ClaimQueued::Sweep => Box::pin(routes.claim_logged(false, "claimed lapsed messages")),
-            // The one claim that waits for room: started only when no other claim runs,
-            // so that a backlog full for long (an open breaker, a day of `send_at`
-            // messages) keeps at most one of them looking.
+            // The claim that waits for room (one at a time, like every claim).
             ClaimQueued::IfWaitingForRoom => {
-                let claims = &routes.claims;
-                let wanted = claims.waiting_for_room.load(Ordering::Acquire)
-                    && claims.running.load(Ordering::Acquire) == 0
+                let wanted = routes.claims.waiting_for_room.load(Ordering::Acquire)
                     && routes.backlog.has_room();
                 if !wanted {
                     return Box::pin(async {});

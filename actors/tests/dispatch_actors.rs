@@ -13,11 +13,12 @@ use messaging_actors::metrics::Metrics;
 use messaging_actors::outcome::{Outcome, OutcomeOdds, OutcomeStream, RetryPolicy};
 use messaging_actors::provider::{self, ProviderConfig};
 use messaging_actors::router::{
-    AcceptOutbound, ClaimQueued, ListProviders, Registry, ResumeQueued, RouteError, RouteQueued,
-    RouterActor,
+    AcceptOutbound, ClaimQueued, ListProviders, Registry, RequeueFailed, ResumeQueued, RouteError,
+    RouteQueued, RouterActor,
 };
 use messaging_actors::store::{
-    self, AttemptView, MessageView, NewOutbound, OutboundStored, QueuedMessage, Store,
+    self, AttemptView, MessageView, NewOutbound, OutboundStored, QueuedMessage, RequeueTarget,
+    Requeued, Store,
 };
 use tempfile::TempDir;
 
@@ -64,6 +65,7 @@ struct Harness {
     router: Addr<RouterActor>,
     store: Store,
     metrics: Arc<Metrics>,
+    backlog: Arc<Backlog>,
     _dir: TempDir,
 }
 
@@ -100,7 +102,7 @@ fn start_with_lease(
         providers,
         store.clone(),
         metrics.clone(),
-        backlog,
+        backlog.clone(),
         log,
     )
     .start();
@@ -108,6 +110,7 @@ fn start_with_lease(
         router,
         store,
         metrics,
+        backlog,
         _dir: dir,
     }
 }
@@ -139,6 +142,16 @@ impl Harness {
             .await
             .expect("router answers")
             .map(|accepted| accepted.id)
+    }
+
+    /// Waits until both slots of a backlog of two are free (a finished message's slot
+    /// comes back once its record settles, a moment after the record is readable).
+    async fn room_for_two(&self) {
+        let started = Instant::now();
+        while self.backlog.free() < 2 {
+            assert!(started.elapsed() < DEADLINE, "no room came back");
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Waits until the message leaves `queued`.
@@ -632,22 +645,21 @@ async fn after_its_leases_are_released_an_instance_claims_nothing() {
         h.store.release_leases(Vec::new()).await.expect("released"),
         3
     );
-    let claimed = h.store.claim_queued(10, 0, false).await.expect("claim");
+    let claimed = h.store.claim_queued(10, 0).await.expect("claim");
     assert!(claimed.is_empty(), "claimed back: {}", claimed.len());
 }
 
 /// Messages accepted earlier and waiting in the database for room in the backlog are
 /// part of it: a claim takes only what the backlog has room for, and until the rest are
 /// claimed a new message is refused, even when room has come back meanwhile.
-/// `count` queued messages no one holds, stored with leases that lapse at once, in a
-/// harness of `backlog_limit` 2 whose SMS attempts take half a second.
-async fn waiting_messages(count: usize) -> (Harness, Vec<i64>) {
+/// `count` queued messages no one holds, stored with leases of `lease` (no lease keeper
+/// renews them here), in a harness of `backlog_limit` 2 whose SMS attempts take half a
+/// second.
+async fn waiting_messages(count: usize, lease: Duration) -> (Harness, Vec<i64>) {
     let mut slow = provider("sms-mms", &[Channel::Sms], Some(1), NO_FAULTS);
     slow.latency = Duration::from_millis(500);
     let email = provider("email", &[Channel::Email], Some(2), NO_FAULTS);
-    // Leases short enough to lapse by the time the test claims: no lease keeper renews
-    // them here.
-    let h = start_with_lease(vec![slow, email], 2, Duration::from_millis(50));
+    let h = start_with_lease(vec![slow, email], 2, lease);
     let mut ids = Vec::new();
     for n in 0..count {
         let stored = h
@@ -675,14 +687,10 @@ async fn waiting_messages(count: usize) -> (Harness, Vec<i64>) {
 /// further tick.
 #[actix_rt::test]
 async fn the_ticks_claim_waits_for_room_and_takes_the_rest() {
-    let (h, ids) = waiting_messages(5).await;
+    // Leases that lapse at once: a sweep takes only lapsed ones.
+    let (h, ids) = waiting_messages(5, Duration::from_millis(50)).await;
     let started = Instant::now();
-    while !h
-        .store
-        .any_claimable(ids[4] - 1, false)
-        .await
-        .expect("read")
-    {
+    while !h.store.any_claimable(ids[4] - 1).await.expect("read") {
         assert!(started.elapsed() < DEADLINE, "the leases did not lapse");
         actix_rt::time::sleep(Duration::from_millis(5)).await;
     }
@@ -698,7 +706,8 @@ async fn the_ticks_claim_waits_for_room_and_takes_the_rest() {
         2,
         "the sweep stopped at the limit"
     );
-    // Room for two: the tick's claim takes two, waits for their slots, takes the fifth.
+    h.room_for_two().await;
+    // The tick's claim takes two, waits for their slots, takes the fifth.
     h.router
         .send(ClaimQueued::IfWaitingForRoom)
         .await
@@ -711,35 +720,71 @@ async fn the_ticks_claim_waits_for_room_and_takes_the_rest() {
 
 #[actix_rt::test]
 async fn messages_waiting_in_the_database_for_room_go_before_new_ones() {
-    let (h, ids) = waiting_messages(3).await;
+    // Leases of a dead predecessor on SQLite, still running: the start clears them, so
+    // the third is not left to wait 30 s for its lease to lapse.
+    let (h, ids) = waiting_messages(3, Duration::from_secs(30)).await;
     let resumed = h.router.send(ResumeQueued).await.expect("router answers");
     assert_eq!(resumed, Ok(2), "as many as the backlog has room for");
     for id in &ids[..2] {
         assert_eq!(h.finished(*id).await.0.status, "sent");
     }
     // Room again, but the third message was accepted first.
+    h.room_for_two().await;
     let refused = h.accept(Channel::Email, 0).await;
     assert!(
         matches!(refused, Err(RouteError::Overloaded { .. })),
         "{refused:?}"
     );
-    // The lease keeper's tick, until the providers have given the slots back.
-    let started = Instant::now();
-    while h.counter("sms-mms", "sms") < 3 {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the third message was not claimed"
-        );
-        h.router
-            .send(ClaimQueued::IfWaitingForRoom)
-            .await
-            .expect("router answers");
-        actix_rt::time::sleep(Duration::from_millis(5)).await;
-    }
+    h.router
+        .send(ClaimQueued::IfWaitingForRoom)
+        .await
+        .expect("router answers");
     assert_eq!(h.finished(ids[2]).await.0.status, "sent");
     let email = h
         .accept(Channel::Email, 0)
         .await
         .expect("room for new messages");
     assert_eq!(h.finished(email).await.0.status, "sent");
+}
+
+/// A claim that has gone past some ids looks again from the first before it concludes
+/// none are left: a message below its place that became claimable meanwhile (here a
+/// bulk retry's, while the claim waited for room) is not left for the next sweep.
+#[actix_rt::test]
+async fn a_claim_looks_again_from_the_first_id_before_it_ends() {
+    let (h, ids) = waiting_messages(6, Duration::from_secs(30)).await;
+    let since = Timestamp::now();
+    h.store.mark_failed(ids[0]).await.expect("failed");
+    let resumed = h.router.send(ResumeQueued).await.expect("router answers");
+    assert_eq!(resumed, Ok(2));
+    for id in &ids[1..3] {
+        assert_eq!(h.finished(*id).await.0.status, "sent");
+    }
+    h.room_for_two().await;
+    // The tick's claim takes the fourth and fifth, then waits for room with the sixth
+    // left, its place past the first message's id.
+    let tick = actix_rt::spawn(h.router.send(ClaimQueued::IfWaitingForRoom));
+    let started = Instant::now();
+    while h.counter("sms-mms", "sms") < 4 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the tick's claim did not start"
+        );
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    let requeued = h
+        .router
+        .send(RequeueFailed(RequeueTarget::Provider {
+            name: "sms-mms".to_owned(),
+            since,
+        }))
+        .await
+        .expect("router answers");
+    assert_eq!(requeued, Ok(Requeued::Many(1)));
+    tick.await
+        .expect("the tick's claim")
+        .expect("router answers");
+    for id in [ids[5], ids[0]] {
+        assert_eq!(h.finished(id).await.0.status, "sent");
+    }
 }

@@ -26,16 +26,13 @@ pub struct Lease {
 }
 
 /// A claim on queued work: by `lease`, at most `limit` messages with ids above
-/// `after_id`, whose lease lapsed at `now` (the database's clock) or never was. At a
-/// SQLite start `every_lease` takes them all: one instance owns the file, so any lease in
-/// it is a dead predecessor's.
+/// `after_id`, whose lease lapsed at `now` (the database's clock) or never was.
 #[derive(Debug, Clone)]
 pub(crate) struct Claim {
     pub lease: Lease,
     pub now: Timestamp,
     pub limit: i64,
     pub after_id: i64,
-    pub every_lease: bool,
 }
 
 /// Extends `lease` over the messages this instance holds in memory, and only those: a
@@ -193,24 +190,34 @@ for_each_backend! {
     /// claim that found the backlog full asks it, to know whether messages wait in the
     /// database for room.
     pub(crate) fn any_claimable(conn: &mut Conn, claim: &Claim) -> Result<bool, StoreError> {
-        let mut query = messages::table
+        Ok(messages::table
             .select(messages::id)
             .filter(is_queued())
             .filter(messages::direction.eq(Direction::Outbound.as_str()))
             .filter(messages::id.gt(claim.after_id))
-            .into_boxed();
-        if !claim.every_lease {
-            query = query.filter(
+            .filter(
                 messages::lease_until
                     .is_null()
                     .or(messages::lease_until.lt(claim.now.to_storage())),
-            );
-        }
-        Ok(query
+            )
             .order(messages::id.asc())
             .first::<i64>(conn)
             .optional()?
             .is_some())
+    }
+
+    /// Clears every queued message's lease, at a SQLite start: one instance owns the
+    /// file, so any lease in it is a dead predecessor's, and the claims that follow (which
+    /// take only lapsed or missing leases) find them all.
+    pub(crate) fn forget_leases(conn: &mut Conn, _: &()) -> Result<usize, StoreError> {
+        Ok(diesel::update(messages::table)
+            .filter(is_queued())
+            .filter(messages::lease_owner.is_not_null())
+            .set((
+                messages::lease_owner.eq(None::<String>),
+                messages::lease_until.eq(None::<String>),
+            ))
+            .execute(conn)?)
     }
 
     /// A trigger (`dispatch_attempts_fenced`; on PostgreSQL `dispatch_attempts_apply`)
@@ -397,20 +404,19 @@ pub(crate) fn claim_sqlite(
 fn claimable_sqlite(
     claim: &Claim,
 ) -> messages::BoxedQuery<'static, diesel::sqlite::Sqlite, diesel::sql_types::BigInt> {
-    let mut query = messages::table
+    messages::table
         .select(messages::id)
         .filter(is_queued())
         .filter(messages::direction.eq(Direction::Outbound.as_str()))
         .filter(messages::id.gt(claim.after_id))
-        .into_boxed();
-    if !claim.every_lease {
-        query = query.filter(
+        .filter(
             messages::lease_until
                 .is_null()
                 .or(messages::lease_until.lt(claim.now.to_storage())),
-        );
-    }
-    query.order(messages::id.asc()).limit(claim.limit)
+        )
+        .order(messages::id.asc())
+        .limit(claim.limit)
+        .into_boxed()
 }
 
 /// Instances share a PostgreSQL database: a claim takes queued outbound messages whose
@@ -600,23 +606,29 @@ mod tests {
     #[test]
     fn claims_and_releases_read_the_queued_index_not_the_whole_table() {
         let (_dir, mut conn) = sqlite("plan.db");
-        for every_lease in [true, false] {
-            let claim = Claim {
-                lease: Lease {
-                    owner: "a".into(),
-                    until: Timestamp::now(),
-                },
-                now: Timestamp::now(),
-                limit: 512,
-                after_id: 0,
-                every_lease,
-            };
-            let (sql, steps) = plan(&mut conn, &claimable_sqlite(&claim));
-            assert!(
-                steps.contains("USING INDEX messages_queued"),
-                "{sql}\n{steps}"
-            );
-        }
+        let claim = Claim {
+            lease: Lease {
+                owner: "a".into(),
+                until: Timestamp::now(),
+            },
+            now: Timestamp::now(),
+            limit: 512,
+            after_id: 0,
+        };
+        let (sql, steps) = plan(&mut conn, &claimable_sqlite(&claim));
+        assert!(
+            steps.contains("USING INDEX messages_queued"),
+            "{sql}\n{steps}"
+        );
+        let forget = diesel::update(messages::table)
+            .filter(is_queued())
+            .filter(messages::lease_owner.is_not_null())
+            .set(messages::lease_owner.eq(None::<String>));
+        let (sql, steps) = plan(&mut conn, &forget);
+        assert!(
+            steps.contains("USING INDEX messages_queued"),
+            "{sql}\n{steps}"
+        );
         let release = diesel::update(messages::table)
             .filter(messages::lease_owner.eq("a"))
             .filter(is_queued())

@@ -556,14 +556,11 @@ impl Store {
     }
 
     /// Up to `limit` queued outbound messages with ids above `after_id`, oldest first,
-    /// now leased to this instance: those whose lease lapsed or never was, or at a start
-    /// on SQLite (`at_start`) every one, since a lease in a file one instance owns is a
-    /// dead predecessor's.
+    /// now leased to this instance: those whose lease lapsed or never was.
     pub async fn claim_queued(
         &self,
         limit: i64,
         after_id: i64,
-        at_start: bool,
     ) -> Result<Vec<QueuedMessage>, StoreError> {
         if self.released.load(Ordering::Acquire) {
             return Ok(Vec::new());
@@ -573,7 +570,6 @@ impl Store {
             now: self.database_time(),
             limit,
             after_id,
-            every_lease: at_start && !self.shares_work(),
         };
         let run = Runner {
             sqlite: dispatch::claim_sqlite,
@@ -583,8 +579,8 @@ impl Store {
             .await
     }
 
-    /// Whether `claim_queued` with the same arguments would take anything (a read).
-    pub async fn any_claimable(&self, after_id: i64, at_start: bool) -> Result<bool, StoreError> {
+    /// Whether `claim_queued` from `after_id` would take anything (a read).
+    pub async fn any_claimable(&self, after_id: i64) -> Result<bool, StoreError> {
         if self.released.load(Ordering::Acquire) {
             return Ok(false);
         }
@@ -593,10 +589,20 @@ impl Store {
             now: self.database_time(),
             limit: 1,
             after_id,
-            every_lease: at_start && !self.shares_work(),
         };
         self.read(move |conn| on_backend!(conn, dispatch::any_claimable(&claim)))
             .await
+    }
+
+    /// At a SQLite start, clears the leases an earlier process of this instance left
+    /// (it owned the file, so none is another's): its queued messages are then claimed
+    /// like any other, as far as the backlog has room. On PostgreSQL, where instances
+    /// share the work, a lease lapses instead. Answers how many were cleared.
+    pub async fn forget_earlier_leases(&self) -> Result<usize, StoreError> {
+        if self.shares_work() {
+            return Ok(0);
+        }
+        self.write((), runner!(dispatch::forget_leases)).await
     }
 
     /// Extends this instance's leases on `ids`, the messages it holds in memory. Each
