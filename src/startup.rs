@@ -197,7 +197,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         providers.clone(),
         store.clone(),
         metrics.clone(),
-        backlog,
+        backlog.clone(),
         log.clone(),
     );
     let router = router_twin.clone().start_on_own_arbiter();
@@ -232,6 +232,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         store: store.clone(),
         metrics,
         http_metrics,
+        backlog,
         max_body_bytes: settings.server.max_body_bytes,
         webhook_keys: webhook_keys(&settings),
         auth: auth.clone(),

@@ -4,7 +4,7 @@
 //! records are in the database. Its own module because both need it and neither may
 //! depend on the other's.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 
@@ -17,6 +17,9 @@ pub struct Backlog {
     pending: AtomicU64,
     /// Told of every slot given back, for a claim waiting for room.
     room: Notify,
+    /// Messages accepted earlier wait in the database for room (a claim met the backlog
+    /// full with some left): they are part of the backlog, so new messages are refused.
+    earlier_waiting: AtomicBool,
 }
 
 impl Backlog {
@@ -25,6 +28,7 @@ impl Backlog {
             limit,
             pending: AtomicU64::new(0),
             room: Notify::new(),
+            earlier_waiting: AtomicBool::new(false),
         }
     }
 
@@ -66,6 +70,16 @@ impl Backlog {
     /// How many slots are free now.
     pub fn free(&self) -> u64 {
         self.limit.saturating_sub(self.pending())
+    }
+
+    /// Whether messages accepted earlier wait in the database for room.
+    pub fn earlier_waiting(&self) -> bool {
+        self.earlier_waiting.load(Ordering::Acquire)
+    }
+
+    /// What the last claim found: messages left in the database at a full backlog.
+    pub fn set_earlier_waiting(&self, waiting: bool) {
+        self.earlier_waiting.store(waiting, Ordering::Release);
     }
 
     pub fn pending(&self) -> u64 {

@@ -1,4 +1,5 @@
-//! Every Prometheus series of the contract (section 5), owned by one `Metrics` value with
+//! Every Prometheus series of the contract (section 5), and the service's own (callbacks,
+//! the backlog), owned by one `Metrics` value with
 //! its own `Registry`: no global statics, so test servers in one process never share
 //! counters. The HTTP layer registers its two series on the same registry.
 
@@ -7,6 +8,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::admission::Backlog;
 use crate::domain::Channel;
 
 /// Outcome labels, in the order the contract lists them.
@@ -37,6 +39,9 @@ pub struct Metrics {
     pub callbacks: IntCounterVec,
     /// Status callbacks not yet delivered nor given up.
     pub callbacks_pending: IntGauge,
+    /// Set from the backlog at each scrape (`observe_backlog`).
+    backlog_slots: IntGauge,
+    backlog_earlier_waiting: IntGauge,
 }
 
 /// Callback outcome labels.
@@ -133,6 +138,18 @@ impl Metrics {
             "Status callbacks waiting to be delivered.",
         )?;
         registry.register(Box::new(callbacks_pending.clone()))?;
+        let backlog_slots = IntGauge::new(
+            "messaging_backlog_slots",
+            "Backlog slots taken against dispatch.backlog_limit: messages accepted and not \
+             finished, a finished one until its last record is written.",
+        )?;
+        registry.register(Box::new(backlog_slots.clone()))?;
+        let backlog_earlier_waiting = IntGauge::new(
+            "messaging_backlog_waiting_in_database",
+            "1 while messages accepted earlier wait in the database for backlog room (new \
+             messages get 503 overloaded meanwhile), else 0.",
+        )?;
+        registry.register(Box::new(backlog_earlier_waiting.clone()))?;
         for outcome in CALLBACK_OUTCOMES {
             callbacks.with_label_values(&[outcome]);
         }
@@ -153,6 +170,8 @@ impl Metrics {
             pending_messages,
             callbacks,
             callbacks_pending,
+            backlog_slots,
+            backlog_earlier_waiting,
         };
         metrics.touch_all(providers);
         Ok(metrics)
@@ -193,6 +212,15 @@ impl Metrics {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Reads the backlog's state into its two gauges, at a scrape: the backlog is an
+    /// atomic counter the hot path keeps, and a gauge set there would cost every message.
+    pub fn observe_backlog(&self, backlog: &Backlog) {
+        self.backlog_slots
+            .set(i64::try_from(backlog.pending()).unwrap_or(i64::MAX));
+        self.backlog_earlier_waiting
+            .set(i64::from(backlog.earlier_waiting()));
     }
 
     /// The text exposition format Prometheus scrapes.

@@ -193,10 +193,6 @@ struct Claims {
     /// A claim was asked for since the running one began: it goes over everything once
     /// more before it ends.
     asked: AtomicBool,
-    /// The last claim met a full backlog with queued messages left in the database that
-    /// a claim could take: they were accepted first, so new messages are refused until
-    /// a claim finds none left.
-    waiting_for_room: AtomicBool,
 }
 
 /// The one claim under way, for as long as it lives.
@@ -264,9 +260,7 @@ impl Routes {
                 // A full backlog says nothing of the database: ask it. If it cannot
                 // answer, the next look finds out.
                 let waiting = self.store.any_claimable(0).await.unwrap_or(true);
-                self.claims
-                    .waiting_for_room
-                    .store(waiting, Ordering::Release);
+                self.backlog.set_earlier_waiting(waiting);
                 if !wait || !waiting {
                     return Ok(());
                 }
@@ -293,7 +287,7 @@ impl Routes {
                     after_id = 0;
                     continue;
                 }
-                self.claims.waiting_for_room.store(false, Ordering::Release);
+                self.backlog.set_earlier_waiting(false);
                 return Ok(());
             }
         }
@@ -490,7 +484,7 @@ impl Handler<AcceptOutbound> for RouterActor {
         // flood is refused before it costs a write. Messages accepted earlier and waiting
         // in the database for room (a bulk retry, a dead instance's) are part of the
         // backlog too: while they wait, a new message is refused and they get the room.
-        let earlier_wait = routes.claims.waiting_for_room.load(Ordering::Acquire);
+        let earlier_wait = routes.backlog.earlier_waiting();
         if provider.is_some() && (earlier_wait || !routes.backlog.try_reserve()) {
             let pending = routes.backlog.pending();
             // A replay creates nothing, so it gets its first answer however full the
@@ -634,8 +628,7 @@ impl Handler<ClaimQueued> for RouterActor {
             ClaimQueued::Sweep => Box::pin(routes.claim_logged(false, "claimed lapsed messages")),
             // The claim that waits for room (one at a time, like every claim).
             ClaimQueued::IfWaitingForRoom => {
-                let wanted = routes.claims.waiting_for_room.load(Ordering::Acquire)
-                    && routes.backlog.has_room();
+                let wanted = routes.backlog.earlier_waiting() && routes.backlog.has_room();
                 if !wanted {
                     return Box::pin(async {});
                 }

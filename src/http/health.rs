@@ -54,6 +54,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         content_type = "text/plain", body = String))
 )]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    state.metrics.observe_backlog(&state.backlog);
     match state.metrics.encode() {
         Ok(text) => HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -24,6 +24,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest, ResponseError};
+use messaging_actors::admission::Backlog;
 use messaging_actors::metrics::Metrics;
 use messaging_actors::router::RouterActor;
 use messaging_actors::store::{Store, StoreError};
@@ -40,6 +41,8 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub http_metrics: HttpMetrics,
+    /// Read into its gauges at each scrape of `/metrics`.
+    pub backlog: Arc<Backlog>,
     pub max_body_bytes: usize,
     pub webhook_keys: WebhookKeys,
     pub auth: Arc<Auth>,

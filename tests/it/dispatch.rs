@@ -254,6 +254,8 @@ fn a_bulk_retry_larger_than_the_backlog_waits_in_the_database_for_room() {
     for id in &ids {
         assert_eq!(app.message(*id)["status"], "queued");
     }
+    assert_eq!(app.metric("messaging_backlog_slots"), 5.0);
+    assert_eq!(app.metric("messaging_backlog_waiting_in_database"), 1.0);
     let refused = app.post("/api/messages/email", &email(0));
     assert_eq!(refused.error_code(503), "overloaded");
     assert!(app.stop().success());
@@ -269,6 +271,11 @@ fn a_bulk_retry_larger_than_the_backlog_waits_in_the_database_for_room() {
         assert_eq!(message["status"], "sent");
         assert_eq!(outcomes(&message), ["error", "success"]);
     }
+    app.eventually("the backlog empty, nothing waiting", || {
+        let slots = app.metric("messaging_backlog_slots");
+        let waiting = app.metric("messaging_backlog_waiting_in_database");
+        (slots == 0.0 && waiting == 0.0).then_some(())
+    });
 }
 
 #[test]
