@@ -1,7 +1,7 @@
 //! Every Prometheus series of the contract (section 5), and the service's own (callbacks,
-//! the backlog), owned by one `Metrics` value with
-//! its own `Registry`: no global statics, so test servers in one process never share
-//! counters. The HTTP layer registers its two series on the same registry.
+//! the backlog), owned by one `Metrics` value with its own `Registry`: no global statics,
+//! so test servers in one process never share counters. The HTTP layer registers its two
+//! series on the same registry.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
