@@ -649,9 +649,6 @@ async fn after_its_leases_are_released_an_instance_claims_nothing() {
     assert!(claimed.is_empty(), "claimed back: {}", claimed.len());
 }
 
-/// Messages accepted earlier and waiting in the database for room in the backlog are
-/// part of it: a claim takes only what the backlog has room for, and until the rest are
-/// claimed a new message is refused, even when room has come back meanwhile.
 /// `count` queued messages no one holds, stored with leases of `lease` (no lease keeper
 /// renews them here), in a harness of `backlog_limit` 2 whose SMS attempts take half a
 /// second.
@@ -718,6 +715,9 @@ async fn the_ticks_claim_waits_for_room_and_takes_the_rest() {
     assert_eq!(h.counter("sms-mms", "sms"), 5);
 }
 
+/// Messages accepted earlier and waiting in the database for room in the backlog are
+/// part of it: a claim takes only what the backlog has room for, and until the rest are
+/// claimed a new message is refused, even when room has come back meanwhile.
 #[actix_rt::test]
 async fn messages_waiting_in_the_database_for_room_go_before_new_ones() {
     // Leases of a dead predecessor on SQLite, still running: the start clears them, so
