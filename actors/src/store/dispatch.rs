@@ -56,6 +56,26 @@ pub(crate) type QueuedRow = (
     i32,
 );
 
+/// The ids of the queued outbound messages a `Claim` may take (above its `after_id`, their
+/// lease lapsed or never written), oldest first: one query for the claims of both
+/// backends and the read that asks whether any are left. A macro, since each backend
+/// builds its own query type from it.
+macro_rules! claimable_ids {
+    ($claim:expr) => {
+        messages::table
+            .select(messages::id)
+            .filter(is_queued())
+            .filter(messages::direction.eq(Direction::Outbound.as_str()))
+            .filter(messages::id.gt($claim.after_id))
+            .filter(
+                messages::lease_until
+                    .is_null()
+                    .or(messages::lease_until.lt($claim.now.to_storage())),
+            )
+            .order(messages::id.asc())
+    };
+}
+
 /// The columns of a `QueuedRow`, for every statement that hands queued messages back.
 macro_rules! queued_columns {
     () => {
@@ -190,17 +210,7 @@ for_each_backend! {
     /// claim that found the backlog full asks it, to know whether messages wait in the
     /// database for room.
     pub(crate) fn any_claimable(conn: &mut Conn, claim: &Claim) -> Result<bool, StoreError> {
-        Ok(messages::table
-            .select(messages::id)
-            .filter(is_queued())
-            .filter(messages::direction.eq(Direction::Outbound.as_str()))
-            .filter(messages::id.gt(claim.after_id))
-            .filter(
-                messages::lease_until
-                    .is_null()
-                    .or(messages::lease_until.lt(claim.now.to_storage())),
-            )
-            .order(messages::id.asc())
+        Ok(claimable_ids!(claim)
             .first::<i64>(conn)
             .optional()?
             .is_some())
@@ -404,19 +414,7 @@ pub(crate) fn claim_sqlite(
 fn claimable_sqlite(
     claim: &Claim,
 ) -> messages::BoxedQuery<'static, diesel::sqlite::Sqlite, diesel::sql_types::BigInt> {
-    messages::table
-        .select(messages::id)
-        .filter(is_queued())
-        .filter(messages::direction.eq(Direction::Outbound.as_str()))
-        .filter(messages::id.gt(claim.after_id))
-        .filter(
-            messages::lease_until
-                .is_null()
-                .or(messages::lease_until.lt(claim.now.to_storage())),
-        )
-        .order(messages::id.asc())
-        .limit(claim.limit)
-        .into_boxed()
+    claimable_ids!(claim).limit(claim.limit).into_boxed()
 }
 
 /// Instances share a PostgreSQL database: a claim takes queued outbound messages whose
@@ -428,19 +426,8 @@ pub(crate) fn claim_postgres(
     conn: &mut diesel::pg::PgConnection,
     claim: &Claim,
 ) -> Result<Vec<QueuedMessage>, StoreError> {
-    let now = claim.now.to_storage();
-    let ids: Vec<i64> = messages::table
-        .filter(is_queued())
-        .filter(messages::direction.eq(Direction::Outbound.as_str()))
-        .filter(messages::id.gt(claim.after_id))
-        .filter(
-            messages::lease_until
-                .is_null()
-                .or(messages::lease_until.lt(&now)),
-        )
-        .order(messages::id.asc())
+    let ids: Vec<i64> = claimable_ids!(claim)
         .limit(claim.limit)
-        .select(messages::id)
         .for_update()
         .skip_locked()
         .load(conn)?;
