@@ -852,8 +852,9 @@ for_each_backend! {
     }
 
     /// About how many bytes a page of a conversation's messages holds (the bodies and
-    /// attachments, in characters), read before the page itself so that its answer can
-    /// wait for room (see the binary's `http/budget.rs`).
+    /// attachments in UTF-8 bytes, not characters: a body of emoji is four bytes a
+    /// character in every copy of the page), read before the page itself so that its
+    /// answer can wait for room (see the binary's `http/budget.rs`).
     pub(crate) fn page_bytes(
         conn: &mut Conn,
         conversation_id: i64,
@@ -865,7 +866,7 @@ for_each_backend! {
             .limit(i64::from(page.page_size))
             .offset(page.offset())
             .select(diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::BigInt>>(
-                "CAST(length(body) + coalesce(length(attachments), 0) AS BIGINT)",
+                "CAST(octet_length(body) + coalesce(octet_length(attachments), 0) AS BIGINT)",
             ))
             .load(conn)?;
         Ok(sizes.into_iter().flatten().sum())

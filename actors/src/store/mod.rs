@@ -997,6 +997,41 @@ pub(crate) mod tests {
         }
     }
 
+    /// A page's size for the read budget is its bodies' and attachments' UTF-8 bytes:
+    /// counted in characters, a page of emoji took a quarter of its room and forty readers
+    /// could hold four times the budget.
+    #[actix::test]
+    async fn a_pages_size_is_counted_in_bytes_not_characters() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sqlite = format!("sqlite://{}", dir.path().join("bytes.db").display());
+        for db in databases() {
+            let url = db.postgres_url().unwrap_or(sqlite.clone());
+            let pool = open(&url, 1, 1, Duration::from_secs(10)).expect("open");
+            let store = Store::start(pool, 1, Duration::from_secs(30), Duration::from_secs(20));
+            let mut conversation = None;
+            for body in ["\u{1F600}".repeat(1000), "\u{e9}".repeat(500)] {
+                let mut message = new_message(7);
+                message.content.body = body;
+                message.content.attachments = Some(vec!["https://x.example/\u{e9}".into()]);
+                match store.insert_outbound(message).await {
+                    Ok(OutboundStored::Created {
+                        conversation_id, ..
+                    }) => conversation = Some(conversation_id),
+                    other => panic!("not stored: {other:?}"),
+                }
+            }
+            let conversation = conversation.expect("a conversation");
+            let page = super::PageRequest {
+                page: 1,
+                page_size: 100,
+            };
+            let bytes = store.page_bytes(conversation, page).await.expect("read");
+            // 4,000 and 1,000 bytes of bodies, and two attachment lists of at least
+            // their URL's 20 bytes.
+            assert!((5_040..5_200).contains(&bytes), "{bytes}");
+        }
+    }
+
     /// Stores new outbound messages `0..count`; their ids.
     async fn stored_ids(store: &Store, count: u32) -> Vec<i64> {
         let mut ids = Vec::new();
