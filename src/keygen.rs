@@ -37,7 +37,12 @@ pub fn run(name: &str) -> ExitCode {
     println!("{key}");
     println!();
     println!("# Paste into settings.toml (choose its scopes: send, read, admin):");
-    println!("[auth.keys.{name}]");
+    // A '.' in a bare TOML key would make nested tables; quoted, the name stays one key.
+    if name.contains('.') {
+        println!("[auth.keys.\"{name}\"]");
+    } else {
+        println!("[auth.keys.{name}]");
+    }
     println!("sha256 = \"{hash}\"");
     println!("scopes = [\"send\", \"read\"]");
     println!("# rate_limit_per_min = 6000");

@@ -474,6 +474,30 @@ fn keygen_prints_a_key_once_and_its_lines_admit_it() {
         200
     );
     assert_eq!(app.get("/api/conversations").status, 401);
+    app.stop();
+
+    // A name with a dot is quoted, or the pasted lines would make nested tables.
+    let dotted = std::process::Command::new(BIN)
+        .args(["keygen", "billing.v2"])
+        .output()
+        .expect("run keygen");
+    assert!(dotted.status.success());
+    let text = String::from_utf8(dotted.stdout).expect("utf-8");
+    let secret = text
+        .lines()
+        .find(|l| l.starts_with("msk_"))
+        .expect("the key")
+        .to_owned();
+    let lines: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("[auth.keys.\"billing.v2\"]"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(lines.contains(&sha256_hex(&secret)), "{text}");
+    let app = TestApp::spawn(&lines);
+    let listed = with_key(&app, "GET", "/api/conversations", &secret, None);
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    assert_eq!(app.get("/api/conversations").status, 401);
     let bad = std::process::Command::new(BIN)
         .args(["keygen", "no spaces"])
         .output()
