@@ -469,6 +469,26 @@ pub enum ProviderKind {
     Sendgrid,
 }
 
+impl ProviderKind {
+    /// The channels this kind can send: Twilio's Messages API takes SMS and MMS, SendGrid's
+    /// mail send takes email, the simulator anything.
+    fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Simulated => "simulated",
+            ProviderKind::Twilio => "twilio",
+            ProviderKind::Sendgrid => "sendgrid",
+        }
+    }
+
+    fn carries(self, channel: &str) -> bool {
+        match self {
+            ProviderKind::Simulated => true,
+            ProviderKind::Twilio => matches!(channel, "sms" | "mms"),
+            ProviderKind::Sendgrid => channel == "email",
+        }
+    }
+}
+
 /// The keys of a real provider (`kind = "twilio"` or `"sendgrid"`); a simulated one
 /// ignores them. Secrets are named by `*_env` keys, never written here.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -981,6 +1001,25 @@ impl Settings {
                 .breaker
                 .validate(&format!("providers.{name}.breaker"))?;
             self.validate_real(name, provider)?;
+        }
+        // An email routed to Twilio would go out as an SMS to an address (and its body to
+        // a third party that cannot deliver it); refused here, not failed message by message.
+        let routing = &self.routing;
+        for (channel, name) in [
+            ("sms", &routing.sms),
+            ("mms", &routing.mms),
+            ("email", &routing.email),
+        ] {
+            if let Some(provider) = self.providers.get(name) {
+                check(
+                    provider.kind.carries(channel),
+                    &format!("routing.{channel}"),
+                    &format!(
+                        "names provider \"{name}\" of kind \"{}\", which cannot send {channel}",
+                        provider.kind.as_str()
+                    ),
+                )?;
+            }
         }
         for (name, key) in &self.auth.keys {
             let prefix = format!("auth.keys.{name}");
@@ -1499,6 +1538,24 @@ mod tests {
         let s =
             with_env(&[], || parse("[routing]\nemail = \"\"\nsms = \"missing\"")).expect("valid");
         assert_eq!(s.routing.email, "");
+    }
+
+    #[test]
+    fn a_channel_routed_to_a_real_kind_that_cannot_send_it_is_refused() {
+        let sendgrid = "[providers.mail]\nkind = \"sendgrid\"\napi_key_env = \"TEST_SG_KEY\"\n";
+        let twilio = "[server]\npublic_url = \"https://x.example\"\n[providers.texts]\n\
+                      kind = \"twilio\"\naccount_sid = \"AC1\"\nauth_token_env = \"TEST_TW\"\n";
+        with_env(&[("TEST_SG_KEY", "SG.x"), ("TEST_TW", "t")], || {
+            let err = parse(&format!("{sendgrid}[routing]\nmms = \"mail\"")).expect_err("mms");
+            assert_eq!(err.key, "routing.mms");
+            assert!(err.to_string().contains("kind \"sendgrid\""), "{err}");
+            assert_eq!(
+                error_key(&format!("{twilio}[routing]\nemail = \"texts\"")),
+                "routing.email"
+            );
+            let fitting = format!("{sendgrid}{twilio}[routing]\nemail = \"mail\"\nsms = \"texts\"");
+            assert!(parse(&fitting).is_ok());
+        });
     }
 
     #[test]

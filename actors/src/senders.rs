@@ -14,7 +14,6 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::domain::Channel;
 use crate::outcome::Outcome;
 use crate::store::MessageView;
 
@@ -307,14 +306,6 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         )
     })?;
     Some(asked.min(MAX_RETRY_AFTER))
-}
-
-/// A channel a real kind can carry.
-pub fn carries(api: &Api, channel: Channel) -> bool {
-    match api {
-        Api::Twilio { .. } => matches!(channel, Channel::Sms | Channel::Mms),
-        Api::SendGrid { .. } => channel == Channel::Email,
-    }
 }
 
 #[cfg(test)]
