@@ -1063,7 +1063,7 @@ impl Settings {
         }
         if let Some(url) = &self.callbacks.url {
             check(
-                is_http_url(url) && url.len() <= 2048,
+                is_http_url(url) && url.chars().count() <= 2048,
                 "callbacks.url",
                 "must be an http or https URL of at most 2048 characters",
             )?;

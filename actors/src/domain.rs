@@ -10,7 +10,9 @@ use thiserror::Error;
 
 /// How many attachments one message may carry.
 pub const MAX_ATTACHMENTS: usize = 10;
-/// Upper bound on an attachment URL, so one field cannot take the whole body budget.
+/// Upper bound on an attachment or callback URL, in characters (CONTRACT 10 and the
+/// OpenAPI document's `maxLength` count characters), so one field cannot take the whole
+/// body budget.
 pub const MAX_URL_LEN: usize = 2048;
 
 /// Why a single value was refused; the HTTP layer adds the field name.
@@ -116,11 +118,12 @@ checked_string!(
     non_blank
 );
 checked_string!(
-    /// A provider's id for an inbound message: 1 to 255 bytes, opaque.
+    /// A provider's id for an inbound message: 1 to 255 characters (as the OpenAPI
+    /// document's `maxLength` counts them), opaque.
     ProviderId,
     |raw| {
         let raw = non_blank(raw)?;
-        if raw.len() > MAX_PROVIDER_ID_LEN {
+        if raw.chars().count() > MAX_PROVIDER_ID_LEN {
             Err(InvalidValue::TooLong(MAX_PROVIDER_ID_LEN))
         } else {
             Ok(raw)
@@ -151,7 +154,7 @@ checked_string!(
     CallbackUrl,
     |raw| {
         let raw = without_nul(raw)?;
-        let valid = raw.len() <= MAX_URL_LEN
+        let valid = raw.chars().count() <= MAX_URL_LEN
             && !raw.chars().any(|c| c.is_whitespace() || c.is_control())
             && url::Url::parse(&raw)
                 .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
@@ -329,7 +332,7 @@ fn is_bidi_control(c: char) -> bool {
 /// port is 0..=65535); the host must be an IP address or a name of LDH labels. Kept as
 /// sent.
 pub fn parse_attachment_url(raw: &str) -> Result<String, InvalidValue> {
-    if raw.len() > MAX_URL_LEN
+    if raw.chars().count() > MAX_URL_LEN
         || raw
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || is_bidi_control(c))
@@ -709,6 +712,24 @@ mod tests {
         ] {
             assert_eq!(parse_attachment_url(bad), Err(InvalidValue::Url), "{bad}");
         }
+    }
+
+    /// CONTRACT 10 and the OpenAPI document's `maxLength` count characters, not bytes:
+    /// 2,048 characters of `é` are 4,074 bytes and still a valid URL.
+    #[test]
+    fn url_and_provider_id_lengths_count_characters() {
+        let longest = format!("https://hooks.example/{}", "\u{e9}".repeat(2026));
+        assert_eq!(longest.chars().count(), MAX_URL_LEN);
+        assert!(parse_attachment_url(&longest).is_ok());
+        assert!(CallbackUrl::try_from(longest.clone()).is_ok());
+        let over = format!("{longest}\u{e9}");
+        assert_eq!(parse_attachment_url(&over), Err(InvalidValue::Url));
+        assert_eq!(CallbackUrl::try_from(over).err(), Some(InvalidValue::Url));
+        assert!(ProviderId::try_from("\u{e9}".repeat(MAX_PROVIDER_ID_LEN)).is_ok());
+        assert_eq!(
+            ProviderId::try_from("\u{e9}".repeat(MAX_PROVIDER_ID_LEN + 1)).err(),
+            Some(InvalidValue::TooLong(MAX_PROVIDER_ID_LEN))
+        );
     }
 
     #[test]
