@@ -19,6 +19,7 @@ use messaging_actors::provider::{self, ProviderConfig};
 use messaging_actors::router::{Registry, ResumeQueued, RouterActor};
 use messaging_actors::store::{self, Store};
 use slog::{info, warn, Logger};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::http::{self, AppState, HttpMetrics};
 use crate::http::{Auth, WebhookKeys};
@@ -139,6 +140,10 @@ fn provider_configs(
 
 /// Runs the service until a stop signal; must be called inside an actix `System`.
 pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
+    // Caught from here on: a signal during start-up (a long migration, the wait for
+    // another instance's migration lock, the resume) is kept for when the service runs,
+    // which then stops at once, gracefully; uncaught, it killed the process (exit 143).
+    let signals = StopSignals::listen();
     let timeout = Duration::from_millis(settings.database.timeout_ms);
     let pool = store::open(
         &settings.database.url,
@@ -260,7 +265,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
     .disable_signals()
     .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
     .client_request_timeout(Duration::from_secs(5))
-    .bind(&settings.server.bind)
+    .bind(first_address(&settings.server.bind)?)
     .with_context(|| format!("binding {}", settings.server.bind))?;
     for addr in server.addrs() {
         info!(log, "listening"; "addr" => addr.to_string());
@@ -269,7 +274,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
     let handle = server.handle();
     let signal_log = log.clone();
     actix_web::rt::spawn(async move {
-        let signal = stop_signal().await;
+        let signal = signals.next().await;
         info!(signal_log, "stopping"; "signal" => signal);
         // Graceful: stop accepting, let in-flight requests finish (their writes commit).
         handle.stop(true).await;
@@ -316,17 +321,56 @@ async fn stop_sending(
 }
 
 /// Waits for SIGTERM or SIGINT, whichever comes first.
-async fn stop_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process still stops on the default action.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// The first address `bind` resolves to. A name such as `localhost` resolves to
+/// `127.0.0.1` and `::1`; bound to both, port 0 gave each a port of its own and two
+/// `listening` lines, where CONTRACT 1 promises one line with the bound address.
+fn first_address(bind: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    bind.to_socket_addrs()
+        .with_context(|| format!("resolving {bind}"))?
+        .next()
+        .with_context(|| format!("{bind} resolves to no address"))
+}
+
+/// SIGTERM and SIGINT. The handlers are installed when this is made, and a signal that
+/// comes before `next` is awaited is kept for it.
+struct StopSignals(Option<(Signal, Signal)>);
+
+impl StopSignals {
+    fn listen() -> Self {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => StopSignals(Some((term, int))),
+            // Without signal handlers the process still stops on the default action.
+            _ => StopSignals(None),
+        }
+    }
+
+    async fn next(self) -> &'static str {
+        let Some((mut term, mut int)) = self.0 else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_address;
+
+    #[test]
+    fn a_bind_is_one_address_the_first_its_name_resolves_to() {
+        let addr = first_address("localhost:0").expect("resolves");
+        assert!(addr.ip().is_loopback() && addr.port() == 0, "{addr}");
+        assert_eq!(
+            first_address("[::1]:8080").expect("literal").to_string(),
+            "[::1]:8080"
+        );
+        assert!(first_address("no-such-host.invalid:80").is_err());
     }
 }

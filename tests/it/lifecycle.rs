@@ -215,6 +215,81 @@ fn sigterm_and_sigint_stop_gracefully_with_exit_0() {
     }
 }
 
+#[derive(diesel::QueryableByName)]
+struct Waiting {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// A stop signal during start-up is caught from its first moment: here the service waits
+/// for the migration lock (another instance migrating), gets SIGTERM there, and once it
+/// has started it stops gracefully with exit 0. Uncaught, the signal killed it (143)
+/// with nothing logged or handed back.
+#[test]
+fn a_stop_signal_during_start_up_stops_gracefully_once_started() {
+    use diesel::RunQueryDsl;
+    use std::io::BufRead;
+    let Some(db) = postgres_database("a_stop_signal_during_start_up_stops_gracefully...") else {
+        return;
+    };
+    // The lock `store::open` takes around its migrations ("messages" in ASCII).
+    let lock = 0x6d65_7373_6167_6573_i64;
+    let mut holder = db.connect();
+    diesel::sql_query(format!("SELECT pg_advisory_lock({lock})"))
+        .execute(&mut holder)
+        .expect("take the migration lock");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("settings.toml");
+    std::fs::write(&config, "").expect("settings");
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("MESSAGING_CONFIG")
+        .env("MESSAGING__SERVER__BIND", "127.0.0.1:0")
+        .env("MESSAGING__DATABASE__URL", db.url())
+        .env("MESSAGING__DATABASE__TIMEOUT_MS", "60000")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start messaging-service");
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
+            .collect::<Vec<_>>()
+    });
+    let waiting = format!(
+        "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = '{}' \
+         AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+        db.name()
+    );
+    poll_until("the start to wait for the migration lock", DEADLINE, || {
+        let rows = diesel::sql_query(&waiting)
+            .load::<Waiting>(&mut db.connect())
+            .expect("count");
+        (rows.first().map_or(0, |r| r.n) > 0).then_some(())
+    });
+    signal(child.id(), "TERM");
+    diesel::sql_query(format!("SELECT pg_advisory_unlock({lock})"))
+        .execute(&mut holder)
+        .expect("let the migrations run");
+    let status = poll_until("the server to exit", DEADLINE, || {
+        child.try_wait().ok().flatten()
+    });
+    let logs = reader.join().expect("log reader");
+    assert_eq!(status.code(), Some(0), "{status}");
+    let stopping = logs
+        .iter()
+        .find(|l| l["msg"] == "stopping")
+        .expect("stopping");
+    assert_eq!(stopping["signal"], "SIGTERM");
+    assert_eq!(
+        logs.last().map(|l| l["msg"].clone()),
+        Some(json!("stopped"))
+    );
+}
+
 #[test]
 fn a_restart_on_the_same_database_keeps_every_accepted_message() {
     let dir = Arc::new(TestDir::new());
