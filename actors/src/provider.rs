@@ -1174,12 +1174,24 @@ impl Handler<GetProviderStatus> for ProviderActor {
 
 impl ProviderActor {
     fn status(&self) -> ProviderStatus {
+        // A real kind draws no outcomes (CONTRACT 8: it ignores the seed and the odds), so
+        // it shows none, not the simulator's it inherited from the defaults.
+        let simulated = self.config.sender.is_none();
+        let none = OutcomeOdds {
+            timeout_pct: 0.0,
+            error_pct: 0.0,
+            ratelimit_pct: 0.0,
+        };
         ProviderStatus {
             name: self.config.name.clone(),
             kind: self.config.kind(),
             channels: self.config.channels.clone(),
-            seeded: self.outcomes.seeded(),
-            odds: self.outcomes.odds(),
+            seeded: simulated && self.outcomes.seeded(),
+            odds: if simulated {
+                self.outcomes.odds()
+            } else {
+                none
+            },
             pending: self.held.len() as u64,
             breaker_state: self.breaker.state(),
             failure_rate: self.breaker.failure_rate(),

@@ -136,6 +136,9 @@ fn sendgrid_accepted() -> Mock {
         .respond_with(SendGridAccepted(AtomicU64::new(0)))
 }
 
+/// Simulator odds that would fail every attempt: a real kind ignores them (CONTRACT 8).
+const ODDS_A_REAL_KIND_IGNORES: &str = "[outcomes]\nerror_pct = 100.0\n";
+
 fn settings(twilio: &str, sendgrid: &str, extra: &str) -> String {
     format!(
         "[server]\npublic_url = \"{PUBLIC_URL}\"\n\
@@ -226,7 +229,10 @@ fn each_provider_receives_the_request_its_api_describes_and_its_id_is_kept() {
     let (twilio, sendgrid) = (Fake::start(), Fake::start());
     twilio.mount(twilio_created());
     sendgrid.mount(sendgrid_accepted());
-    let app = TestApp::spawn_with_env(&settings(&twilio.uri(), &sendgrid.uri(), ""), &secrets());
+    let app = TestApp::spawn_with_env(
+        &settings(&twilio.uri(), &sendgrid.uri(), ODDS_A_REAL_KIND_IGNORES),
+        &secrets(),
+    );
 
     let sms_id = app.accept("/api/messages/sms", &sample_sms());
     let mut mms = sample_mms();
@@ -358,6 +364,14 @@ fn each_provider_receives_the_request_its_api_describes_and_its_id_is_kept() {
         })
         .collect();
     assert_eq!(kinds, [("email", "sendgrid"), ("sms-mms", "twilio")]);
+    // A real kind draws no outcomes: the default seeds and odds it inherited are not shown.
+    for provider in providers["items"].as_array().expect("items") {
+        assert_eq!(provider["seeded"], false, "{provider}");
+        assert_eq!(
+            provider["outcomes"],
+            json!({"timeout_pct": 0.0, "error_pct": 0.0, "ratelimit_pct": 0.0})
+        );
+    }
     assert!(app.logs_with("channel served by a simulator").is_empty());
 }
 
