@@ -188,14 +188,21 @@ impl CallbackWorker {
                             "sent" | "failed" => callback.event.clone(),
                             _ => message.status.clone(),
                         },
-                        "delivery_status": message.delivery_status,
+                        // A receipt's event says what the receipt said: a `delivered`
+                        // callback still retrying when a later bounce came stays
+                        // `delivered` (the bounce has a callback of its own).
+                        "delivery_status": match callback.event.as_str() {
+                            "delivered" | "undelivered" => Some(callback.event.clone()),
+                            _ => message.delivery_status,
+                        },
                         "provider": message.provider,
                         "channel": message.channel,
                         "attempts": attempts.len(),
                         // A receipt's event carries the receipt's code (Twilio's
                         // `ErrorCode`, SendGrid's bounce status); a status its last attempt's.
                         "error_code": match callback.event.as_str() {
-                            "delivered" | "undelivered" => message.delivery_error_code.clone(),
+                            "delivered" => None,
+                            "undelivered" => message.delivery_error_code.clone(),
                             _ => attempts.last().and_then(|a| a.error_code.clone()),
                         },
                     },

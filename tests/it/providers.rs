@@ -586,6 +586,75 @@ fn a_failing_twilio_opens_only_its_breaker_while_sendgrid_keeps_sending() {
     assert_eq!(provider(&app, "sms-mms")["breaker"]["state"], "open");
 }
 
+/// A callback tells of the event that made it. A `delivered` callback still being retried
+/// when a later receipt says `undelivered` goes out saying `delivered`, with no error code
+/// (it read the message as it was when sent: `undelivered`, and the bounce's code), and
+/// the `undelivered` callback follows with its own.
+#[test]
+fn a_delivered_callback_retried_after_a_later_bounce_still_says_delivered() {
+    let (twilio, sendgrid, hooks) = (Fake::start(), Fake::start(), Fake::start());
+    twilio.mount(twilio_created());
+    sendgrid.mount(sendgrid_accepted());
+    hooks.mount(Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)));
+    let app = TestApp::spawn_with_env(&settings(&twilio.uri(), &sendgrid.uri(), ""), &secrets());
+    let mut body = sms_to(0);
+    body["status_callback"] = json!(format!("{}/hooks", hooks.uri()));
+    let id = app.accept("/api/messages/sms", &body);
+    let sid = finished(&app, id)["provider_message_id"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
+    let (delivered_id, undelivered_id) = (
+        format!("msg_{id}_delivered_0"),
+        format!("msg_{id}_undelivered_0"),
+    );
+    // The delivered callback's first try fails; its retry comes a second later.
+    hooks.mount(
+        Mock::given(method("POST"))
+            .and(header("webhook-id", delivered_id.as_str()))
+            .respond_with(ResponseTemplate::new(503))
+            .up_to_n_times(1)
+            .with_priority(1),
+    );
+    let tries = |webhook_id: &str| -> Vec<Value> {
+        hooks
+            .received()
+            .iter()
+            .filter(|r| {
+                r.headers.get("webhook-id").and_then(|v| v.to_str().ok()) == Some(webhook_id)
+            })
+            .filter_map(|r| serde_json::from_slice(&r.body).ok())
+            .collect()
+    };
+    let route = "/api/webhooks/twilio/status";
+    let delivered = [
+        ("MessageSid", sid.as_str()),
+        ("MessageStatus", "delivered"),
+        ("AccountSid", ACCOUNT),
+    ];
+    assert_eq!(post_signed(&app, route, &delivered).status, 200);
+    app.eventually("the delivered callback's failed try", || {
+        (!tries(&delivered_id).is_empty()).then_some(())
+    });
+    let bounced = [
+        ("MessageSid", sid.as_str()),
+        ("MessageStatus", "undelivered"),
+        ("ErrorCode", "30003"),
+        ("AccountSid", ACCOUNT),
+    ];
+    assert_eq!(post_signed(&app, route, &bounced).status, 200);
+    assert_eq!(app.message(id)["delivery_status"], "undelivered");
+    let retried = app.eventually("the delivered callback's retry", || {
+        let all = tries(&delivered_id);
+        (all.len() >= 2).then(|| all[all.len() - 1].clone())
+    });
+    assert_eq!(retried["data"]["delivery_status"], "delivered", "{retried}");
+    assert_eq!(retried["data"]["error_code"], Value::Null, "{retried}");
+    let undelivered = app.eventually("the undelivered callback", || tries(&undelivered_id).pop());
+    assert_eq!(undelivered["data"]["delivery_status"], "undelivered");
+    assert_eq!(undelivered["data"]["error_code"], "30003");
+}
+
 #[test]
 fn receipts_set_the_delivery_status_and_a_bad_signature_changes_nothing() {
     let (twilio, sendgrid, hooks) = (Fake::start(), Fake::start(), Fake::start());
