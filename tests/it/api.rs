@@ -352,6 +352,17 @@ fn every_invalid_field_gets_a_400_naming_it_and_nothing_is_stored() {
         let response = app.request("POST", "/api/messages/sms", &json, Some(raw.as_bytes()));
         assert_eq!(response.error_code(400), "invalid_json", "{raw:?}");
     }
+    // The parser's limits hold in fields the API does not read too (README, errors).
+    let valid = serde_json::to_string(&sms).expect("json");
+    let with = |extra: String| format!("{},{extra}}}", &valid[..valid.len() - 1]);
+    for raw in [
+        with("\"meta\": 1e400".into()),
+        with(format!("\"meta\": {}{}", "[".repeat(129), "]".repeat(129))),
+        with("\"meta\": \"\\ud800\"".into()),
+    ] {
+        let response = app.request("POST", "/api/messages/sms", &json, Some(raw.as_bytes()));
+        assert_eq!(response.error_code(400), "invalid_json", "{raw:?}");
+    }
 
     let conversations = app.get("/api/conversations").json();
     assert_eq!(conversations["meta"]["total"], 0, "nothing may be stored");
