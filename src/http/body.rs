@@ -1,6 +1,7 @@
 //! Reading a request body as the contract wants it: JSON content type (else 415), at
 //! most `server.max_body_bytes` (else 413, checked before and while reading), within
-//! 10 s (else 408 `request_timeout`), a JSON object (else 400 `invalid_json`).
+//! 10 s (else 408 `request_timeout`), a JSON object (else 400 `invalid_json`); a POST
+//! that needs no body is held to the same when it carries one.
 //! `wire.rs` turns the object into a typed request. Twilio's webhooks read a form the
 //! same way.
 
@@ -23,20 +24,28 @@ fn is_form_content_type(req: &HttpRequest) -> bool {
         if mime.type_() == "application" && mime.subtype() == "x-www-form-urlencoded")
 }
 
-/// A POST whose body is not read: a body it carries must say it is JSON (CONTRACT 3:
-/// else 415). One with no body at all has no media type to refuse, and its route's
-/// OpenAPI description declares none (so a client following it sends no Content-Type).
-pub fn require_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+/// The body of a POST that needs none (a one-message retry): no body at all is fine, and
+/// its route's OpenAPI description declares none (so a client following it sends no
+/// Content-Type). A body it does carry is checked as any other (CONTRACT 3: JSON, else
+/// 415; at most `limit`, else 413; an object, else 400), then not used.
+pub async fn read_optional_object(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<Option<Map<String, Value>>, ApiError> {
     let headers = req.headers();
     let has_body = headers.contains_key(actix_web::http::header::TRANSFER_ENCODING)
         || headers
             .get(actix_web::http::header::CONTENT_LENGTH)
             .is_some_and(|len| len.as_bytes() != b"0");
-    if !has_body || is_json_content_type(req) {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType)
+    if !has_body {
+        return Ok(None);
     }
+    let body = read_json_body(req, payload, limit).await?;
+    if body.is_empty() {
+        return Ok(None);
+    }
+    parse_object(&body).map(Some)
 }
 
 /// The body as a JSON object, or the contract's error for why not.

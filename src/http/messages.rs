@@ -2,7 +2,7 @@
 //! `GET /api/messages/{id}`. Parsing and validation happen here; acceptance (provider tag,
 //! storage) is the `RouterActor`'s.
 
-use super::body::{read_object, require_json_content_type};
+use super::body::{read_object, read_optional_object};
 use super::error::ApiError;
 use super::wire::{
     parse, AcceptedBody, AuthErrors, BodyErrors, DeliveryFields, EmailRequest, ErrorBody,
@@ -186,7 +186,9 @@ async fn message_detail(state: &AppState, id: i64) -> Result<MessageDetail, ApiE
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`not_retryable`: the message is not a failed outbound one", body = ErrorBody),
         (status = 500, description = "`no_provider`: its provider does not run and its channel is routed to none; it stays failed", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: a body over `server.max_body_bytes` (the route needs none)", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a body that is not JSON", body = ErrorBody),
+        (status = 400, description = "`invalid_json`: a body that is not a JSON object (the route needs none)", body = ErrorBody),
         (status = 503, description = "`not_ready`", body = ErrorBody),
     )
 )]
@@ -194,8 +196,9 @@ pub async fn retry_message(
     state: web::Data<AppState>,
     req: HttpRequest,
     id: web::Path<String>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    require_json_content_type(&req)?;
+    read_optional_object(&req, payload, state.max_body_bytes).await?;
     let id = parse_id(&id, "message")?;
     match requeue(&state, RequeueTarget::One(id)).await? {
         Requeued::Messages(_) | Requeued::Many(_) => {

@@ -565,6 +565,14 @@ fn a_retry_continues_the_attempt_numbers_and_a_bulk_retry_counts() {
         Some(b"retry please"),
     );
     assert_eq!(untyped.error_code(415), "unsupported_media_type");
+    // A body it does carry is held to the contract's bounds (CONTRACT 2 and 3.4).
+    let json = [("Content-Type", "application/json")];
+    let retry = format!("/api/messages/{}/retry", ids[0]);
+    let broken = app.request("POST", &retry, &json, Some(b"{\"oops"));
+    assert_eq!(broken.error_code(400), "invalid_json");
+    let large = format!("{{\"x\": \"{}\"}}", "a".repeat(300 * 1024));
+    let too_large = app.request("POST", &retry, &json, Some(large.as_bytes()));
+    assert_eq!(too_large.error_code(413), "payload_too_large");
     assert_eq!(app.message(ids[0])["status"], "failed", "nothing requeued");
     // With no body there is no media type to refuse (the OpenAPI document declares none).
     let bodiless = app.request("POST", "/api/messages/99999/retry", &[], None);
