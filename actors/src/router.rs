@@ -23,8 +23,7 @@ use crate::provider::{
     ProviderStatus,
 };
 use crate::store::{
-    NewOutbound, OutboundStored, QueuedMessage, RequeueTarget, Requeued, Rerouting, Store,
-    StoreError,
+    NewOutbound, OutboundStored, QueuedMessage, RequeueTarget, Requeued, Store, StoreError,
 };
 
 /// Channel -> provider, built once at start-up. A route may name a provider that does not
@@ -648,34 +647,10 @@ impl Handler<RequeueFailed> for RouterActor {
         _: &mut Self::Context,
     ) -> Self::Result {
         let routes = self.routes.clone();
-        let (bulk, one) = match target {
-            RequeueTarget::One(id) => (false, id),
-            RequeueTarget::Provider { .. } => (true, 0),
-        };
-        let rerouting = Rerouting {
-            running: routes.providers.keys().cloned().collect(),
-            by_channel: Channel::ALL
-                .into_iter()
-                .filter_map(|c| {
-                    let provider = self.registry.provider_for(c)?;
-                    Some((c, provider.to_owned()))
-                })
-                .collect(),
-        };
+        let bulk = matches!(target, RequeueTarget::Provider { .. });
         Box::pin(async move {
-            let requeued = routes.store.requeue(target, rerouting).await;
+            let requeued = routes.store.requeue(target).await;
             match &requeued {
-                // Logged and counted as a new message with no provider is (section 4.3),
-                // but nothing changed: it stays failed, with no second `failed` callback.
-                Ok(Requeued::NoProvider { channel }) => {
-                    error!(routes.log, "no provider for channel";
-                        "channel" => channel.as_str(), "message_id" => one);
-                    routes
-                        .metrics
-                        .routing_missing_provider
-                        .with_label_values(&[channel.as_str()])
-                        .inc();
-                }
                 Ok(Requeued::Messages(messages)) => {
                     for message in messages.clone() {
                         routes.route_queued(message).await;

@@ -185,7 +185,6 @@ async fn message_detail(state: &AppState, id: i64) -> Result<MessageDetail, ApiE
         (status = 202, description = "Queued again; its attempt numbers continue", body = MessageDetail),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`not_retryable`: the message is not a failed outbound one", body = ErrorBody),
-        (status = 500, description = "`no_provider`: its provider does not run and its channel is routed to none; it stays failed", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: a body over `server.max_body_bytes` (the route needs none)", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a body that is not JSON", body = ErrorBody),
         (status = 400, description = "`invalid_json`: a body that is not a JSON object (the route needs none)", body = ErrorBody),
@@ -205,9 +204,6 @@ pub async fn retry_message(
             Ok(HttpResponse::Accepted().json(message_detail(&state, id).await?))
         }
         Requeued::NotFound => Err(ApiError::NotFound(format!("message {id}"))),
-        Requeued::NoProvider { channel } => Err(ApiError::NoProvider {
-            channel: channel.as_str().to_owned(),
-        }),
         Requeued::NotRetryable => {
             let status = message_detail(&state, id).await?.message.status;
             Err(ApiError::NotRetryable { status })
@@ -242,7 +238,7 @@ pub async fn retry_failed(
     let requeued = match requeue(&state, target).await? {
         Requeued::Many(count) => count,
         Requeued::Messages(messages) => messages.len(),
-        Requeued::NotFound | Requeued::NotRetryable | Requeued::NoProvider { .. } => 0,
+        Requeued::NotFound | Requeued::NotRetryable => 0,
     };
     Ok(HttpResponse::Accepted().json(RequeuedBody { requeued }))
 }

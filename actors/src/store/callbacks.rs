@@ -12,7 +12,7 @@ use super::backend::for_each_backend;
 use super::dispatch::{queued_columns, queued_message, Lease, QueuedMessage, QueuedRow};
 use super::schema::{callbacks, messages};
 use super::StoreError;
-use crate::domain::{Channel, Direction, MessageStatus, Timestamp};
+use crate::domain::{Direction, MessageStatus, Timestamp};
 
 /// A callback as `GET /api/messages/{id}` lists it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -79,59 +79,10 @@ pub enum RequeueTarget {
     },
 }
 
-/// Where a retried message goes when its own provider is not running: it failed for
-/// want of one (its channel was routed to nothing), or its provider has since left the
-/// settings. The operator who fixed `[routing]` retries it, and it goes to the provider
-/// its channel is routed to now; kept on its old name it would only fail again.
-#[derive(Debug, Clone, Default)]
-pub struct Rerouting {
-    /// The providers that run, by name.
-    pub running: Vec<String>,
-    /// Each channel's provider now (channels routed to nothing are left out).
-    pub by_channel: Vec<(Channel, String)>,
-}
-
-impl Rerouting {
-    fn is_running(&self, name: &str) -> bool {
-        self.running.iter().any(|p| p == name)
-    }
-
-    fn provider_for(&self, channel: Channel) -> Option<&str> {
-        self.by_channel
-            .iter()
-            .find(|(c, _)| *c == channel)
-            .map(|(_, p)| p.as_str())
-    }
-
-    /// The provider a failed message of `channel` retries on: its own while it runs,
-    /// else its channel's now.
-    fn destination(&self, own: Option<&str>, channel: Channel) -> Option<String> {
-        match own {
-            Some(own) if self.is_running(own) => Some(own.to_owned()),
-            _ => self.provider_for(channel).map(str::to_owned),
-        }
-    }
-
-    /// A bulk retry of provider `name`'s failures: the channels to take and where each
-    /// goes. All of them on `name` while it runs; else each channel that has a provider
-    /// now, to it.
-    pub(crate) fn bulk(&self, name: &str) -> Vec<(Vec<String>, String)> {
-        if self.is_running(name) {
-            let all = Channel::ALL.iter().map(|c| c.as_str().to_owned()).collect();
-            return vec![(all, name.to_owned())];
-        }
-        self.by_channel
-            .iter()
-            .map(|(c, p)| (vec![c.as_str().to_owned()], p.clone()))
-            .collect()
-    }
-}
-
 #[derive(Debug, Clone)]
 pub(crate) struct Requeue {
     pub lease: Lease,
     pub id: i64,
-    pub rerouting: Rerouting,
 }
 
 /// One step of a bulk retry: the provider's failed messages among ids `after + 1 ..=
@@ -139,9 +90,6 @@ pub(crate) struct Requeue {
 #[derive(Debug, Clone)]
 pub(crate) struct RequeueRange {
     pub name: String,
-    /// Only messages of these channels, each now to `to` (`name` itself while it runs).
-    pub channels: Vec<String>,
-    pub to: String,
     pub since: Timestamp,
     pub after: i64,
     pub upto: i64,
@@ -156,13 +104,8 @@ pub enum Requeued {
     /// A bulk retry's count: back to `queued` without a lease, for claims to take.
     Many(usize),
     NotFound,
-    /// It exists but is not a failed outbound message (or its channel is unknown).
+    /// It exists but is not a failed outbound message.
     NotRetryable,
-    /// Its provider does not run and its channel is routed to no provider now: nothing
-    /// was changed.
-    NoProvider {
-        channel: Channel,
-    },
 }
 
 fn due(row: DueRow) -> DueCallback {
@@ -282,37 +225,13 @@ for_each_backend! {
     }
 
     /// Moves a failed outbound message back to `queued` (one more retry, the trigger's
-    /// condition for leaving `failed`), leased to this instance, on the provider
-    /// `Rerouting` gives it.
+    /// condition for leaving `failed`), leased to this instance.
     pub(crate) fn requeue(conn: &mut Conn, requeue: &Requeue) -> Result<Requeued, StoreError> {
-        let found = messages::table
-            .find(requeue.id)
-            .select((
-                messages::status,
-                messages::direction,
-                messages::channel,
-                messages::provider_name,
-            ))
-            .first::<(String, String, String, Option<String>)>(conn)
-            .optional()?;
-        let Some((status, direction, channel, own)) = found else {
-            return Ok(Requeued::NotFound);
-        };
-        let failed_outbound = status == MessageStatus::Failed.as_str()
-            && direction == Direction::Outbound.as_str();
-        let Some(channel) = Channel::parse(&channel).filter(|_| failed_outbound) else {
-            return Ok(Requeued::NotRetryable);
-        };
-        let Some(provider) = requeue.rerouting.destination(own.as_deref(), channel) else {
-            return Ok(Requeued::NoProvider { channel });
-        };
         let now = Timestamp::now().to_storage();
-        // The status is asked again: another instance may have retried it meanwhile.
         let rows = diesel::update(messages::table.find(requeue.id))
             .filter(messages::status.eq(MessageStatus::Failed.as_str()))
             .filter(messages::direction.eq(Direction::Outbound.as_str()))
             .set((
-                messages::provider_name.eq(&provider),
                 messages::status.eq(MessageStatus::Queued.as_str()),
                 messages::retries.eq(messages::retries + 1),
                 messages::retry_base.eq(messages::attempt_count),
@@ -324,7 +243,13 @@ for_each_backend! {
             .returning(queued_columns!())
             .get_results::<QueuedRow>(conn)?;
         if rows.is_empty() {
-            return Ok(Requeued::NotRetryable);
+            let exists = messages::table
+                .find(requeue.id)
+                .select(messages::id)
+                .first::<i64>(conn)
+                .optional()?
+                .is_some();
+            return Ok(if exists { Requeued::NotRetryable } else { Requeued::NotFound });
         }
         Ok(Requeued::Messages(rows.into_iter().map(queued_message).collect()))
     }
@@ -338,10 +263,8 @@ for_each_backend! {
             .filter(messages::status.eq(MessageStatus::Failed.as_str()))
             .filter(messages::direction.eq(Direction::Outbound.as_str()))
             .filter(messages::provider_name.eq(&step.name))
-            .filter(messages::channel.eq_any(&step.channels))
             .filter(messages::updated_at.ge(step.since.to_storage()))
             .set((
-                messages::provider_name.eq(&step.to),
                 messages::status.eq(MessageStatus::Queued.as_str()),
                 messages::retries.eq(messages::retries + 1),
                 messages::retry_base.eq(messages::attempt_count),

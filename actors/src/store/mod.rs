@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 use crate::domain::{IdempotencyKey, Timestamp};
 
 pub use backend::{open, sqlite_path, Backend, DbPool, BUSY_TIMEOUT_MS};
-pub use callbacks::{CallbackFate, CallbackView, DueCallback, RequeueTarget, Requeued, Rerouting};
+pub use callbacks::{CallbackFate, CallbackView, DueCallback, RequeueTarget, Requeued};
 pub use dispatch::{AttemptRecord, Lease, QueuedMessage};
 pub use messages::{
     AttemptView, ConversationView, DeliveryReceipt, DeliveryStatus, InboundStored, MessageView,
@@ -516,19 +516,13 @@ impl Store {
     /// then take them as the backlog has room. Only ids there when the retry began are
     /// looked at (one that fails while the retry runs, still ahead of its steps, matches
     /// and is taken too). An error part-way leaves the steps before it done: repeating
-    /// the retry takes the rest. A message whose provider does not run goes to its
-    /// channel's provider now (`Rerouting`); with none, it stays failed.
-    pub async fn requeue(
-        &self,
-        target: RequeueTarget,
-        rerouting: Rerouting,
-    ) -> Result<Requeued, StoreError> {
+    /// the retry takes the rest.
+    pub async fn requeue(&self, target: RequeueTarget) -> Result<Requeued, StoreError> {
         let (name, since) = match target {
             RequeueTarget::One(id) => {
                 let requeue = Requeue {
                     lease: self.lease(),
                     id,
-                    rerouting,
                 };
                 return self.write(requeue, runner!(callbacks::requeue)).await;
             }
@@ -540,23 +534,18 @@ impl Store {
         let Some((low, high)) = bounds else {
             return Ok(Requeued::Many(0));
         };
-        let mut count = 0;
-        for (channels, to) in rerouting.bulk(&name) {
-            let mut after = low - 1;
-            while after < high {
-                let upto = after.saturating_add(REQUEUE_STEP).min(high);
-                let step = RequeueRange {
-                    name: name.clone(),
-                    channels: channels.clone(),
-                    to: to.clone(),
-                    since,
-                    after,
-                    upto,
-                    now: Timestamp::now(),
-                };
-                count += self.write(step, runner!(callbacks::requeue_range)).await?;
-                after = upto;
-            }
+        let (mut after, mut count) = (low - 1, 0);
+        while after < high {
+            let upto = after.saturating_add(REQUEUE_STEP).min(high);
+            let step = RequeueRange {
+                name: name.clone(),
+                since,
+                after,
+                upto,
+                now: Timestamp::now(),
+            };
+            count += self.write(step, runner!(callbacks::requeue_range)).await?;
+            after = upto;
         }
         Ok(Requeued::Many(count))
     }
