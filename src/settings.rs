@@ -470,8 +470,7 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
-    /// The channels this kind can send: Twilio's Messages API takes SMS and MMS, SendGrid's
-    /// mail send takes email, the simulator anything.
+    /// As the settings spell it, for errors that name it.
     fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Simulated => "simulated",
@@ -480,6 +479,8 @@ impl ProviderKind {
         }
     }
 
+    /// Whether this kind can send `channel` (as `[routing]` names it): Twilio's Messages
+    /// API takes SMS and MMS, SendGrid's mail send takes email, the simulator anything.
     fn carries(self, channel: &str) -> bool {
         match self {
             ProviderKind::Simulated => true,

@@ -321,15 +321,28 @@ async fn stop_sending(
 }
 
 /// Waits for SIGTERM or SIGINT, whichever comes first.
-/// The first address `bind` resolves to. A name such as `localhost` resolves to
-/// `127.0.0.1` and `::1`; bound to both, port 0 gave each a port of its own and two
-/// `listening` lines, where CONTRACT 1 promises one line with the bound address.
+/// The first address `bind` resolves to that can be bound. A name such as `localhost`
+/// resolves to `127.0.0.1` and `::1`; bound to both, port 0 gave each a port of its own
+/// and two `listening` lines, where CONTRACT 1 promises one line with the bound address.
+/// Tried in turn, so `::1` first on a host without IPv6 still ends on `127.0.0.1`.
 fn first_address(bind: &str) -> anyhow::Result<std::net::SocketAddr> {
     use std::net::ToSocketAddrs as _;
-    bind.to_socket_addrs()
+    let mut last_error = None;
+    for addr in bind
+        .to_socket_addrs()
         .with_context(|| format!("resolving {bind}"))?
-        .next()
-        .with_context(|| format!("{bind} resolves to no address"))
+    {
+        // The trial socket is closed at once: actix binds the address itself, with its
+        // own backlog (a port of 0 is picked afresh then).
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => return Ok(addr),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    match last_error {
+        Some(e) => Err(e).with_context(|| format!("binding {bind}")),
+        None => anyhow::bail!("{bind} resolves to no address"),
+    }
 }
 
 /// SIGTERM and SIGINT. The handlers are installed when this is made, and a signal that
@@ -371,6 +384,9 @@ mod tests {
             first_address("[::1]:8080").expect("literal").to_string(),
             "[::1]:8080"
         );
-        assert!(first_address("no-such-host.invalid:80").is_err());
+        // An address in use is skipped for the next; with none left, the error says so.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let port = taken.local_addr().expect("addr").port();
+        assert!(first_address(&format!("127.0.0.1:{port}")).is_err());
     }
 }

@@ -357,7 +357,8 @@ fn every_invalid_field_gets_a_400_naming_it_and_nothing_is_stored() {
     let with = |extra: String| format!("{},{extra}}}", &valid[..valid.len() - 1]);
     for raw in [
         with("\"meta\": 1e400".into()),
-        with(format!("\"meta\": {}{}", "[".repeat(129), "]".repeat(129))),
+        // With the body's own object, 128 levels: the first the parser refuses.
+        with(format!("\"meta\": {}{}", "[".repeat(127), "]".repeat(127))),
         with("\"meta\": \"\\ud800\"".into()),
     ] {
         let response = app.request("POST", "/api/messages/sms", &json, Some(raw.as_bytes()));
