@@ -320,7 +320,6 @@ async fn stop_sending(
     }
 }
 
-/// Waits for SIGTERM or SIGINT, whichever comes first.
 /// The first address `bind` resolves to that can be bound. A name such as `localhost`
 /// resolves to `127.0.0.1` and `::1`; bound to both, port 0 gave each a port of its own
 /// and two `listening` lines, where CONTRACT 1 promises one line with the bound address.
@@ -361,6 +360,7 @@ impl StopSignals {
         }
     }
 
+    /// Waits for SIGTERM or SIGINT, whichever comes first.
     async fn next(self) -> &'static str {
         let Some((mut term, mut int)) = self.0 else {
             return std::future::pending().await;

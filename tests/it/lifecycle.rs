@@ -241,17 +241,27 @@ fn a_stop_signal_during_start_up_stops_gracefully_once_started() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("settings.toml");
     std::fs::write(&config, "").expect("settings");
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .env_remove("MESSAGING_CONFIG")
-        .env("MESSAGING__SERVER__BIND", "127.0.0.1:0")
-        .env("MESSAGING__DATABASE__URL", db.url())
-        .env("MESSAGING__DATABASE__TIMEOUT_MS", "60000")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start messaging-service");
-    let stdout = child.stdout.take().expect("stdout");
+    // Killed if the test fails before the service exits, so that no server outlives it.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("MESSAGING_CONFIG")
+            .env("MESSAGING__SERVER__BIND", "127.0.0.1:0")
+            .env("MESSAGING__DATABASE__URL", db.url())
+            .env("MESSAGING__DATABASE__TIMEOUT_MS", "60000")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start messaging-service"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
     let reader = std::thread::spawn(move || {
         std::io::BufReader::new(stdout)
             .lines()
@@ -270,12 +280,12 @@ fn a_stop_signal_during_start_up_stops_gracefully_once_started() {
             .expect("count");
         (rows.first().map_or(0, |r| r.n) > 0).then_some(())
     });
-    signal(child.id(), "TERM");
+    signal(child.0.id(), "TERM");
     diesel::sql_query(format!("SELECT pg_advisory_unlock({lock})"))
         .execute(&mut holder)
         .expect("let the migrations run");
     let status = poll_until("the server to exit", DEADLINE, || {
-        child.try_wait().ok().flatten()
+        child.0.try_wait().ok().flatten()
     });
     let logs = reader.join().expect("log reader");
     assert_eq!(status.code(), Some(0), "{status}");

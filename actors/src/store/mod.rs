@@ -993,6 +993,7 @@ pub(crate) mod tests {
                     assert_eq!(message.status, "sent", "{id} on {asked}");
                     assert_eq!(attempts.len(), 1, "{id} on {asked}");
                 }
+                store.close().await;
             }
         }
     }
@@ -1029,6 +1030,9 @@ pub(crate) mod tests {
             // 4,000 and 1,000 bytes of bodies, and two attachment lists of at least
             // their URL's 20 bytes.
             assert!((5_040..5_200).contains(&bytes), "{bytes}");
+            // Its connections closed now, not by threads torn down as the test process
+            // exits: libpq's TLS teardown racing `exit` is a SIGSEGV (see `Close`).
+            store.close().await;
         }
     }
 
