@@ -428,10 +428,11 @@ fn signed_webhooks_are_taken_and_every_bad_signature_is_refused() {
     assert!(!logs.contains(WEBHOOK_SECRET.trim_start_matches("whsec_")));
 }
 
-#[test]
-fn keygen_prints_a_key_once_and_its_lines_admit_it() {
+/// `keygen NAME`'s output: the key it printed, and the lines from `header` on (what an
+/// operator pastes).
+fn keygen(name: &str, header: &str) -> (String, String) {
     let output = std::process::Command::new(BIN)
-        .args(["keygen", "billing"])
+        .args(["keygen", name])
         .output()
         .expect("run keygen");
     assert!(output.status.success());
@@ -441,15 +442,21 @@ fn keygen_prints_a_key_once_and_its_lines_admit_it() {
         .find(|l| l.starts_with("msk_"))
         .expect("the key")
         .to_owned();
+    let lines = text
+        .lines()
+        .skip_while(|l| !l.starts_with(header))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    (secret, lines)
+}
+
+#[test]
+fn keygen_prints_a_key_once_and_its_lines_admit_it() {
+    let (secret, lines) = keygen("billing", "[auth.keys.billing]");
     let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(secret.trim_start_matches("msk_"))
         .expect("base64url");
     assert!(decoded.len() >= 32, "{} bytes of randomness", decoded.len());
-    let lines: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("[auth.keys.billing]"))
-        .map(|l| format!("{l}\n"))
-        .collect();
     assert!(lines.contains(&sha256_hex(&secret)));
     let again = std::process::Command::new(BIN)
         .args(["keygen", "billing"])
@@ -477,23 +484,8 @@ fn keygen_prints_a_key_once_and_its_lines_admit_it() {
     app.stop();
 
     // A name with a dot is quoted, or the pasted lines would make nested tables.
-    let dotted = std::process::Command::new(BIN)
-        .args(["keygen", "billing.v2"])
-        .output()
-        .expect("run keygen");
-    assert!(dotted.status.success());
-    let text = String::from_utf8(dotted.stdout).expect("utf-8");
-    let secret = text
-        .lines()
-        .find(|l| l.starts_with("msk_"))
-        .expect("the key")
-        .to_owned();
-    let lines: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("[auth.keys.\"billing.v2\"]"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    assert!(lines.contains(&sha256_hex(&secret)), "{text}");
+    let (secret, lines) = keygen("billing.v2", "[auth.keys.\"billing.v2\"]");
+    assert!(lines.contains(&sha256_hex(&secret)), "{lines}");
     let app = TestApp::spawn(&lines);
     let listed = with_key(&app, "GET", "/api/conversations", &secret, None);
     assert_eq!(listed.status, 200, "{}", listed.text);

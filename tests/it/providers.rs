@@ -586,24 +586,36 @@ fn a_failing_twilio_opens_only_its_breaker_while_sendgrid_keeps_sending() {
     assert_eq!(provider(&app, "sms-mms")["breaker"]["state"], "open");
 }
 
+/// Both real kinds against fakes that accept everything, and a receiver of status
+/// callbacks that answers 200 (a test may mount more on it); the fakes stay up with it.
+fn app_with_receipts() -> (Fake, Fake, Fake, TestApp) {
+    let (twilio, sendgrid, hooks) = (Fake::start(), Fake::start(), Fake::start());
+    twilio.mount(twilio_created());
+    sendgrid.mount(sendgrid_accepted());
+    hooks.mount(Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)));
+    let app = TestApp::spawn_with_env(&settings(&twilio.uri(), &sendgrid.uri(), ""), &secrets());
+    (twilio, sendgrid, hooks, app)
+}
+
+/// The provider's id of message `id`, once it is sent.
+fn sid_of(app: &TestApp, id: i64) -> String {
+    finished(app, id)["provider_message_id"]
+        .as_str()
+        .expect("sid")
+        .to_owned()
+}
+
 /// A callback tells of the event that made it. A `delivered` callback still being retried
 /// when a later receipt says `undelivered` goes out saying `delivered`, with no error code
 /// (it read the message as it was when sent: `undelivered`, and the bounce's code), and
 /// the `undelivered` callback follows with its own.
 #[test]
 fn a_delivered_callback_retried_after_a_later_bounce_still_says_delivered() {
-    let (twilio, sendgrid, hooks) = (Fake::start(), Fake::start(), Fake::start());
-    twilio.mount(twilio_created());
-    sendgrid.mount(sendgrid_accepted());
-    hooks.mount(Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)));
-    let app = TestApp::spawn_with_env(&settings(&twilio.uri(), &sendgrid.uri(), ""), &secrets());
+    let (_twilio, _sendgrid, hooks, app) = app_with_receipts();
     let mut body = sms_to(0);
     body["status_callback"] = json!(format!("{}/hooks", hooks.uri()));
     let id = app.accept("/api/messages/sms", &body);
-    let sid = finished(&app, id)["provider_message_id"]
-        .as_str()
-        .expect("sid")
-        .to_owned();
+    let sid = sid_of(&app, id);
     let (delivered_id, undelivered_id) = (
         format!("msg_{id}_delivered_0"),
         format!("msg_{id}_undelivered_0"),
@@ -673,11 +685,7 @@ fn a_delivered_callback_retried_after_a_later_bounce_still_says_delivered() {
 
 #[test]
 fn receipts_set_the_delivery_status_and_a_bad_signature_changes_nothing() {
-    let (twilio, sendgrid, hooks) = (Fake::start(), Fake::start(), Fake::start());
-    twilio.mount(twilio_created());
-    sendgrid.mount(sendgrid_accepted());
-    hooks.mount(Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)));
-    let app = TestApp::spawn_with_env(&settings(&twilio.uri(), &sendgrid.uri(), ""), &secrets());
+    let (_twilio, _sendgrid, hooks, app) = app_with_receipts();
     let sms_ids: Vec<i64> = (0..2)
         .map(|n| {
             let mut body = sms_to(n);
@@ -688,12 +696,7 @@ fn receipts_set_the_delivery_status_and_a_bad_signature_changes_nothing() {
     let mail_ids: Vec<i64> = (0..2)
         .map(|n| app.accept("/api/messages/email", &email(n)))
         .collect();
-    let sid = |id: i64| {
-        finished(&app, id)["provider_message_id"]
-            .as_str()
-            .expect("sid")
-            .to_owned()
-    };
+    let sid = |id: i64| sid_of(&app, id);
     let (delivered_sid, failed_sid) = (sid(sms_ids[0]), sid(sms_ids[1]));
 
     let route = "/api/webhooks/twilio/status";

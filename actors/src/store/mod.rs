@@ -1003,12 +1003,13 @@ pub(crate) mod tests {
     /// could hold four times the budget.
     #[actix::test]
     async fn a_pages_size_is_counted_in_bytes_not_characters() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let sqlite = format!("sqlite://{}", dir.path().join("bytes.db").display());
         for db in databases() {
-            let url = db.postgres_url().unwrap_or(sqlite.clone());
-            let pool = open(&url, 1, 1, Duration::from_secs(10)).expect("open");
-            let store = Store::start(pool, 1, Duration::from_secs(30), Duration::from_secs(20));
+            let store = Store::start(
+                db.pool.clone(),
+                1,
+                Duration::from_secs(30),
+                Duration::from_secs(20),
+            );
             let mut conversation = None;
             for body in ["\u{1F600}".repeat(1000), "\u{e9}".repeat(500)] {
                 let mut message = new_message(7);
