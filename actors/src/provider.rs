@@ -1472,6 +1472,12 @@ mod tests {
             assert_eq!(recorded[0].attempt, 1);
         }
         assert_eq!(attempts(), 10, "five interrupted, five made again");
+        // Each slot comes back once the actor hears its record landed, a moment after
+        // the record is readable.
+        poll_until("the backlog slots to come back", async || {
+            backlog.pending() == 0
+        })
+        .await;
         let status = addr
             .send(GetProviderStatus)
             .await
@@ -1657,6 +1663,12 @@ mod tests {
         poll_until("the message to be sent", async || {
             let found = store.get_message(id).await.expect("read");
             found.is_some_and(|(m, _)| m.status == "sent")
+        })
+        .await;
+        // The slot comes back once the actor hears its record landed, a moment after the
+        // record is readable.
+        poll_until("the backlog slot to come back", async || {
+            backlog.pending() == 0
         })
         .await;
         let status = addr
