@@ -19,6 +19,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Environment variables that override one key each start with this.
 const ENV_PREFIX: &str = "MESSAGING__";
+/// The body limit SendGrid's event batches need: it closes a batch once it reaches 768
+/// KB, so the last event may take it a little past that; 1 MiB leaves room for one.
+pub const SENDGRID_EVENT_BATCH_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -1150,6 +1153,20 @@ impl Settings {
         self.providers
             .values()
             .any(|p| p.kind != ProviderKind::Simulated)
+    }
+
+    /// The first provider of `kind = "sendgrid"` when `server.max_body_bytes` is too small
+    /// for SendGrid's event batches, which it posts "when the batch size reaches 768
+    /// kilobytes" (its Event Webhook documentation): a larger batch gets 413, and SendGrid
+    /// retries it for 24 hours and then drops its receipts.
+    pub fn sendgrid_batches_too_large(&self) -> Option<&str> {
+        if self.server.max_body_bytes >= SENDGRID_EVENT_BATCH_BYTES {
+            return None;
+        }
+        self.providers
+            .iter()
+            .find(|(_, p)| p.kind == ProviderKind::Sendgrid)
+            .map(|(name, _)| name.as_str())
     }
 }
 

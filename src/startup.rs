@@ -23,7 +23,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::http::{self, AppState, HttpMetrics};
 use crate::http::{Auth, WebhookKeys};
-use crate::settings::{ProviderKind, ProviderSettings, Settings};
+use crate::settings::{ProviderKind, ProviderSettings, Settings, SENDGRID_EVENT_BATCH_BYTES};
 use messaging_actors::senders::{Api, HttpSender};
 
 /// How long in-flight requests get to finish after a stop signal: 8 s, leaving room for
@@ -170,6 +170,11 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
                     "channel" => channel.as_str(), "provider" => &provider);
             }
         }
+    }
+    if let Some(provider) = settings.sendgrid_batches_too_large() {
+        warn!(log, "body limit below sendgrid's batches";
+            "provider" => provider, "max_body_bytes" => settings.server.max_body_bytes,
+            "advised" => SENDGRID_EVENT_BATCH_BYTES);
     }
     let metrics = Arc::new(Metrics::new(&registry.providers()).context("building metrics")?);
     let http_metrics = HttpMetrics::new(metrics.registry()).context("building HTTP metrics")?;
