@@ -7,8 +7,8 @@
 //!   threshold, it opens.
 //! - `open`: admits nothing for `open`, then turns `half_open`.
 //! - `half_open`: admits `half_open_calls` trial calls and decides only once all of them
-//!   have finished: below the threshold it closes (fresh window), else it opens again. A
-//!   half-open state that cannot reach a verdict within `open` opens again.
+//!   have finished: below the threshold it closes (fresh window), else it opens again.
+//!   It waits for its trials however long traffic takes to bring them.
 //!
 //! Rate-limited (429) results are never recorded; a trial that ends in one gives its slot
 //! back. Each call carries the generation it was admitted in; a result from an older
