@@ -210,7 +210,7 @@ fn read_answer(
         .and_then(|v| v.get("code"))
         .and_then(|c| match c {
             Value::Number(n) => Some(n.to_string()),
-            Value::String(s) => Some(s.clone()),
+            Value::String(s) => stored_text(s),
             _ => None,
         });
     let error_code = || {
@@ -233,11 +233,11 @@ fn read_answer(
                 .as_ref()
                 .and_then(|v| v.get("sid"))
                 .and_then(Value::as_str)
-                .map(str::to_owned),
+                .and_then(stored_text),
             Api::SendGrid { .. } => headers
                 .get("X-Message-Id")
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+                .and_then(stored_text),
         };
         return Answer {
             provider_message_id,
@@ -256,6 +256,23 @@ fn read_answer(
         400..=499 => answer(Outcome::Rejected, error_code()),
         _ => answer(Outcome::Error, error_code()),
     }
+}
+
+/// The longest provider's code or message id stored. Twilio's sids are 34 characters,
+/// SendGrid's message ids about 22, their codes a few digits.
+const MAX_STORED_TEXT: usize = 256;
+
+/// A code or id from a provider's answer as it can be stored: without NUL, which
+/// PostgreSQL's text refuses (the attempt's record would then be refused on every retry,
+/// and the message never leave `queued`), and at most `MAX_STORED_TEXT` characters, so
+/// an answer cannot put 64 KB into every attempt's row. Nothing left is no id at all.
+fn stored_text(text: &str) -> Option<String> {
+    let kept: String = text
+        .chars()
+        .filter(|&c| c != '\0')
+        .take(MAX_STORED_TEXT)
+        .collect();
+    (!kept.is_empty()).then_some(kept)
 }
 
 /// The most of an answer's body that is read. The APIs' own answers are a few KB (Twilio's
@@ -384,6 +401,29 @@ mod tests {
         assert_eq!(limited.outcome, Outcome::RateLimited);
         assert_eq!(limited.error_code.as_deref(), Some("20429"));
         assert_eq!(limited.retry_after, Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn an_answers_codes_and_ids_are_stored_without_nul_and_bounded() {
+        let created = read(&twilio(), 201, &[], r#"{"sid": "SM\u0000123"}"#);
+        assert_eq!(created.provider_message_id.as_deref(), Some("SM123"));
+        let only_nul = read(&twilio(), 201, &[], r#"{"sid": "\u0000"}"#);
+        assert_eq!(only_nul.provider_message_id, None);
+        let long = "7".repeat(10_000);
+        let rejected = read(
+            &twilio(),
+            400,
+            &[],
+            &format!(r#"{{"code": "2\u0000{long}"}}"#),
+        );
+        let code = rejected.error_code.expect("code");
+        assert_eq!(code.chars().count(), MAX_STORED_TEXT);
+        assert!(code.starts_with("27") && !code.contains('\0'), "{code}");
+        let accepted = read(&sendgrid(), 202, &[("X-Message-Id", &long)], "");
+        assert_eq!(
+            accepted.provider_message_id.map(|id| id.len()),
+            Some(MAX_STORED_TEXT)
+        );
     }
 
     #[test]

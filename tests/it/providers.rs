@@ -1245,3 +1245,43 @@ fn sendgrids_largest_batches_need_the_advised_body_limit_and_are_taken_with_it()
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(app.message(id)["delivery_status"], "delivered");
 }
+
+/// A provider's answer is outside data: a sid or an error code with a NUL in it (which
+/// PostgreSQL's text refuses) or of 60 KB must not keep the attempt's record from being
+/// written, and with it the message from finishing.
+#[test]
+fn a_nul_or_a_huge_code_in_a_providers_answer_is_stored_cleaned() {
+    let twilio = Fake::start();
+    let long = "9".repeat(60_000);
+    for (to, response) in [
+        (
+            1,
+            ResponseTemplate::new(201).set_body_json(json!({"sid": "SM\u{0}nul"})),
+        ),
+        (
+            2,
+            ResponseTemplate::new(400).set_body_json(json!({"code": format!("2\u{0}{long}")})),
+        ),
+    ] {
+        twilio.mount(
+            Mock::given(method("POST"))
+                .and(path(messages_path()))
+                .and(body_string_contains(format!("To=%2B1804555{to:04}")))
+                .respond_with(response),
+        );
+    }
+    let only_twilio = settings(&twilio.uri(), "http://unused", "")
+        .split("[providers.email]")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let app = TestApp::spawn_with_env(&only_twilio, &secrets());
+    let sent = finished(&app, app.accept("/api/messages/sms", &sms_to(1)));
+    assert_eq!(sent["status"], "sent", "{sent}");
+    assert_eq!(sent["provider_message_id"], "SMnul");
+    let failed = finished(&app, app.accept("/api/messages/sms", &sms_to(2)));
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let code = failed["attempts"][0]["error_code"].as_str().expect("code");
+    assert_eq!(code.len(), 256);
+    assert!(code.starts_with("29"), "{code}");
+}
