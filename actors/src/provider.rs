@@ -42,7 +42,7 @@ use crate::domain::{Channel, MessageStatus, Timestamp};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, OutcomeOdds, OutcomeStream, RetryPolicy};
 use crate::senders::{Answer, HttpSender};
-use crate::store::{AttemptRecord, Store, StoreError};
+use crate::store::{AttemptRecord, Store, StoreError, ToSend};
 
 /// Attempts one provider keeps in flight at most; the rest wait in its queue. High enough
 /// that 100 ms of latency does not cap throughput, low enough to bound timers in memory.
@@ -573,13 +573,19 @@ impl ProviderActor {
     ) {
         let attempt = job.attempts_made + 1;
         let store = self.store.clone();
+        let log = self.log.clone();
         let request = async move {
             let started = Instant::now();
-            let answer = match store.get_message(job.message_id).await? {
-                // Sent, failed, or attempted this far already (its record landed while a
-                // sweep handed it here again after a long database outage): sending it
-                // would send it twice.
-                Some((message, attempts))
+            let answer = match store.message_to_send(job.message_id).await? {
+                // Another instance's now, or sent, failed, or attempted this far already
+                // (its record landed while a sweep handed it here again after a long
+                // database outage): sending it would send it twice.
+                ToSend::TakenOver => {
+                    info!(log, "message left to the instance that holds its lease";
+                        "message_id" => job.message_id);
+                    return Ok(None);
+                }
+                ToSend::Read(message, attempts)
                     if message.status != MessageStatus::Queued.as_str()
                         || attempts.iter().any(|a| {
                             u32::try_from(a.attempt).map_or(true, |made| made >= attempt)
@@ -587,9 +593,8 @@ impl ProviderActor {
                 {
                     return Ok(None);
                 }
-                Some((message, _)) => sender.send(&message).await,
-                // Gone from the database: nothing to send, ever.
-                None => Answer {
+                ToSend::Read(message, _) => sender.send(&message).await,
+                ToSend::Gone => Answer {
                     outcome: Outcome::Rejected,
                     error_code: Some("not_found".into()),
                     provider_message_id: None,

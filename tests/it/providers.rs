@@ -1285,3 +1285,48 @@ fn a_nul_or_a_huge_code_in_a_providers_answer_is_stored_cleaned() {
     assert_eq!(code.len(), 256);
     assert!(code.starts_with("29"), "{code}");
 }
+
+/// The same takeover, but the retry falls due long before this instance's next lease
+/// renewal (as when a frozen instance wakes and its overdue timers fire first): the read
+/// before sending sees the other instance's lease, and nothing is sent twice.
+#[test]
+fn a_retry_due_before_the_renewal_is_not_sent_once_another_instance_holds_it() {
+    let Some(db) = postgres_database("a_retry_due_before_the_renewal...") else {
+        return;
+    };
+    let twilio = Fake::start();
+    twilio.mount(
+        Mock::given(method("POST"))
+            .and(path(messages_path()))
+            .respond_with(twilio_error(503, 20503, "Service Unavailable"))
+            .up_to_n_times(1)
+            .with_priority(1),
+    );
+    twilio.mount(twilio_created().with_priority(2));
+    // Renewals every 20 s; the retry 1 s after the first answer.
+    let config = settings(&twilio.uri(), &twilio.uri(), "").replace(
+        "backoff_initial_ms = 10\nbackoff_max_ms = 20\n",
+        "backoff_initial_ms = 1000\nbackoff_max_ms = 1000\nlease_ms = 60000\n",
+    );
+    let app = TestApp::spawn_on_with_env(&db, &config, &secrets());
+    let id = app.accept("/api/messages/sms", &sample_sms());
+    app.eventually("the first attempt recorded", || {
+        (app.message(id)["attempts"].as_array().map(Vec::len) == Some(1)).then_some(())
+    });
+    diesel::sql_query(format!(
+        "UPDATE messages SET lease_owner = 'another-instance', \
+         lease_until = '9999-12-31T00:00:00.000000Z' WHERE id = {id}"
+    ))
+    .execute(&mut db.connect())
+    .expect("take over");
+    app.eventually("the retry left to the new owner", || {
+        app.logs_with("message left to the instance that holds its lease")
+            .iter()
+            .any(|line| line["message_id"] == id)
+            .then_some(())
+    });
+    assert_eq!(twilio.received().len(), 1, "sent again after the takeover");
+    let message = app.message(id);
+    assert_eq!(message["status"], "queued", "{message}");
+    assert_eq!(message["attempts"].as_array().map(Vec::len), Some(1));
+}

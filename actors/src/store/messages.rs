@@ -787,6 +787,16 @@ for_each_backend! {
         }
     }
 
+    /// Who holds message `id`'s lease, if anyone (and if it exists).
+    pub(crate) fn lease_owner_of(conn: &mut Conn, id: i64) -> Result<Option<String>, StoreError> {
+        Ok(messages::table
+            .find(id)
+            .select(messages::lease_owner)
+            .first::<Option<String>>(conn)
+            .optional()?
+            .flatten())
+    }
+
     pub(crate) fn get_message(
         conn: &mut Conn,
         id: i64,

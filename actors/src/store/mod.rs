@@ -233,6 +233,16 @@ struct Lane {
     writer: Addr<PersistenceActor>,
 }
 
+/// What a real provider finds when it reads a message before sending it.
+#[derive(Debug)]
+pub enum ToSend {
+    Read(Box<MessageView>, Vec<AttemptView>),
+    /// No such message: nothing to send, ever.
+    Gone,
+    /// Another instance holds its lease: it sends the message, not this one.
+    TakenOver,
+}
+
 /// The handle to storage: cheap to clone, safe to share between threads.
 #[derive(Clone)]
 pub struct Store {
@@ -701,6 +711,25 @@ impl Store {
     ) -> Result<Option<(MessageView, Vec<AttemptView>)>, StoreError> {
         self.read(move |conn| on_backend!(conn, messages::get_message(id)))
             .await
+    }
+
+    /// Message `id` as a real provider reads it before sending. An instance frozen past
+    /// its lease (or cut off from the database) may have a retry's timer fire before its
+    /// next renewal tells it the lease was lost: `TakenOver` then keeps it from sending a
+    /// message the new owner is sending too.
+    pub async fn message_to_send(&self, id: i64) -> Result<ToSend, StoreError> {
+        let instance = self.instance.clone();
+        self.read(move |conn| {
+            let owner = on_backend!(conn, messages::lease_owner_of(id))?;
+            if owner.is_some_and(|owner| *owner != *instance) {
+                return Ok(ToSend::TakenOver);
+            }
+            Ok(match on_backend!(conn, messages::get_message(id))? {
+                Some((message, attempts)) => ToSend::Read(Box::new(message), attempts),
+                None => ToSend::Gone,
+            })
+        })
+        .await
     }
 
     pub async fn list_conversations(
