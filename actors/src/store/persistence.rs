@@ -192,8 +192,8 @@ impl Actor for PersistenceActor {
 /// only once that transaction has committed, or failed.
 pub(crate) trait Job: Send {
     /// It may be dropped and its caller has stopped waiting (it timed out and answered
-    /// an error, or its client hung up): nobody was or will be told it was written, so
-    /// it is not.
+    /// an error): nobody was or will be told it was written, so it is not. A client
+    /// hanging up does not count: the router waits for the write on its own.
     fn abandoned(&self) -> bool;
     /// Runs the write; an error aborts the transaction it runs in.
     fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), StoreError>;
