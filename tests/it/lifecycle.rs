@@ -221,73 +221,121 @@ struct Waiting {
     n: i64,
 }
 
-/// A stop signal during start-up is caught from its first moment: here the service waits
-/// for the migration lock (another instance migrating), gets SIGTERM there, and once it
-/// has started it stops gracefully with exit 0. Uncaught, the signal killed it (143)
-/// with nothing logged or handed back.
-#[test]
-fn a_stop_signal_during_start_up_stops_gracefully_once_started() {
-    use diesel::RunQueryDsl;
-    use std::io::BufRead;
-    let Some(db) = postgres_database("a_stop_signal_during_start_up_stops_gracefully...") else {
-        return;
-    };
-    // The lock `store::open` takes around its migrations ("messages" in ASCII).
-    let lock = 0x6d65_7373_6167_6573_i64;
-    let mut holder = db.connect();
-    diesel::sql_query(format!("SELECT pg_advisory_lock({lock})"))
-        .execute(&mut holder)
-        .expect("take the migration lock");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("settings.toml");
-    std::fs::write(&config, "").expect("settings");
-    // Killed if the test fails before the service exits, so that no server outlives it.
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = KillOnDrop(
-        Command::new(BIN)
+/// The lock `store::open` takes around its migrations ("messages" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6d65_7373_6167_6573;
+
+/// The service started by hand on `db` (no readiness wait, unlike `TestApp`), its log
+/// lines collected until it exits; killed if the test fails first, so that no server
+/// outlives it.
+struct RawService {
+    child: std::process::Child,
+    logs: Arc<std::sync::Mutex<Vec<Value>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl RawService {
+    fn start(db: &PgDatabase, timeout_ms: u64) -> RawService {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("settings.toml");
+        std::fs::write(&config, "").expect("settings");
+        let mut child = Command::new(BIN)
             .arg("--config")
             .arg(&config)
             .env_remove("MESSAGING_CONFIG")
             .env("MESSAGING__SERVER__BIND", "127.0.0.1:0")
             .env("MESSAGING__DATABASE__URL", db.url())
-            .env("MESSAGING__DATABASE__TIMEOUT_MS", "60000")
+            .env("MESSAGING__DATABASE__TIMEOUT_MS", timeout_ms.to_string())
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .expect("start messaging-service"),
-    );
-    let stdout = child.0.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
-            .collect::<Vec<_>>()
-    });
+            .expect("start messaging-service");
+        let stdout = child.stdout.take().expect("stdout");
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = logs.clone();
+        let reader = std::thread::spawn(move || {
+            let lines = std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok);
+            for line in lines.filter_map(|line| serde_json::from_str::<Value>(&line).ok()) {
+                kept.lock().expect("logs").push(line);
+            }
+        });
+        RawService {
+            child,
+            logs,
+            reader: Some(reader),
+            _dir: dir,
+        }
+    }
+
+    fn has_logged(&self, msg: &str) -> bool {
+        self.logs
+            .lock()
+            .expect("logs")
+            .iter()
+            .any(|l| l["msg"] == msg)
+    }
+
+    /// Its exit status and every line it logged.
+    fn wait_for_exit(mut self) -> (std::process::ExitStatus, Vec<Value>) {
+        let status = poll_until("the server to exit", DEADLINE, || {
+            self.child.try_wait().ok().flatten()
+        });
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("log reader");
+        }
+        let logs = std::mem::take(&mut *self.logs.lock().expect("logs"));
+        (status, logs)
+    }
+}
+
+impl Drop for RawService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How long a backend other than the test's own has been waiting on a lock in `db`, in
+/// milliseconds (0 when none is).
+fn longest_lock_wait_ms(db: &PgDatabase) -> i64 {
+    use diesel::RunQueryDsl;
     let waiting = format!(
-        "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = '{}' \
-         AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+        "SELECT COALESCE(MAX((EXTRACT(EPOCH FROM (now() - query_start)) * 1000)::BIGINT), 0) \
+         AS n FROM pg_stat_activity WHERE datname = '{}' AND wait_event_type = 'Lock' \
+         AND pid <> pg_backend_pid()",
         db.name()
     );
+    diesel::sql_query(&waiting)
+        .load::<Waiting>(&mut db.connect())
+        .expect("lock waits")
+        .first()
+        .map_or(0, |r| r.n)
+}
+
+/// A stop signal during start-up is caught from its first moment: here the service waits
+/// for another instance's migration lock, is told to stop, and stops gracefully (exit 0,
+/// `stopping` and `stopped` logged) as soon as it has started, instead of dying with 143.
+#[test]
+fn a_stop_signal_during_start_up_stops_gracefully_once_started() {
+    use diesel::RunQueryDsl;
+    let Some(db) = postgres_database("a_stop_signal_during_start_up_stops_gracefully...") else {
+        return;
+    };
+    let mut holder = db.connect();
+    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+        .execute(&mut holder)
+        .expect("take the migration lock");
+    let service = RawService::start(&db, 60_000);
     poll_until("the start to wait for the migration lock", DEADLINE, || {
-        let rows = diesel::sql_query(&waiting)
-            .load::<Waiting>(&mut db.connect())
-            .expect("count");
-        (rows.first().map_or(0, |r| r.n) > 0).then_some(())
+        (longest_lock_wait_ms(&db) > 0).then_some(())
     });
-    signal(child.0.id(), "TERM");
-    diesel::sql_query(format!("SELECT pg_advisory_unlock({lock})"))
+    signal(service.child.id(), "TERM");
+    diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
         .execute(&mut holder)
         .expect("let the migrations run");
-    let status = poll_until("the server to exit", DEADLINE, || {
-        child.0.try_wait().ok().flatten()
-    });
-    let logs = reader.join().expect("log reader");
+    let (status, logs) = service.wait_for_exit();
     assert_eq!(status.code(), Some(0), "{status}");
     let stopping = logs
         .iter()
@@ -298,6 +346,36 @@ fn a_stop_signal_during_start_up_stops_gracefully_once_started() {
         logs.last().map(|l| l["msg"].clone()),
         Some(json!("stopped"))
     );
+}
+
+/// Another instance's migrations may hold their lock for longer than
+/// `database.timeout_ms` (a new index over millions of messages): a start waits for them
+/// rather than failing on its statement timeout.
+#[test]
+fn a_start_waits_for_another_instances_migrations_past_its_timeout() {
+    use diesel::RunQueryDsl;
+    let Some(db) = postgres_database("a_start_waits_for_another_instances_migrations...") else {
+        return;
+    };
+    let mut holder = db.connect();
+    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+        .execute(&mut holder)
+        .expect("take the migration lock");
+    let mut service = RawService::start(&db, 500);
+    poll_until("the start to wait 1.5 s, three timeouts", DEADLINE, || {
+        assert_eq!(service.child.try_wait().ok().flatten(), None, "it gave up");
+        (longest_lock_wait_ms(&db) > 1_500).then_some(())
+    });
+    diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+        .execute(&mut holder)
+        .expect("let the migrations run");
+    poll_until("the service to listen", DEADLINE, || {
+        assert_eq!(service.child.try_wait().ok().flatten(), None, "it exited");
+        service.has_logged("listening").then_some(())
+    });
+    signal(service.child.id(), "TERM");
+    let (status, _) = service.wait_for_exit();
+    assert_eq!(status.code(), Some(0), "{status}");
 }
 
 #[test]

@@ -226,7 +226,13 @@ pub fn open(
                     url, timeout,
                 )))
                 .map_err(unavailable)?;
-            let mut conn = pool.get().map_err(unavailable)?;
+            // A connection of its own, without the pool's statement and lock timeouts:
+            // another instance's migrations hold the lock for as long as they take, and
+            // a migration on a large table (an index over millions of messages) takes
+            // longer than `database.timeout_ms`; bounded, either stopped the start. A
+            // server gone silent is still noticed: libpq's keepalives are in the URL.
+            let mut conn = PgConnection::establish(&with_libpq_timeouts(url, timeout))
+                .map_err(|e| unavailable(e.to_string()))?;
             diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
                 .execute(&mut conn)?;
             let migrated = conn
