@@ -144,6 +144,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
     // another instance's migration lock, the resume) is kept for when the service runs,
     // which then stops at once, gracefully; uncaught, it killed the process (exit 143).
     let signals = StopSignals::listen();
+    let _one_process = lock_sqlite_file(&settings.database.url)?;
     let timeout = Duration::from_millis(settings.database.timeout_ms);
     let pool = store::open(
         &settings.database.url,
@@ -351,6 +352,34 @@ fn first_address(bind: &str) -> anyhow::Result<std::net::SocketAddr> {
 
 /// SIGTERM and SIGINT. The handlers are installed when this is made, and a signal that
 /// comes before `next` is awaited is kept for it.
+/// An exclusive lock on a SQLite database file for as long as the process runs (none for
+/// PostgreSQL). SQLite serves one instance: a second process on the same file would clear
+/// the first one's leases at its start and send the messages the first is sending. Held
+/// with `flock`, which SQLite's own locks (`fcntl`) never meet, and which the kernel
+/// drops when the process ends, however it ends.
+fn lock_sqlite_file(url: &str) -> anyhow::Result<Option<std::fs::File>> {
+    let Ok(path) = store::sqlite_path(url) else {
+        return Ok(None);
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening database {path}"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::anyhow!(
+            "the SQLite database {path} is in use by another process: SQLite serves one \
+             instance (several share a PostgreSQL database)"
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking database {path}"))
+        }
+    }
+}
+
 struct StopSignals(Option<(Signal, Signal)>);
 
 impl StopSignals {

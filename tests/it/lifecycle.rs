@@ -224,7 +224,7 @@ struct Waiting {
 /// The lock `store::open` takes around its migrations ("messages" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6d65_7373_6167_6573;
 
-/// The service started by hand on `db` (no readiness wait, unlike `TestApp`), its log
+/// The service started by hand on the database `url` (no readiness wait, unlike `TestApp`), its log
 /// lines collected until it exits; killed if the test fails first, so that no server
 /// outlives it.
 struct RawService {
@@ -235,7 +235,7 @@ struct RawService {
 }
 
 impl RawService {
-    fn start(db: &PgDatabase, timeout_ms: u64) -> RawService {
+    fn start(url: &str, timeout_ms: u64) -> RawService {
         use std::io::BufRead;
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("settings.toml");
@@ -245,7 +245,7 @@ impl RawService {
             .arg(&config)
             .env_remove("MESSAGING_CONFIG")
             .env("MESSAGING__SERVER__BIND", "127.0.0.1:0")
-            .env("MESSAGING__DATABASE__URL", db.url())
+            .env("MESSAGING__DATABASE__URL", url)
             .env("MESSAGING__DATABASE__TIMEOUT_MS", timeout_ms.to_string())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -327,7 +327,7 @@ fn a_stop_signal_during_start_up_stops_gracefully_once_started() {
     diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
         .execute(&mut holder)
         .expect("take the migration lock");
-    let service = RawService::start(&db, 60_000);
+    let service = RawService::start(&db.url(), 60_000);
     poll_until("the start to wait for the migration lock", DEADLINE, || {
         (longest_lock_wait_ms(&db) > 0).then_some(())
     });
@@ -361,7 +361,7 @@ fn a_start_waits_for_another_instances_migrations_past_its_timeout() {
     diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
         .execute(&mut holder)
         .expect("take the migration lock");
-    let mut service = RawService::start(&db, 500);
+    let mut service = RawService::start(&db.url(), 500);
     poll_until("the start to wait 1.5 s, three timeouts", DEADLINE, || {
         assert_eq!(service.child.try_wait().ok().flatten(), None, "it gave up");
         (longest_lock_wait_ms(&db) > 1_500).then_some(())
@@ -407,4 +407,33 @@ fn a_restart_on_the_same_database_keeps_every_accepted_message() {
     let next = app.post("/api/messages/sms", &sample_sms()).json();
     assert_eq!(next["id"], 22, "ids continue after the 21 stored ones");
     assert_eq!(app.get("/api/conversations").json()["meta"]["total"], 21);
+}
+
+/// SQLite serves one instance: a second process on the same file would clear the first
+/// one's leases and send what it is sending. It is refused at start (exit 1, saying why),
+/// and the first goes on; once the first has stopped, a start on the file succeeds.
+#[test]
+fn a_second_process_on_one_sqlite_file_is_refused_and_the_first_goes_on() {
+    let dir = Arc::new(TestDir::new());
+    let url = format!("sqlite://{}", database_path(dir.path()).display());
+    let first = TestApp::spawn_with_url(dir.clone(), &url, "");
+    let id = first.accept("/api/messages/sms", &sample_sms());
+    let (status, logs) = RawService::start(&url, 5_000).wait_for_exit();
+    assert_eq!(status.code(), Some(1), "{logs:?}");
+    let failed = logs
+        .iter()
+        .find(|line| line["msg"] == "service failed")
+        .unwrap_or_else(|| panic!("no `service failed` line in {logs:?}"));
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains("in use by another process"), "{error}");
+    assert!(
+        logs.iter().all(|line| line["msg"] != "listening"),
+        "{logs:?}"
+    );
+    assert_eq!(finished(&first, id)["status"], "sent");
+    assert_eq!(first.post("/api/messages/sms", &sms(1)).status, 202);
+    assert!(first.stop().success());
+
+    let again = TestApp::spawn_with_url(dir, &url, "");
+    assert_eq!(again.message(id)["status"], "sent");
 }
