@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr, AsyncContext, Context};
-use slog::{warn, Logger};
+use slog::{info, warn, Logger};
 
 use crate::breaker::Override;
 use crate::provider::{ForceBreaker, GetHeldIds, LeasesLost, ProviderActor};
@@ -73,6 +73,11 @@ impl LeaseKeeper {
             warn!(log, "could not read the database clock"; "error" => e.to_string());
         }
         Self::sync_breakers(&store, &providers, &log).await;
+        match store.apply_early_receipts().await {
+            Ok(0) => {}
+            Ok(applied) => info!(log, "early receipts applied"; "count" => applied),
+            Err(e) => warn!(log, "could not apply early receipts"; "error" => e.to_string()),
+        }
         let mut held = Vec::new();
         for provider in providers.values() {
             if let Ok(ids) = provider.send(GetHeldIds).await {

@@ -12,7 +12,7 @@ use messaging_actors::domain::{
     MAX_ATTACHMENTS,
 };
 use messaging_actors::senders::Secret;
-use messaging_actors::store::{DeliveryReceipt, DeliveryStatus};
+use messaging_actors::store::{DeliveryReceipt, DeliveryStatus, ReceiptSource};
 use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey as _;
@@ -184,6 +184,7 @@ pub async fn receive_twilio_status(
     without_nul("MessageSid", Some(sid))?;
     without_nul("ErrorCode", error_code)?;
     let receipt = DeliveryReceipt {
+        source: ReceiptSource::Twilio,
         provider_message_id: sid.to_owned(),
         status,
         error_code: error_code.map(str::to_owned),
@@ -344,6 +345,7 @@ impl SendGridEvent {
         };
         let id = self.sg_message_id.as_deref()?.split('.').next()?;
         (!id.is_empty()).then(|| DeliveryReceipt {
+            source: ReceiptSource::SendGrid,
             provider_message_id: id.to_owned(),
             status,
             error_code: match status {

@@ -1330,3 +1330,96 @@ fn a_retry_due_before_the_renewal_is_not_sent_once_another_instance_holds_it() {
     assert_eq!(message["status"], "queued", "{message}");
     assert_eq!(message["attempts"].as_array().map(Vec::len), Some(1));
 }
+
+/// A receipt can overtake the record of the attempt it follows (here Twilio's status
+/// callback comes while Twilio's own answer, which names the sid, is still on its way):
+/// it is kept aside and given to its message once the record has landed.
+#[test]
+fn a_receipt_that_comes_before_its_attempts_record_is_applied_once_it_lands() {
+    let twilio = Fake::start();
+    twilio.mount(
+        Mock::given(method("POST"))
+            .and(path(messages_path()))
+            .respond_with(
+                ResponseTemplate::new(201)
+                    .set_delay(Duration::from_millis(1500))
+                    .set_body_json(json!({"sid": "SMearly", "status": "queued"})),
+            ),
+    );
+    let config = settings(&twilio.uri(), "http://unused", "")
+        .split("[providers.email]")
+        .next()
+        .unwrap_or_default()
+        .replace("max_attempts = 3\n", "max_attempts = 3\nlease_ms = 900\n")
+        .replace("request_timeout_ms = 500", "request_timeout_ms = 5000");
+    let app = TestApp::spawn_with_env(&config, &secrets());
+    let id = app.accept("/api/messages/sms", &sample_sms());
+    poll_until("the request to reach Twilio", DEADLINE, || {
+        (!twilio.received().is_empty()).then_some(())
+    });
+    let route = "/api/webhooks/twilio/status";
+    let undelivered = [
+        ("MessageSid", "SMearly"),
+        ("MessageStatus", "undelivered"),
+        ("ErrorCode", "30003"),
+        ("AccountSid", ACCOUNT),
+    ];
+    assert_eq!(post_signed(&app, route, &undelivered).status, 200);
+    assert_eq!(
+        app.message(id)["status"],
+        "queued",
+        "answered before the receipt"
+    );
+    let message = app.eventually("the early receipt applied", || {
+        let message = app.message(id);
+        (message["delivery_status"] == "undelivered").then_some(message)
+    });
+    assert_eq!(message["status"], "sent");
+    assert_eq!(message["provider_message_id"], "SMearly");
+    assert_eq!(message["delivery_error_code"], "30003");
+    assert_eq!(app.logs_with("early receipts applied").len(), 1);
+}
+
+/// A receipt names messages of its own provider's channels only: a SendGrid event (which
+/// may come unsigned, where no key is configured) carrying an SMS's Twilio sid changes
+/// nothing, and is not kept aside for later either.
+#[test]
+fn a_sendgrid_event_naming_an_sms_sid_changes_nothing() {
+    let (_twilio, _sendgrid, _hooks, app) = app_with_receipts();
+    let id = app.accept("/api/messages/sms", &sample_sms());
+    let sid = sid_of(&app, id);
+    let events = json!([
+        {"email": "x@example.com", "event": "bounce", "status": "5.0.0",
+         "sg_message_id": format!("{sid}.filter0001.1"), "timestamp": 1700000000},
+    ])
+    .to_string();
+    let timestamp = unix_now().to_string();
+    let signature = sign_sendgrid(&timestamp, &events);
+    let answer = app.request(
+        "POST",
+        "/api/webhooks/sendgrid/events",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Twilio-Email-Event-Webhook-Signature", &signature),
+            ("X-Twilio-Email-Event-Webhook-Timestamp", &timestamp),
+        ],
+        Some(events.as_bytes()),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    // A Twilio receipt for another message, posted after it, has landed: so has the event.
+    let other = app.accept("/api/messages/sms", &sms_to(7));
+    let other_sid = sid_of(&app, other);
+    let delivered = [
+        ("MessageSid", other_sid.as_str()),
+        ("MessageStatus", "delivered"),
+        ("AccountSid", ACCOUNT),
+    ];
+    assert_eq!(
+        post_signed(&app, "/api/webhooks/twilio/status", &delivered).status,
+        200
+    );
+    assert_eq!(app.message(other)["delivery_status"], "delivered");
+    let message = app.message(id);
+    assert_eq!(message["delivery_status"], Value::Null, "{message}");
+    assert!(app.logs_with("early receipts applied").is_empty());
+}

@@ -10,12 +10,20 @@ use super::backend::{for_cached_chunks, for_each_backend, BindFixed, FixedSql};
 use super::dispatch::Lease;
 use super::rows::{AttemptRow, ConversationRow, MessageRow, NewConversationRow, NewMessageRow};
 use super::schema::{
-    callbacks, conversation_counts, conversation_total, conversations, dispatch_attempts, messages,
+    callbacks, conversation_counts, conversation_total, conversations, dispatch_attempts,
+    early_receipts, messages,
 };
 use super::StoreError;
 use crate::domain::{
     Channel, Direction, IdempotencyKey, MessageContent, MessageStatus, Participants, Timestamp,
 };
+
+/// How long a receipt that named no message is kept for its message's record: records
+/// land within milliseconds, or seconds after a database fault.
+const EARLY_RECEIPT_KEPT_MICROS: i64 = 60 * 60 * 1_000_000;
+/// The most early receipts kept: SendGrid's event webhook reports every email of the
+/// account, other systems' too, and each of those names no message here.
+const EARLY_RECEIPTS_KEPT: i64 = 100_000;
 
 /// An outbound message ready to store. `provider` is `None` when the registry has no
 /// provider for the channel: the message is then stored `failed`.
@@ -78,9 +86,30 @@ impl DeliveryStatus {
     }
 }
 
+/// Whose receipt it is. Each names only messages of its own channels: the two APIs' ids
+/// are different strings, but a receipt from one (SendGrid's events may come unsigned)
+/// must never set the status of the other's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptSource {
+    /// Twilio's status callback, always signed: SMS and MMS.
+    Twilio,
+    /// SendGrid's event webhook: email.
+    SendGrid,
+}
+
+impl ReceiptSource {
+    fn channels(self) -> &'static [&'static str] {
+        match self {
+            ReceiptSource::Twilio => &["sms", "mms"],
+            ReceiptSource::SendGrid => &["email"],
+        }
+    }
+}
+
 /// A delivery receipt: the provider's id of the message, what became of it, its code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryReceipt {
+    pub source: ReceiptSource,
     pub provider_message_id: String,
     pub status: DeliveryStatus,
     pub error_code: Option<String>,
@@ -686,23 +715,118 @@ for_each_backend! {
         }))
     }
 
-    /// Applies a provider's delivery receipt to the outbound message it names; `None`
-    /// when no message has that provider id (a receipt for someone else's message).
+    /// Applies a provider's delivery receipt to the outbound message of its channels it
+    /// names; `None` when no message has that provider id yet. Such a receipt from Twilio
+    /// is kept aside (`early_receipts`): its status callback may overtake the record of
+    /// the attempt it follows (Twilio's answer still on its way, a record retrying after
+    /// a database fault, another instance's still in its batch), and
+    /// `apply_early_receipts` gives it to its message once that record lands; one for
+    /// someone else's message is dropped after an hour. SendGrid's are not kept: its
+    /// events come batched, up to 30 s after the send, and its webhook reports every
+    /// email of the account, other systems' too.
     pub(crate) fn record_delivery(
         conn: &mut Conn,
         receipt: &DeliveryReceipt,
     ) -> Result<Option<i64>, StoreError> {
-        Ok(diesel::update(messages::table)
+        let now = Timestamp::now().to_storage();
+        let applied = diesel::update(messages::table)
             .filter(messages::direction.eq(Direction::Outbound.as_str()))
+            .filter(messages::channel.eq_any(receipt.source.channels()))
             .filter(messages::provider_message_id.eq(&receipt.provider_message_id))
             .set((
                 messages::delivery_status.eq(receipt.status.as_str()),
                 messages::delivery_error_code.eq(&receipt.error_code),
-                messages::updated_at.eq(Timestamp::now().to_storage()),
+                messages::updated_at.eq(&now),
             ))
             .returning(messages::id)
             .get_result(conn)
-            .optional()?)
+            .optional()?;
+        if applied.is_none() && receipt.source == ReceiptSource::Twilio {
+            // The later of two early receipts for one message stands, as it would have.
+            diesel::insert_into(early_receipts::table)
+                .values((
+                    early_receipts::provider_message_id.eq(&receipt.provider_message_id),
+                    early_receipts::delivery_status.eq(receipt.status.as_str()),
+                    early_receipts::delivery_error_code.eq(&receipt.error_code),
+                    early_receipts::received_at.eq(&now),
+                ))
+                .on_conflict(early_receipts::provider_message_id)
+                .do_update()
+                .set((
+                    early_receipts::delivery_status.eq(receipt.status.as_str()),
+                    early_receipts::delivery_error_code.eq(&receipt.error_code),
+                    early_receipts::received_at.eq(&now),
+                ))
+                .execute(conn)?;
+        }
+        Ok(applied)
+    }
+
+    /// Whether any receipt waits for its message (a read, so that the lease keeper
+    /// writes nothing when none does, which is nearly always).
+    pub(crate) fn any_early_receipt(conn: &mut Conn) -> Result<bool, StoreError> {
+        Ok(early_receipts::table
+            .select(early_receipts::provider_message_id)
+            .first::<String>(conn)
+            .optional()?
+            .is_some())
+    }
+
+    /// Gives the early receipts whose messages now carry their provider id to those
+    /// messages, and drops those older than `EARLY_RECEIPT_KEPT` and any beyond the
+    /// newest `EARLY_RECEIPTS_KEPT`; the number applied. A message that got a receipt of
+    /// its own meanwhile keeps it: that one came later.
+    pub(crate) fn apply_early_receipts(conn: &mut Conn, _: &()) -> Result<usize, StoreError> {
+        let cutoff = Timestamp::now()
+            .shifted(-EARLY_RECEIPT_KEPT_MICROS)
+            .to_storage();
+        diesel::delete(early_receipts::table.filter(early_receipts::received_at.lt(cutoff)))
+            .execute(conn)?;
+        let surplus = early_receipts::table
+            .select(early_receipts::provider_message_id)
+            .order(early_receipts::received_at.desc())
+            .offset(EARLY_RECEIPTS_KEPT)
+            .load::<String>(conn)?;
+        for chunk in surplus.chunks(500) {
+            diesel::delete(
+                early_receipts::table.filter(early_receipts::provider_message_id.eq_any(chunk)),
+            )
+            .execute(conn)?;
+        }
+        let matched: Vec<(String, String, Option<String>)> = early_receipts::table
+            .filter(diesel::dsl::exists(
+                messages::table
+                    .filter(messages::direction.eq(Direction::Outbound.as_str()))
+                    .filter(messages::channel.eq_any(ReceiptSource::Twilio.channels()))
+                    .filter(
+                        messages::provider_message_id
+                            .eq(early_receipts::provider_message_id.nullable()),
+                    ),
+            ))
+            .select((
+                early_receipts::provider_message_id,
+                early_receipts::delivery_status,
+                early_receipts::delivery_error_code,
+            ))
+            .limit(1_000)
+            .load(conn)?;
+        let now = Timestamp::now().to_storage();
+        let mut applied = 0;
+        for (provider_message_id, status, error_code) in &matched {
+            applied += diesel::update(messages::table)
+                .filter(messages::direction.eq(Direction::Outbound.as_str()))
+                .filter(messages::channel.eq_any(ReceiptSource::Twilio.channels()))
+                .filter(messages::provider_message_id.eq(provider_message_id))
+                .filter(messages::delivery_status.is_null())
+                .set((
+                    messages::delivery_status.eq(status),
+                    messages::delivery_error_code.eq(error_code),
+                    messages::updated_at.eq(&now),
+                ))
+                .execute(conn)?;
+            diesel::delete(early_receipts::table.find(provider_message_id)).execute(conn)?;
+        }
+        Ok(applied)
     }
 
     /// The message an earlier request with the same key created, if any (a replay is
@@ -2084,6 +2208,142 @@ pub(super) mod tests {
                 DbConn::Postgres(c) => requeue(ids[2], 1).execute(&mut **c),
             };
             assert_eq!(retried.ok(), Some(1), "a retry takes a failed message back");
+        }
+    }
+
+    /// A receipt that named no message waits for one to carry its provider id, and is
+    /// applied then, unless a receipt of the message's own came meanwhile (which is the
+    /// later one); one older than an hour, or beyond the newest 100,000, is dropped.
+    #[test]
+    fn an_early_receipt_waits_for_its_message_and_yields_to_a_later_one() {
+        fn receive(conn: &mut DbConn, sid: &str, status: DeliveryStatus) -> Option<i64> {
+            receive_from(conn, ReceiptSource::Twilio, sid, status)
+        }
+        fn receive_from(
+            conn: &mut DbConn,
+            source: ReceiptSource,
+            sid: &str,
+            status: DeliveryStatus,
+        ) -> Option<i64> {
+            let receipt = DeliveryReceipt {
+                source,
+                provider_message_id: sid.into(),
+                status,
+                error_code: None,
+            };
+            in_write_transaction(conn, |tx| match tx {
+                Tx::Sqlite(c) => sqlite::record_delivery(c, &receipt),
+                Tx::Postgres(c) => postgres::record_delivery(c, &receipt),
+            })
+            .expect("receipt")
+        }
+        fn apply(conn: &mut DbConn) -> usize {
+            in_write_transaction(conn, |tx| match tx {
+                Tx::Sqlite(c) => sqlite::apply_early_receipts(c, &()),
+                Tx::Postgres(c) => postgres::apply_early_receipts(c, &()),
+            })
+            .expect("apply")
+        }
+        fn name(conn: &mut DbConn, id: i64, sid: &str) {
+            let named =
+                diesel::update(messages::table.find(id)).set(messages::provider_message_id.eq(sid));
+            match conn {
+                DbConn::Sqlite(c) => named.execute(c),
+                DbConn::Postgres(c) => named.execute(c),
+            }
+            .expect("named");
+        }
+        fn delivery(conn: &mut DbConn, id: i64) -> Option<String> {
+            let query = messages::table.find(id).select(messages::delivery_status);
+            match conn {
+                DbConn::Sqlite(c) => query.first(c),
+                DbConn::Postgres(c) => query.first(c),
+            }
+            .expect("delivery status")
+        }
+        fn waiting(conn: &mut DbConn) -> i64 {
+            let query = early_receipts::table.count();
+            match conn {
+                DbConn::Sqlite(c) => query.get_result(c),
+                DbConn::Postgres(c) => query.get_result(c),
+            }
+            .expect("count")
+        }
+        fn run(conn: &mut DbConn, sql: &str) {
+            match conn {
+                DbConn::Sqlite(c) => diesel::sql_query(sql).execute(c),
+                DbConn::Postgres(c) => diesel::sql_query(sql).execute(c),
+            }
+            .expect("sql");
+        }
+        for db in databases() {
+            let mut conn = db.pool.get().expect("connection");
+            let new = |n| {
+                outbound(
+                    content("+12015550001", &format!("+1201555010{n}"), "hi"),
+                    Some("p"),
+                )
+            };
+            let a = created(&insert_one(&mut conn, &new(1))).0;
+            let b = created(&insert_one(&mut conn, &new(2))).0;
+            for (sid, status) in [
+                ("SM-a", DeliveryStatus::Delivered),
+                ("SM-b", DeliveryStatus::Delivered),
+                ("SM-other", DeliveryStatus::Undelivered),
+            ] {
+                assert_eq!(receive(&mut conn, sid, status), None);
+            }
+            let from_sendgrid = ReceiptSource::SendGrid;
+            assert_eq!(
+                receive_from(&mut conn, from_sendgrid, "SG-x", DeliveryStatus::Delivered),
+                None
+            );
+            assert_eq!(apply(&mut conn), 0, "no message names them yet");
+            assert_eq!(waiting(&mut conn), 3, "SendGrid's are not kept");
+
+            name(&mut conn, a, "SM-a");
+            name(&mut conn, b, "SM-b");
+            assert_eq!(
+                receive(&mut conn, "SM-b", DeliveryStatus::Undelivered),
+                Some(b)
+            );
+            assert_eq!(apply(&mut conn), 1);
+            assert_eq!(delivery(&mut conn, a).as_deref(), Some("delivered"));
+            assert_eq!(
+                delivery(&mut conn, b).as_deref(),
+                Some("undelivered"),
+                "the later receipt stands"
+            );
+            assert_eq!(waiting(&mut conn), 1, "someone else's is kept");
+
+            let hours_ago = Timestamp::now()
+                .shifted(-2 * 60 * 60 * 1_000_000)
+                .to_storage();
+            run(
+                &mut conn,
+                &format!("UPDATE early_receipts SET received_at = '{hours_ago}'"),
+            );
+            assert_eq!(apply(&mut conn), 0);
+            assert_eq!(waiting(&mut conn), 0, "dropped after an hour");
+
+            let now = Timestamp::now().to_storage();
+            let many = EARLY_RECEIPTS_KEPT + 5;
+            run(
+                &mut conn,
+                &match db.postgres_url() {
+                    Some(_) => format!(
+                        "INSERT INTO early_receipts SELECT 'SM' || i, 'delivered', NULL, '{now}' \
+                         FROM generate_series(1, {many}) AS i"
+                    ),
+                    None => format!(
+                        "INSERT INTO early_receipts WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL \
+                         SELECT i + 1 FROM n WHERE i < {many}) \
+                         SELECT 'SM' || i, 'delivered', NULL, '{now}' FROM n"
+                    ),
+                },
+            );
+            apply(&mut conn);
+            assert_eq!(waiting(&mut conn), EARLY_RECEIPTS_KEPT);
         }
     }
 }

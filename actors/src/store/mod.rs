@@ -37,7 +37,7 @@ pub use callbacks::{CallbackFate, CallbackView, DueCallback, RequeueTarget, Requ
 pub use dispatch::{AttemptRecord, Lease, QueuedMessage};
 pub use messages::{
     AttemptView, ConversationView, DeliveryReceipt, DeliveryStatus, InboundStored, MessageView,
-    NewInbound, NewOutbound, OutboundStored, Page, PageRequest,
+    NewInbound, NewOutbound, OutboundStored, Page, PageRequest, ReceiptSource,
 };
 
 use backend::{bulk_runner, runner, BulkRunner, DbConn, Runner};
@@ -442,6 +442,19 @@ impl Store {
         receipt: DeliveryReceipt,
     ) -> Result<Option<i64>, StoreError> {
         self.write_after_queued(receipt, runner!(messages::record_delivery))
+            .await
+    }
+
+    /// Gives receipts that came before their attempt's record to their messages (see
+    /// `messages::record_delivery`); the number applied. Writes only when one waits.
+    pub async fn apply_early_receipts(&self) -> Result<usize, StoreError> {
+        if !self
+            .read(|conn| on_backend!(conn, messages::any_early_receipt()))
+            .await?
+        {
+            return Ok(0);
+        }
+        self.write((), runner!(messages::apply_early_receipts))
             .await
     }
 
@@ -910,7 +923,7 @@ pub(crate) mod tests {
     use super::messages::tests::{databases, sessions_waiting_for_a_lock};
     use super::{
         open, AttemptRecord, DeliveryReceipt, DeliveryStatus, InboundStored, Lane, NewInbound,
-        NewOutbound, OutboundStored, Store, StoreError,
+        NewOutbound, OutboundStored, ReceiptSource, Store, StoreError,
     };
     use crate::domain::{Channel, MessageContent, MessageStatus, Timestamp};
 
@@ -1236,6 +1249,7 @@ pub(crate) mod tests {
 
     fn receipt_for(provider_message_id: &str) -> DeliveryReceipt {
         DeliveryReceipt {
+            source: ReceiptSource::Twilio,
             provider_message_id: provider_message_id.into(),
             status: DeliveryStatus::Delivered,
             error_code: None,

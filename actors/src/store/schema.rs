@@ -91,11 +91,21 @@ diesel::table! {
 
 diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(dispatch_attempts -> messages (message_id));
+diesel::table! {
+    early_receipts (provider_message_id) {
+        provider_message_id -> Text,
+        delivery_status -> Text,
+        delivery_error_code -> Nullable<Text>,
+        received_at -> Text,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     conversations,
     messages,
     dispatch_attempts,
-    readiness_probe
+    readiness_probe,
+    early_receipts
 );
 
 diesel::table! {
