@@ -39,9 +39,11 @@ pub enum Access {
     AnyKey,
 }
 
-/// Health, readiness, metrics, the OpenAPI document and the webhooks: no key needed.
+/// Health, readiness, metrics and the OpenAPI document: no key needed (nor a lookup of
+/// the route). The webhooks are open too, but only those that exist: see
+/// `required_access`.
 fn is_open_path(path: &str) -> bool {
-    !path.starts_with("/api/") || path == "/api/openapi.json" || path.starts_with("/api/webhooks/")
+    !path.starts_with("/api/") || path == "/api/openapi.json"
 }
 
 /// The scope each route needs, by the pattern the router matched (`None`: no route):
@@ -56,6 +58,11 @@ pub fn required_access(method: &Method, path: &str, pattern: Option<&str>) -> Ac
     let Some(pattern) = pattern else {
         return Access::AnyKey;
     };
+    // The provider webhooks (CONTRACT 9), which their own signatures guard; a path under
+    // `/api/webhooks/` that no route serves is like any other unserved path.
+    if pattern.starts_with("/api/webhooks/") {
+        return Access::Open;
+    }
     let reading = matches!(*method, Method::GET | Method::HEAD);
     let posting = *method == Method::POST;
     let (scope, answered) = match pattern {
@@ -245,8 +252,26 @@ impl Auth {
     pub fn refused(&self, log: &Logger, reason: &'static str, req: &HttpRequest) {
         self.failures.with_label_values(&[reason]).inc();
         warn!(log, "request refused";
-            "reason" => reason, "method" => req.method().as_str(), "path" => req.path());
+            "reason" => reason, "method" => req.method().as_str(),
+            "path" => path_for_logs(req.path()).as_ref());
     }
+}
+
+/// The most of a refused request's path a log line keeps. Refusals need no key, and the
+/// log queue counts lines, not bytes: a flood of requests with 100 KB paths would
+/// otherwise fill memory with them while stdout drains.
+const LOGGED_PATH_BYTES: usize = 256;
+
+/// `path`, cut to `LOGGED_PATH_BYTES` (on a character boundary) with its length said.
+fn path_for_logs(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.len() <= LOGGED_PATH_BYTES {
+        return path.into();
+    }
+    let mut end = LOGGED_PATH_BYTES;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &path[..end], path.len()).into()
 }
 
 /// Standard Webhooks' tolerance for `webhook-timestamp`, either way.
@@ -309,7 +334,7 @@ pub async fn authenticate(
             auth.failures.with_label_values(&[refusal.reason]).inc();
             warn!(state.log, "request refused";
                 "reason" => refusal.reason, "key" => refusal.key.as_deref().unwrap_or(""),
-                "method" => req.method().as_str(), "path" => req.path());
+                "method" => req.method().as_str(), "path" => path_for_logs(req.path()).as_ref());
             let response = refusal.error.error_response();
             Ok(req.into_response(response).map_into_right_body())
         }
@@ -319,6 +344,16 @@ pub async fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_paths_log_keeps_its_first_256_bytes() {
+        assert_eq!(path_for_logs("/api/conversations"), "/api/conversations");
+        let long = format!("/api/{}", "é".repeat(200));
+        let logged = path_for_logs(&long);
+        assert!(logged.ends_with("... (405 bytes)"), "{logged}");
+        assert!(logged.len() <= LOGGED_PATH_BYTES + 20, "{logged}");
+        assert!(long.starts_with(logged.trim_end_matches("... (405 bytes)")));
+    }
 
     #[test]
     fn routes_need_their_scope_and_new_ones_are_closed() {
@@ -331,6 +366,11 @@ mod tests {
         }
         let webhook = "/api/webhooks/sms";
         assert_eq!(access(&post, webhook, Some(webhook)), Access::Open);
+        assert_eq!(
+            access(&post, "/api/webhooks/anything", None),
+            Access::AnyKey,
+            "only the webhooks that exist are open"
+        );
         for (method, path, pattern, scope) in [
             (
                 &get,
