@@ -80,7 +80,9 @@ pub enum StoreError {
     /// writes run again usually go through.
     #[error("the database rolled the transaction back: {0}")]
     RolledBack(String),
-    /// The database refused a change its rules forbid (a final status changed).
+    /// The database refused a change its rules forbid (a final status changed, a row
+    /// naming a message that is gone, a value a column cannot hold): the write's own
+    /// fault, not the database's.
     #[error("the database refused the change: {0}")]
     Refused(String),
     /// Anything else the database reported.
@@ -148,7 +150,10 @@ impl StoreError {
             // code), so its English text: a server with another `lc_messages` reports it
             // as `Failed`, and the batch is not run again.
             StoreError::RolledBack(owned)
-        } else if lower.contains("final status") {
+        } else if lower.contains("final status")
+            // PostgreSQL's 22021 (a NUL, or bytes that are not UTF-8, in a text value).
+            || lower.contains("invalid byte sequence")
+        {
             StoreError::Refused(owned)
         } else if lower.contains("database is locked") || lower.contains("database is busy") {
             StoreError::Locked(owned)
@@ -193,6 +198,14 @@ impl From<diesel::result::Error> for StoreError {
             Error::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, info) => {
                 StoreError::ReadOnly(info.message().to_owned())
             }
+            // One write's fault: taken for the database's, it failed every write queued
+            // behind it on its lane, and again at each of its retries.
+            Error::DatabaseError(
+                DatabaseErrorKind::ForeignKeyViolation
+                | DatabaseErrorKind::NotNullViolation
+                | DatabaseErrorKind::CheckViolation,
+                info,
+            ) => StoreError::Refused(info.message().to_owned()),
             Error::DatabaseError(_, info) => StoreError::from_message(info.message()),
             Error::BrokenTransactionManager => {
                 StoreError::ConnectionLost("the transaction state is unknown".into())
@@ -1244,6 +1257,45 @@ pub(crate) mod tests {
             held.await.expect("recorded");
             record.await.expect("recorded");
             assert_eq!(receipt.await.expect("applied"), Some(on_first[2]));
+        }
+    }
+
+    /// A write the database refuses for a fault of its own (here a record naming a
+    /// message that is gone, which breaks a foreign key) fails alone: taken for a fault of
+    /// the database, it failed every write queued beside and behind it, at each retry.
+    #[actix::test]
+    async fn a_write_refused_for_its_own_fault_fails_alone() {
+        for db in databases() {
+            let store = Store::start(
+                db.pool.clone(),
+                1,
+                Duration::from_secs(30),
+                Duration::from_secs(20),
+            );
+            let ids = stored_ids(&store, 3).await;
+            let (gone, good): (Vec<_>, Vec<_>) = [999_999, ids[0], ids[1], 999_998, ids[2]]
+                .into_iter()
+                .map(|id| {
+                    let store = store.clone();
+                    (
+                        id,
+                        actix::spawn(async move { store.record_attempt(success(id, None)).await }),
+                    )
+                })
+                .partition(|(id, _)| *id > 999_000);
+            for (id, recorded) in good {
+                recorded.await.expect("task").expect("recorded");
+                let (message, _) = store.get_message(id).await.expect("read").expect("found");
+                assert_eq!(message.status, "sent", "{id}");
+            }
+            for (id, recorded) in gone {
+                let refused = recorded.await.expect("task");
+                assert!(
+                    matches!(refused, Err(StoreError::Refused(_))),
+                    "{id}: {refused:?}"
+                );
+            }
+            store.close().await;
         }
     }
 
