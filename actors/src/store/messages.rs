@@ -21,8 +21,8 @@ use crate::domain::{
 /// How long a receipt that named no message is kept for its message's record: records
 /// land within milliseconds, or seconds after a database fault.
 const EARLY_RECEIPT_KEPT_MICROS: i64 = 60 * 60 * 1_000_000;
-/// The most early receipts kept: SendGrid's event webhook reports every email of the
-/// account, other systems' too, and each of those names no message here.
+/// The most early receipts kept: what receipts for messages that are not this service's
+/// (another system's on the same Twilio account, given this callback URL) can hold.
 const EARLY_RECEIPTS_KEPT: i64 = 100_000;
 
 /// An outbound message ready to store. `provider` is `None` when the registry has no
@@ -773,7 +773,7 @@ for_each_backend! {
     }
 
     /// Gives the early receipts whose messages now carry their provider id to those
-    /// messages, and drops those older than `EARLY_RECEIPT_KEPT` and any beyond the
+    /// messages, and drops those older than an hour and any beyond the
     /// newest `EARLY_RECEIPTS_KEPT`; the number applied. A message that got a receipt of
     /// its own meanwhile keeps it: that one came later.
     pub(crate) fn apply_early_receipts(conn: &mut Conn, _: &()) -> Result<usize, StoreError> {
