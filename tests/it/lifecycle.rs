@@ -224,9 +224,9 @@ struct Waiting {
 /// The lock `store::open` takes around its migrations ("messages" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6d65_7373_6167_6573;
 
-/// The service started by hand on the database `url` (no readiness wait, unlike `TestApp`), its log
-/// lines collected until it exits; killed if the test fails first, so that no server
-/// outlives it.
+/// The service started by hand on the database `url` (no readiness wait, unlike
+/// `TestApp`), its log lines collected as they come; killed if the test fails first, so
+/// that no server outlives it.
 struct RawService {
     child: std::process::Child,
     logs: Arc<std::sync::Mutex<Vec<Value>>>,
