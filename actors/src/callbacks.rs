@@ -17,7 +17,7 @@ use slog::{warn, Logger};
 use crate::domain::Timestamp;
 use crate::metrics::Metrics;
 use crate::senders::Secret;
-use crate::store::{CallbackFate, DueCallback, Store};
+use crate::store::{AttemptView, CallbackFate, DueCallback, Store};
 
 const POLL: Duration = Duration::from_millis(200);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -179,7 +179,9 @@ impl CallbackWorker {
             // Held to the end of the try, whichever way it ends (a panic's unwinding too).
             let sending = sending;
             let body = match store.get_message(callback.message_id).await {
-                Ok(Some((message, attempts))) => json!({
+                Ok(Some((message, attempts))) => {
+                    let attempts = attempts_told(&callback, &attempts);
+                    json!({
                     "type": "message.status",
                     "timestamp": callback.created_at.to_rfc3339(),
                     "data": {
@@ -206,8 +208,9 @@ impl CallbackWorker {
                             _ => attempts.last().and_then(|a| a.error_code.clone()),
                         },
                     },
-                })
-                .to_string(),
+                    })
+                    .to_string()
+                }
                 // Unread now (the database): the lease lapses and it is claimed again.
                 _ => {
                     drop(sending);
@@ -330,6 +333,25 @@ impl Actor for CallbackWorker {
                 }
             });
         });
+    }
+}
+
+/// The attempts a callback tells of. It is read when it is sent, which may be after an
+/// operator's retry of a failed message made more attempts: a `sent` or `failed`
+/// callback tells of the attempts up to the one that set its status (whose record's time
+/// is the callback's own, written by the same trigger), not of a later round's. A
+/// receipt's tells of all of them: a sent message is never retried. A status set without
+/// an attempt (no provider for the channel) tells of all it has.
+fn attempts_told<'a>(callback: &DueCallback, attempts: &'a [AttemptView]) -> &'a [AttemptView] {
+    if !matches!(callback.event.as_str(), "sent" | "failed") {
+        return attempts;
+    }
+    let made_it = attempts
+        .iter()
+        .rposition(|a| Timestamp::parse_rfc3339(&a.at).is_ok_and(|at| at == callback.created_at));
+    match made_it {
+        Some(last) => &attempts[..=last],
+        None => attempts,
     }
 }
 

@@ -1423,3 +1423,69 @@ fn a_sendgrid_event_naming_an_sms_sid_changes_nothing() {
     assert_eq!(message["delivery_status"], Value::Null, "{message}");
     assert!(app.logs_with("early receipts applied").is_empty());
 }
+
+/// A callback is read when it is sent. The `failed` callback of a message an operator
+/// retried meanwhile still tells of the round that failed: its attempts and its code, not
+/// the later round's that sent it.
+#[test]
+fn a_failed_callback_sent_after_a_retry_tells_of_the_round_that_failed() {
+    let (twilio, hooks) = (Fake::start(), Fake::start());
+    twilio.mount(
+        Mock::given(method("POST"))
+            .and(path(messages_path()))
+            .respond_with(twilio_error(400, 21211, "Invalid 'To' Phone Number"))
+            .up_to_n_times(1)
+            .with_priority(1),
+    );
+    twilio.mount(twilio_created().with_priority(2));
+    hooks.mount(
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(503))
+            .with_priority(10),
+    );
+    let only_twilio = settings(&twilio.uri(), "http://unused", "")
+        .split("[providers.email]")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let app = TestApp::spawn_with_env(&only_twilio, &secrets());
+    let mut body = sample_sms();
+    body["status_callback"] = json!(format!("{}/hooks", hooks.uri()));
+    let id = app.accept("/api/messages/sms", &body);
+    let failed_id = format!("msg_{id}_failed_0");
+    let tries = || -> Vec<Value> {
+        hooks
+            .received()
+            .iter()
+            .filter(|r| {
+                r.headers.get("webhook-id").and_then(|v| v.to_str().ok())
+                    == Some(failed_id.as_str())
+            })
+            .filter_map(|r| serde_json::from_slice(&r.body).ok())
+            .collect()
+    };
+    app.eventually("the failed callback's first try", || {
+        (!tries().is_empty()).then_some(())
+    });
+    let retried = app.post(&format!("/api/messages/{id}/retry"), &json!({}));
+    assert_eq!(retried.status, 202, "{}", retried.text);
+    let sent = finished(&app, id);
+    assert_eq!(sent["status"], "sent", "{sent}");
+    assert_eq!(sent["attempts"].as_array().map(Vec::len), Some(2));
+    hooks.mount(
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200))
+            .with_priority(1),
+    );
+    let told = app.eventually("the failed callback delivered", || {
+        (app.message(id)["callbacks"]
+            .as_array()?
+            .iter()
+            .any(|c| c["id"] == failed_id.as_str() && c["state"] == "delivered"))
+        .then(|| tries().pop())
+        .flatten()
+    });
+    assert_eq!(told["data"]["status"], "failed", "{told}");
+    assert_eq!(told["data"]["attempts"], 1, "{told}");
+    assert_eq!(told["data"]["error_code"], "21211", "{told}");
+}
