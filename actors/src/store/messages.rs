@@ -25,6 +25,9 @@ const EARLY_RECEIPT_KEPT_MICROS: i64 = 60 * 60 * 1_000_000;
 /// (another system's on the same Twilio account, given this callback URL) can hold.
 const EARLY_RECEIPTS_KEPT: i64 = 100_000;
 
+/// A message, its attempts, and the instance holding its lease, if any.
+pub(crate) type LeasedMessage = (MessageView, Vec<AttemptView>, Option<String>);
+
 /// An outbound message ready to store. `provider` is `None` when the registry has no
 /// provider for the channel: the message is then stored `failed`.
 #[derive(Debug, Clone)]
@@ -911,24 +914,22 @@ for_each_backend! {
         }
     }
 
-    /// Who holds message `id`'s lease, if anyone (and if it exists).
-    pub(crate) fn lease_owner_of(conn: &mut Conn, id: i64) -> Result<Option<String>, StoreError> {
-        Ok(messages::table
-            .find(id)
-            .select(messages::lease_owner)
-            .first::<Option<String>>(conn)
-            .optional()?
-            .flatten())
-    }
-
     pub(crate) fn get_message(
         conn: &mut Conn,
         id: i64,
     ) -> Result<Option<(MessageView, Vec<AttemptView>)>, StoreError> {
-        let Some(row) = messages::table
+        Ok(get_message_leased(conn, id)?.map(|(message, attempts, _)| (message, attempts)))
+    }
+
+    /// `get_message`, and who holds the message's lease, if anyone.
+    pub(crate) fn get_message_leased(
+        conn: &mut Conn,
+        id: i64,
+    ) -> Result<Option<LeasedMessage>, StoreError> {
+        let Some((row, owner)) = messages::table
             .find(id)
-            .select(MessageRow::as_select())
-            .first(conn)
+            .select((MessageRow::as_select(), messages::lease_owner))
+            .first::<(MessageRow, Option<String>)>(conn)
             .optional()?
         else {
             return Ok(None);
@@ -948,7 +949,7 @@ for_each_backend! {
                 at: display_time(&a.created_at),
             })
             .collect();
-        Ok(Some((row.into(), attempts)))
+        Ok(Some((row.into(), attempts, owner)))
     }
 
     pub(crate) fn list_conversations(

@@ -746,12 +746,9 @@ impl Store {
     pub async fn message_to_send(&self, id: i64) -> Result<ToSend, StoreError> {
         let instance = self.instance.clone();
         self.read(move |conn| {
-            let owner = on_backend!(conn, messages::lease_owner_of(id))?;
-            if owner.is_some_and(|owner| *owner != *instance) {
-                return Ok(ToSend::TakenOver);
-            }
-            Ok(match on_backend!(conn, messages::get_message(id))? {
-                Some((message, attempts)) => ToSend::Read(Box::new(message), attempts),
+            Ok(match on_backend!(conn, messages::get_message_leased(id))? {
+                Some((_, _, Some(owner))) if *owner != *instance => ToSend::TakenOver,
+                Some((message, attempts, _)) => ToSend::Read(Box::new(message), attempts),
                 None => ToSend::Gone,
             })
         })
