@@ -350,8 +350,6 @@ fn first_address(bind: &str) -> anyhow::Result<std::net::SocketAddr> {
     }
 }
 
-/// SIGTERM and SIGINT. The handlers are installed when this is made, and a signal that
-/// comes before `next` is awaited is kept for it.
 /// An exclusive lock on a SQLite database file for as long as the process runs (none for
 /// PostgreSQL). SQLite serves one instance: a second process on the same file would clear
 /// the first one's leases at its start and send the messages the first is sending. Held
@@ -380,6 +378,8 @@ fn lock_sqlite_file(url: &str) -> anyhow::Result<Option<std::fs::File>> {
     }
 }
 
+/// SIGTERM and SIGINT. The handlers are installed when this is made, and a signal that
+/// comes before `next` is awaited is kept for it.
 struct StopSignals(Option<(Signal, Signal)>);
 
 impl StopSignals {

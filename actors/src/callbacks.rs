@@ -182,32 +182,33 @@ impl CallbackWorker {
                 Ok(Some((message, attempts))) => {
                     let attempts = attempts_told(&callback, &attempts);
                     json!({
-                    "type": "message.status",
-                    "timestamp": callback.created_at.to_rfc3339(),
-                    "data": {
-                        "id": message.id,
-                        "status": match callback.event.as_str() {
-                            "sent" | "failed" => callback.event.clone(),
-                            _ => message.status.clone(),
+                        "type": "message.status",
+                        "timestamp": callback.created_at.to_rfc3339(),
+                        "data": {
+                            "id": message.id,
+                            "status": match callback.event.as_str() {
+                                "sent" | "failed" => callback.event.clone(),
+                                _ => message.status.clone(),
+                            },
+                            // A receipt's event says what the receipt said: a `delivered`
+                            // callback still retrying when a later bounce came stays
+                            // `delivered` (the bounce has a callback of its own).
+                            "delivery_status": match callback.event.as_str() {
+                                "delivered" | "undelivered" => Some(callback.event.clone()),
+                                _ => message.delivery_status,
+                            },
+                            "provider": message.provider,
+                            "channel": message.channel,
+                            "attempts": attempts.len(),
+                            // A receipt's event carries the receipt's code (Twilio's
+                            // `ErrorCode`, SendGrid's bounce status); a status, its last
+                            // attempt's.
+                            "error_code": match callback.event.as_str() {
+                                "delivered" => None,
+                                "undelivered" => message.delivery_error_code.clone(),
+                                _ => attempts.last().and_then(|a| a.error_code.clone()),
+                            },
                         },
-                        // A receipt's event says what the receipt said: a `delivered`
-                        // callback still retrying when a later bounce came stays
-                        // `delivered` (the bounce has a callback of its own).
-                        "delivery_status": match callback.event.as_str() {
-                            "delivered" | "undelivered" => Some(callback.event.clone()),
-                            _ => message.delivery_status,
-                        },
-                        "provider": message.provider,
-                        "channel": message.channel,
-                        "attempts": attempts.len(),
-                        // A receipt's event carries the receipt's code (Twilio's
-                        // `ErrorCode`, SendGrid's bounce status); a status its last attempt's.
-                        "error_code": match callback.event.as_str() {
-                            "delivered" => None,
-                            "undelivered" => message.delivery_error_code.clone(),
-                            _ => attempts.last().and_then(|a| a.error_code.clone()),
-                        },
-                    },
                     })
                     .to_string()
                 }
