@@ -152,6 +152,31 @@ fn settings(twilio: &str, sendgrid: &str, extra: &str) -> String {
     )
 }
 
+/// `settings` with Twilio alone: email stays on the simulator.
+fn twilio_only(twilio: &str) -> String {
+    settings(twilio, "http://unused", "")
+        .split("[providers.email]")
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `events` posted to SendGrid's event webhook, signed now with SendGrid's key.
+fn post_signed_events(app: &TestApp, events: &str) -> Response {
+    let timestamp = unix_now().to_string();
+    let signature = sign_sendgrid(&timestamp, events);
+    app.request(
+        "POST",
+        "/api/webhooks/sendgrid/events",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Twilio-Email-Event-Webhook-Signature", &signature),
+            ("X-Twilio-Email-Event-Webhook-Timestamp", &timestamp),
+        ],
+        Some(events.as_bytes()),
+    )
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1134,12 +1159,14 @@ fn a_graceful_stop_lets_a_request_under_way_finish_and_records_it() {
     assert_eq!(twilio.received().len(), 1, "sent twice");
 }
 
-#[test]
-fn a_message_taken_over_by_another_instance_is_not_sent_again_here() {
-    let Some(db) = postgres_database("a_message_taken_over_by_another_instance...") else {
-        return;
-    };
-    // The first answer fails; the retry would go 3 s later.
+/// A message whose first answer from Twilio failed, taken over by another instance while
+/// this one waits `backoff_ms` for its retry (as after a pause of this one longer than
+/// its lease of `lease_ms`).
+fn taken_over_while_waiting(
+    db: &PgDatabase,
+    backoff_ms: u64,
+    lease_ms: u64,
+) -> (Fake, TestApp, i64) {
     let twilio = Fake::start();
     twilio.mount(
         Mock::given(method("POST"))
@@ -1151,21 +1178,32 @@ fn a_message_taken_over_by_another_instance_is_not_sent_again_here() {
     twilio.mount(twilio_created().with_priority(2));
     let config = settings(&twilio.uri(), &twilio.uri(), "").replace(
         "backoff_initial_ms = 10\nbackoff_max_ms = 20\n",
-        "backoff_initial_ms = 3000\nbackoff_max_ms = 3000\nlease_ms = 900\n",
+        &format!(
+            "backoff_initial_ms = {backoff_ms}\nbackoff_max_ms = {backoff_ms}\n\
+             lease_ms = {lease_ms}\n"
+        ),
     );
-    let app = TestApp::spawn_on_with_env(&db, &config, &secrets());
+    let app = TestApp::spawn_on_with_env(db, &config, &secrets());
     let id = app.accept("/api/messages/sms", &sample_sms());
     app.eventually("the first attempt recorded", || {
         (app.message(id)["attempts"].as_array().map(Vec::len) == Some(1)).then_some(())
     });
-    // Another instance takes the message over while this one waits out the backoff (as
-    // after a pause of this one longer than its lease).
     diesel::sql_query(format!(
         "UPDATE messages SET lease_owner = 'another-instance', \
          lease_until = '9999-12-31T00:00:00.000000Z' WHERE id = {id}"
     ))
     .execute(&mut db.connect())
     .expect("take over");
+    (twilio, app, id)
+}
+
+#[test]
+fn a_message_taken_over_by_another_instance_is_not_sent_again_here() {
+    let Some(db) = postgres_database("a_message_taken_over_by_another_instance...") else {
+        return;
+    };
+    // The retry would go 3 s later; renewals every 300 ms.
+    let (twilio, app, id) = taken_over_while_waiting(&db, 3000, 900);
     app.eventually("the message left to its new owner", || {
         app.logs_with("message left to the instance that holds its lease")
             .iter()
@@ -1180,11 +1218,7 @@ fn a_message_taken_over_by_another_instance_is_not_sent_again_here() {
 #[test]
 fn a_channel_still_on_the_simulator_is_named_at_start() {
     let twilio = Fake::start();
-    let only_twilio = settings(&twilio.uri(), "http://unused", "")
-        .split("[providers.email]")
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let only_twilio = twilio_only(&twilio.uri());
     let app = TestApp::spawn_with_env(&only_twilio, &secrets());
     let warnings = app.logs_with("channel served by a simulator");
     assert_eq!(warnings.len(), 1, "{warnings:?}");
@@ -1230,18 +1264,7 @@ fn sendgrids_largest_batches_need_the_advised_body_limit_and_are_taken_with_it()
         "sg_message_id": format!("{sid}.filter0001.2"), "timestamp": 1700000001}));
     let body = Value::Array(events).to_string();
     assert!(body.len() > 768 * 1024, "{} bytes", body.len());
-    let timestamp = unix_now().to_string();
-    let signature = sign_sendgrid(&timestamp, &body);
-    let answer = app.request(
-        "POST",
-        "/api/webhooks/sendgrid/events",
-        &[
-            ("Content-Type", "application/json"),
-            ("X-Twilio-Email-Event-Webhook-Signature", &signature),
-            ("X-Twilio-Email-Event-Webhook-Timestamp", &timestamp),
-        ],
-        Some(body.as_bytes()),
-    );
+    let answer = post_signed_events(&app, &body);
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(app.message(id)["delivery_status"], "delivered");
 }
@@ -1270,11 +1293,7 @@ fn a_nul_or_a_huge_code_in_a_providers_answer_is_stored_cleaned() {
                 .respond_with(response),
         );
     }
-    let only_twilio = settings(&twilio.uri(), "http://unused", "")
-        .split("[providers.email]")
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let only_twilio = twilio_only(&twilio.uri());
     let app = TestApp::spawn_with_env(&only_twilio, &secrets());
     let sent = finished(&app, app.accept("/api/messages/sms", &sms_to(1)));
     assert_eq!(sent["status"], "sent", "{sent}");
@@ -1294,31 +1313,8 @@ fn a_retry_due_before_the_renewal_is_not_sent_once_another_instance_holds_it() {
     let Some(db) = postgres_database("a_retry_due_before_the_renewal...") else {
         return;
     };
-    let twilio = Fake::start();
-    twilio.mount(
-        Mock::given(method("POST"))
-            .and(path(messages_path()))
-            .respond_with(twilio_error(503, 20503, "Service Unavailable"))
-            .up_to_n_times(1)
-            .with_priority(1),
-    );
-    twilio.mount(twilio_created().with_priority(2));
-    // Renewals every 20 s; the retry 1 s after the first answer.
-    let config = settings(&twilio.uri(), &twilio.uri(), "").replace(
-        "backoff_initial_ms = 10\nbackoff_max_ms = 20\n",
-        "backoff_initial_ms = 1000\nbackoff_max_ms = 1000\nlease_ms = 60000\n",
-    );
-    let app = TestApp::spawn_on_with_env(&db, &config, &secrets());
-    let id = app.accept("/api/messages/sms", &sample_sms());
-    app.eventually("the first attempt recorded", || {
-        (app.message(id)["attempts"].as_array().map(Vec::len) == Some(1)).then_some(())
-    });
-    diesel::sql_query(format!(
-        "UPDATE messages SET lease_owner = 'another-instance', \
-         lease_until = '9999-12-31T00:00:00.000000Z' WHERE id = {id}"
-    ))
-    .execute(&mut db.connect())
-    .expect("take over");
+    // The retry 1 s after the first answer; renewals every 20 s.
+    let (twilio, app, id) = taken_over_while_waiting(&db, 1000, 60_000);
     app.eventually("the retry left to the new owner", || {
         app.logs_with("message left to the instance that holds its lease")
             .iter()
@@ -1346,10 +1342,7 @@ fn a_receipt_that_comes_before_its_attempts_record_is_applied_once_it_lands() {
                     .set_body_json(json!({"sid": "SMearly", "status": "queued"})),
             ),
     );
-    let config = settings(&twilio.uri(), "http://unused", "")
-        .split("[providers.email]")
-        .next()
-        .unwrap_or_default()
+    let config = twilio_only(&twilio.uri())
         .replace("max_attempts = 3\n", "max_attempts = 3\nlease_ms = 900\n")
         .replace("request_timeout_ms = 500", "request_timeout_ms = 5000");
     let app = TestApp::spawn_with_env(&config, &secrets());
@@ -1393,18 +1386,7 @@ fn a_sendgrid_event_naming_an_sms_sid_changes_nothing() {
          "sg_message_id": format!("{sid}.filter0001.1"), "timestamp": 1700000000},
     ])
     .to_string();
-    let timestamp = unix_now().to_string();
-    let signature = sign_sendgrid(&timestamp, &events);
-    let answer = app.request(
-        "POST",
-        "/api/webhooks/sendgrid/events",
-        &[
-            ("Content-Type", "application/json"),
-            ("X-Twilio-Email-Event-Webhook-Signature", &signature),
-            ("X-Twilio-Email-Event-Webhook-Timestamp", &timestamp),
-        ],
-        Some(events.as_bytes()),
-    );
+    let answer = post_signed_events(&app, &events);
     assert_eq!(answer.status, 200, "{}", answer.text);
     // A Twilio receipt for another message, posted after it, has landed: so has the event.
     let other = app.accept("/api/messages/sms", &sms_to(7));
@@ -1443,11 +1425,7 @@ fn a_failed_callback_sent_after_a_retry_tells_of_the_round_that_failed() {
             .respond_with(ResponseTemplate::new(503))
             .with_priority(10),
     );
-    let only_twilio = settings(&twilio.uri(), "http://unused", "")
-        .split("[providers.email]")
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let only_twilio = twilio_only(&twilio.uri());
     let app = TestApp::spawn_with_env(&only_twilio, &secrets());
     let mut body = sample_sms();
     body["status_callback"] = json!(format!("{}/hooks", hooks.uri()));
