@@ -1095,6 +1095,15 @@ impl Settings {
     fn validate_real(&self, name: &str, provider: &ProviderSettings) -> Result<(), SettingsError> {
         let key = |k: &str| format!("providers.{name}.{k}");
         let real = &provider.real;
+        // Checked on every kind: a key set at all makes SendGrid's events verified
+        // (`webhook_keys`), so one that cannot verify anything must not start quietly.
+        if let Some(public_key) = &real.event_webhook_public_key {
+            check(
+                crate::http::sendgrid_public_key(public_key).is_some(),
+                &key("event_webhook_public_key"),
+                "must be SendGrid's verification key: base64 of a DER P-256 public key",
+            )?;
+        }
         match provider.kind {
             ProviderKind::Simulated => return Ok(()),
             ProviderKind::Twilio => {
@@ -1102,11 +1111,6 @@ impl Settings {
                     real.account_sid.as_deref().is_some_and(|s| !s.is_empty()),
                     &key("account_sid"),
                     "is required for kind \"twilio\"",
-                )?;
-                check(
-                    self.server.public_url.is_some(),
-                    "server.public_url",
-                    "is required with a twilio provider: Twilio signs its webhooks against it",
                 )?;
                 if let Some(url) = &real.status_callback_url {
                     check(
@@ -1116,15 +1120,7 @@ impl Settings {
                     )?;
                 }
             }
-            ProviderKind::Sendgrid => {
-                if let Some(public_key) = &real.event_webhook_public_key {
-                    check(
-                        crate::http::sendgrid_public_key(public_key).is_some(),
-                        &key("event_webhook_public_key"),
-                        "must be SendGrid's verification key: base64 of a DER P-256 public key",
-                    )?;
-                }
-            }
+            ProviderKind::Sendgrid => {}
         }
         check(
             is_http_url(provider.base_url()),
@@ -1573,6 +1569,24 @@ mod tests {
             );
             let fitting = format!("{sendgrid}{twilio}[routing]\nemail = \"mail\"\nsms = \"texts\"");
             assert!(parse(&fitting).is_ok());
+        });
+    }
+
+    #[test]
+    fn a_twilio_provider_needs_no_public_url_but_a_bad_sendgrid_key_is_refused_anywhere() {
+        let twilio = "[providers.sms-mms]\nkind = \"twilio\"\naccount_sid = \"AC1\"\n\
+                      auth_token_env = \"TEST_TW\"\n";
+        with_env(&[("TEST_TW", "t")], || {
+            let s = parse(twilio).expect("a twilio provider alone starts");
+            assert_eq!(s.server.public_url, None);
+            // On a simulated provider the key still turns verification on: it must parse.
+            let bad_key = "event_webhook_public_key = \"garbage\"\n";
+            for (table, name) in [("[providers.email]\n", "email"), ("", "sms-mms")] {
+                assert_eq!(
+                    error_key(&format!("{twilio}{table}{bad_key}")),
+                    format!("providers.{name}.event_webhook_public_key")
+                );
+            }
         });
     }
 

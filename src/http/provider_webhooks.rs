@@ -29,7 +29,8 @@ use super::{store_unavailable, AppState};
 /// What verifies the providers' webhooks, from the settings.
 #[derive(Clone, Default)]
 pub struct WebhookKeys {
-    /// The service's public base URL, which Twilio signs against.
+    /// The service's public base URL, which Twilio signs against; without it, the URL
+    /// each request names.
     pub public_url: Option<String>,
     /// Each Twilio provider's auth token: a request signed with any of them is Twilio's.
     pub twilio_tokens: Vec<Secret>,
@@ -105,20 +106,25 @@ async fn signed_twilio_form(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let keys = &state.webhook_keys;
-    let url = keys.public_url.as_deref().map(|base| {
-        let query = match req.query_string() {
-            "" => String::new(),
-            q => format!("?{q}"),
-        };
-        format!("{}{}{query}", base.trim_end_matches('/'), req.path())
-    });
+    let base = match keys.public_url.as_deref() {
+        Some(base) => base.trim_end_matches('/').to_owned(),
+        // Without one, the URL the request itself names (its scheme and `Host`, or a
+        // proxy's `Forwarded`/`X-Forwarded-*`), as Twilio's helper libraries rebuild it.
+        None => {
+            let info = req.connection_info();
+            format!("{}://{}", info.scheme(), info.host())
+        }
+    };
+    let query = match req.query_string() {
+        "" => String::new(),
+        q => format!("?{q}"),
+    };
+    let url = format!("{base}{}{query}", req.path());
     let valid = !signature.is_empty()
-        && url.as_deref().is_some_and(|url| {
-            with_and_without_default_port(url).iter().any(|url| {
-                keys.twilio_tokens.iter().any(|token| {
-                    let expected = twilio_signature(token.expose(), url, &params);
-                    bool::from(expected.as_bytes().ct_eq(signature.as_bytes()))
-                })
+        && with_and_without_default_port(&url).iter().any(|url| {
+            keys.twilio_tokens.iter().any(|token| {
+                let expected = twilio_signature(token.expose(), url, &params);
+                bool::from(expected.as_bytes().ct_eq(signature.as_bytes()))
             })
         });
     if !valid {

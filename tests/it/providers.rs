@@ -1227,6 +1227,35 @@ fn a_channel_still_on_the_simulator_is_named_at_start() {
     assert_eq!(provider(&app, "email")["kind"], "simulated");
 }
 
+/// The contract's own Twilio table names no `public_url`: such a service starts and sends,
+/// and checks Twilio's signatures against the URL each request names, as Twilio's helper
+/// libraries rebuild it.
+#[test]
+fn a_twilio_provider_without_a_public_url_sends_and_checks_the_url_it_was_called_at() {
+    let twilio = Fake::start();
+    twilio.mount(twilio_created());
+    let only_twilio = twilio_only(&twilio.uri())
+        .replace(&format!("[server]\npublic_url = \"{PUBLIC_URL}\"\n"), "");
+    assert!(!only_twilio.contains("public_url"), "{only_twilio}");
+    let app = TestApp::spawn_with_env(&only_twilio, &secrets());
+    let id = app.accept("/api/messages/sms", &sms_to(1));
+    let sent = finished(&app, id);
+    assert_eq!(sent["status"], "sent", "{sent}");
+    let route = "/api/webhooks/twilio/status";
+    let sid = sid_of(&app, id);
+    let delivered = [("MessageSid", sid.as_str()), ("MessageStatus", "delivered")];
+    let elsewhere = sign_twilio(&format!("{PUBLIC_URL}{route}"), &delivered);
+    assert_eq!(
+        post_form(&app, route, &delivered, Some(&elsewhere)).error_code(401),
+        "invalid_signature"
+    );
+    assert_eq!(app.message(id)["delivery_status"], Value::Null);
+    let here = sign_twilio(&format!("{}{route}", app.base), &delivered);
+    let ok = post_form(&app, route, &delivered, Some(&here));
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(app.message(id)["delivery_status"], "delivered");
+}
+
 /// SendGrid posts its events "when the batch size reaches 768 kilobytes": under the
 /// default body limit such a batch gets 413 and its receipts are lost once SendGrid gives
 /// up, so start-up says so; with the limit the README advises, a batch that size is taken.
