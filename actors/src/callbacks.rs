@@ -369,6 +369,32 @@ mod tests {
         assert_eq!(secs(100), 3600);
     }
 
+    /// `max_age_ms` as large as it goes means "never give up": the deadline saturates at
+    /// the end of time rather than falling back to the status change itself, which gave
+    /// every callback up at its first failure.
+    #[test]
+    fn the_largest_max_age_keeps_retrying() {
+        let callback = DueCallback {
+            id: 1,
+            message_id: 1,
+            webhook_id: "msg_1_sent_0".into(),
+            event: "sent".into(),
+            url: "http://127.0.0.1:9/hooks".into(),
+            created_at: Timestamp::now(),
+            attempts: 3,
+        };
+        let never = Duration::from_millis(i64::MAX.unsigned_abs());
+        for max_age in [never, Duration::MAX, Duration::from_secs(86_400)] {
+            let (fate, _) = retry(&callback, max_age, "500".into());
+            assert!(matches!(fate, CallbackFate::RetryAt(_)), "{max_age:?}");
+        }
+        let (fate, _) = retry(&callback, Duration::from_secs(1), "500".into());
+        assert!(matches!(fate, CallbackFate::GivenUp));
+        let now = Timestamp::now();
+        assert!(now.shifted(i64::MAX) > Timestamp::after(Duration::from_secs(1 << 40)));
+        assert!(now.shifted(i64::MIN) < now.shifted(-1));
+    }
+
     /// A callback claimed again while its try runs here (its lease lapsed while the
     /// database was slow) is not tried a second time at once; once the try ends, it may.
     #[test]

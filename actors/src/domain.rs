@@ -449,7 +449,11 @@ impl Timestamp {
         Timestamp(
             self.0
                 .checked_add_signed(chrono::Duration::microseconds(micros))
-                .unwrap_or(self.0),
+                .unwrap_or(if micros < 0 {
+                    DateTime::<Utc>::MIN_UTC
+                } else {
+                    DateTime::<Utc>::MAX_UTC
+                }),
         )
     }
 
