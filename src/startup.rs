@@ -10,7 +10,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use messaging_actors::admission::Backlog;
 use messaging_actors::breaker::BreakerConfig;
-use messaging_actors::callbacks::{CallbackConfig, CallbackWorker};
+use messaging_actors::callbacks::{CallbackConfig, CallbackWorker, StopCallbacks};
 use messaging_actors::domain::Channel;
 use messaging_actors::leases::LeaseKeeper;
 use messaging_actors::metrics::Metrics;
@@ -234,7 +234,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         request_timeout: Duration::from_millis(settings.callbacks.request_timeout_ms),
         max_in_flight: 64,
     };
-    CallbackWorker::new(store.clone(), metrics.clone(), callbacks, &log)
+    let callback_worker = CallbackWorker::new(store.clone(), metrics.clone(), callbacks, &log)
         .context("building the callback client")?
         .start();
 
@@ -286,10 +286,10 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         handle.stop(true).await;
     });
     server.await.context("running the HTTP server")?;
-    // Attempts under way finish and are recorded, so that nothing is sent twice after a
-    // graceful stop; then queued work this instance leased goes back at once, not after
-    // its lease lapses, but for what is still under way.
-    let busy = stop_sending(&stopping_providers, &log).await;
+    // Attempts and callback tries under way finish and are recorded, so that nothing is
+    // sent twice after a graceful stop; then queued work this instance leased goes back at
+    // once, not after its lease lapses, but for what is still under way.
+    let busy = stop_sending(&stopping_providers, &callback_worker, &log).await;
     match store.release_leases(busy).await {
         Ok(count) => info!(log, "released leases"; "count" => count),
         Err(e) => warn!(log, "could not release leases"; "error" => e.to_string()),
@@ -299,10 +299,12 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Tells every provider to start nothing more, and waits up to `STOP_DRAIN` for the
-/// attempts under way and their records; answers the messages still under way then.
+/// Tells every provider and the callback worker to start nothing more, and waits up to
+/// `STOP_DRAIN` for the attempts and callback tries under way and their records; answers
+/// the messages still under way then.
 async fn stop_sending(
     providers: &BTreeMap<String, Addr<provider::ProviderActor>>,
+    callbacks: &Addr<CallbackWorker>,
     log: &Logger,
 ) -> Vec<i64> {
     let deadline = tokio::time::Instant::now() + STOP_DRAIN;
@@ -316,9 +318,14 @@ async fn stop_sending(
                     .unwrap_or_default(),
             );
         }
-        if busy.is_empty() || tokio::time::Instant::now() >= deadline {
+        let trying = callbacks.send(StopCallbacks).await.unwrap_or_default();
+        let done = busy.is_empty() && trying == 0;
+        if done || tokio::time::Instant::now() >= deadline {
             if !busy.is_empty() {
                 warn!(log, "attempts still under way at the stop"; "count" => busy.len());
+            }
+            if trying > 0 {
+                warn!(log, "callbacks still under way at the stop"; "count" => trying);
             }
             return busy;
         }

@@ -44,7 +44,28 @@ pub struct CallbackWorker {
     claiming: bool,
     /// The last claim filled all the room it had: more may be due than it took.
     backlog: bool,
+    /// A graceful stop asked for no more tries.
+    stopping: bool,
     log: Logger,
+}
+
+/// Starts no try from now on; answers how many are under way or being claimed. A
+/// graceful stop asks until none is (or its drain time is up), so that a try the
+/// receiver may have acted on has its result recorded and is not sent again after the
+/// restart; one cut off at the exit keeps its lease until it lapses, then goes again.
+pub struct StopCallbacks;
+
+impl Message for StopCallbacks {
+    type Result = usize;
+}
+
+impl Handler<StopCallbacks> for CallbackWorker {
+    type Result = usize;
+
+    fn handle(&mut self, _: StopCallbacks, _: &mut Context<Self>) -> usize {
+        self.stopping = true;
+        self.sending.len() + usize::from(self.claiming)
+    }
 }
 
 /// A try has ended, delivered or not. While the receiver takes callbacks and more are due
@@ -111,6 +132,7 @@ impl CallbackWorker {
             sending: Sending::default(),
             claiming: false,
             backlog: false,
+            stopping: false,
             log: log.new(slog::o!("actor" => "callbacks")),
         })
     }
@@ -130,7 +152,7 @@ impl CallbackWorker {
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let room = self.room();
-        if self.claiming || room == 0 {
+        if self.stopping || self.claiming || room == 0 {
             return;
         }
         self.claiming = true;

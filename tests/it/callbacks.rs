@@ -427,6 +427,36 @@ fn callbacks_owed_at_a_sigkill_arrive_once_the_receiver_comes_up() {
     );
 }
 
+/// A graceful stop finishes a callback try under way and records it (CONTRACT 1: finish
+/// or hand back in-flight work): after the restart it is delivered, and the receiver,
+/// which may have acted on it, never gets it again.
+#[test]
+fn a_graceful_stop_finishes_a_callback_try_under_way() {
+    let receiver = Receiver::start();
+    receiver.answer(&[200], Duration::from_millis(1500));
+    let dir = Arc::new(TestDir::new());
+    let app = TestApp::spawn_in(dir.clone(), "");
+    let id = app.accept("/api/messages/sms", &with_callback(sms(1), &receiver.url()));
+    app.eventually("the receiver called", || {
+        (!receiver.received().is_empty()).then_some(())
+    });
+    signal(app.pid(), "TERM");
+    let (status, logs) = app.wait_for_exit();
+    assert!(status.success(), "{status}");
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l["msg"] == "callbacks still under way at the stop"),
+        "{logs:?}"
+    );
+    let app = TestApp::spawn_in(dir, "");
+    let callbacks = callbacks_of(&app, id);
+    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+    assert_eq!(callbacks[0]["state"], "delivered", "{callbacks:?}");
+    assert_eq!(callbacks[0]["attempts"], 1, "{callbacks:?}");
+    assert_eq!(receiver.received().len(), 1);
+}
+
 fn attempt_time(message: &Value) -> SystemTime {
     let at = message["attempts"][0]["at"].as_str().expect("an attempt");
     let parsed = chrono::DateTime::parse_from_rfc3339(at).expect("rfc3339");
