@@ -236,13 +236,26 @@ impl From<MessageRow> for MessageView {
     }
 }
 
-/// Channels that share one provider-id namespace: the SMS webhook delivers both SMS and
-/// MMS with `messaging_provider_id`; the email webhook has `xillio_id`.
-fn webhook_family(channel: Channel) -> &'static [&'static str] {
-    match channel {
-        Channel::Sms | Channel::Mms => &["sms", "mms"],
-        Channel::Email => &["email"],
-    }
+/// Inbound rows of `channel`'s provider-id namespace (the SMS webhook delivers SMS and MMS
+/// with `messaging_provider_id`, the email webhook has `xillio_id`), written as the unique
+/// index `messages_inbound_provider_id` is keyed and with its `direction` in the text:
+/// a database uses an expression index only for the same expression, and a partial one
+/// only when the query's text implies its condition. Written as `channel IN (?, ?)` with
+/// a bound direction, the duplicate check of every webhook read every inbound row (21 ms
+/// at 200,000 on SQLite), inside the writer's transaction.
+pub(crate) fn inbound_family(
+    channel: Channel,
+) -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql(match channel {
+        Channel::Sms | Channel::Mms => {
+            "direction = 'inbound' AND \
+             (CASE WHEN channel IN ('sms', 'mms') THEN 'sms' ELSE channel END) = 'sms'"
+        }
+        Channel::Email => {
+            "direction = 'inbound' AND \
+             (CASE WHEN channel IN ('sms', 'mms') THEN 'sms' ELSE channel END) = 'email'"
+        }
+    })
 }
 
 /// A new message's row, outbound and queued until `fill_outbound` or the inbound path
@@ -846,8 +859,7 @@ for_each_backend! {
         new: &NewInbound,
     ) -> Result<Option<InboundStored>, StoreError> {
         let earlier = messages::table
-            .filter(messages::direction.eq(Direction::Inbound.as_str()))
-            .filter(messages::channel.eq_any(webhook_family(new.content.channel)))
+            .filter(inbound_family(new.content.channel))
             .filter(messages::provider_message_id.eq(&new.provider_message_id))
             .select((messages::id, messages::conversation_id))
             .first::<(i64, i64)>(conn)
@@ -1099,6 +1111,69 @@ pub(super) mod tests {
                         diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                             .execute(&mut admin);
                 }
+            }
+        }
+    }
+
+    /// A line of SQLite's `EXPLAIN QUERY PLAN`.
+    #[derive(QueryableByName)]
+    struct PlanStep {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        detail: String,
+    }
+
+    /// A line of PostgreSQL's `EXPLAIN`.
+    #[derive(QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+
+    /// The duplicate check of every inbound webhook runs inside the writer's transaction:
+    /// it must find its row through the unique index of provider ids, on both backends
+    /// (PostgreSQL with sequential scans priced out, so a usable index is always shown).
+    #[test]
+    fn an_inbound_duplicate_is_looked_up_through_its_unique_index() {
+        for db in databases() {
+            let mut conn = db.pool.get().expect("connection");
+            for channel in [Channel::Sms, Channel::Mms, Channel::Email] {
+                let query = messages::table
+                    .filter(inbound_family(channel))
+                    .filter(messages::provider_message_id.eq("SM1"))
+                    .select((messages::id, messages::conversation_id));
+                let plan = match &mut conn {
+                    DbConn::Sqlite(c) => {
+                        let sql =
+                            diesel::debug_query::<diesel::sqlite::Sqlite, _>(&query).to_string();
+                        let sql = sql.split(" -- binds:").next().unwrap_or(&sql).to_owned();
+                        diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
+                            .load::<PlanStep>(&mut **c)
+                            .expect("plan")
+                            .into_iter()
+                            .map(|step| step.detail)
+                            .collect::<Vec<_>>()
+                    }
+                    DbConn::Postgres(c) => {
+                        let sql = diesel::debug_query::<diesel::pg::Pg, _>(&query).to_string();
+                        let sql = sql.split(" -- binds:").next().unwrap_or(&sql);
+                        diesel::sql_query("SET enable_seqscan = off")
+                            .execute(&mut **c)
+                            .expect("set");
+                        diesel::sql_query(format!("EXPLAIN {}", sql.replace("$1", "'SM1'")))
+                            .load::<PlanLine>(&mut **c)
+                            .expect("plan")
+                            .into_iter()
+                            .map(|step| step.line)
+                            .collect()
+                    }
+                };
+                let plan = plan.join("\n");
+                assert!(
+                    plan.contains("USING INDEX messages_inbound_provider_id")
+                        || plan.contains("Index Scan using messages_inbound_provider_id"),
+                    "{channel:?}: {plan}"
+                );
+                assert!(!plan.contains("SCAN messages"), "{channel:?}: {plan}");
             }
         }
     }
