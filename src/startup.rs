@@ -268,6 +268,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
             .wrap(actix_web::middleware::from_fn(http::require_json_accept))
             .wrap(actix_web::middleware::from_fn(http::observe))
     })
+    .on_connect(http::ConnectionWatch::on_connect)
     .disable_signals()
     .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
     .client_request_timeout(Duration::from_secs(5))

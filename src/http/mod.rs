@@ -1,10 +1,12 @@
-//! The HTTP edge: the route table, two middlewares (Accept negotiation, request metrics),
-//! and JSON 404/405 for unknown routes and methods. Handlers live one file per resource
-//! and only translate between JSON and the core's messages.
+//! The HTTP edge: the route table, the middlewares (Accept negotiation; request metrics
+//! and the connection watch's marks), and JSON 404/405 for unknown routes and methods.
+//! Handlers live one file per resource and only translate between JSON and the core's
+//! messages.
 
 mod auth;
 mod body;
 mod budget;
+mod connections;
 mod conversations;
 mod error;
 mod health;
@@ -32,6 +34,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use slog::{warn, Logger};
 
 pub use auth::{authenticate, Auth};
+pub use connections::ConnectionWatch;
 pub use error::ApiError;
 pub use provider_webhooks::{sendgrid_public_key, WebhookKeys};
 
@@ -205,10 +208,11 @@ pub async fn require_json_accept(
         .map(ServiceResponse::map_into_left_body)
 }
 
-/// Counts and times every request by its matched route pattern (never the raw path).
+/// Counts and times every request by its matched route pattern (never the raw path), and
+/// marks it under way for its connection's watch until its answer is written.
 pub async fn observe(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
+    next: Next<impl MessageBody + Unpin>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let method = match *req.method() {
@@ -222,6 +226,9 @@ pub async fn observe(
         _ => "other",
     };
     let state = req.app_data::<web::Data<AppState>>().cloned();
+    let under_way = req
+        .conn_data::<ConnectionWatch>()
+        .map(ConnectionWatch::start);
     let response = next.call(req).await?;
     if let Some(state) = state {
         let route = response.request().match_pattern();
@@ -238,7 +245,7 @@ pub async fn observe(
             .with_label_values(&[route])
             .observe(started.elapsed().as_secs_f64());
     }
-    Ok(response)
+    Ok(response.map_body(|_, body| connections::WatchedBody::new(body, under_way)))
 }
 
 /// Ids are positive integers; anything else names nothing, so it is a 404.

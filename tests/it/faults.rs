@@ -645,6 +645,39 @@ fn read_response(stream: &mut TcpStream) -> String {
     }
 }
 
+/// actix-http times only a connection's first request head: a client that sent the first
+/// bytes of its second request and stopped held the connection for ever (a slowloris).
+/// The connection watch ends it once no request has been under way for 10 s.
+#[test]
+fn a_later_request_head_that_stalls_is_closed_too() {
+    let app = TestApp::spawn("");
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut conn = TcpStream::connect(&addr).expect("connect");
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send a request");
+    let answer = read_response(&mut conn);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let stalled = Instant::now();
+    conn.write_all(b"GET /heal")
+        .expect("a second head, cut short");
+    conn.set_read_timeout(Some(Duration::from_secs(10 + 10)))
+        .expect("read timeout");
+    let mut rest = Vec::new();
+    let read = conn.read_to_end(&mut rest);
+    let held = stalled.elapsed();
+    match &read {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("still open after {held:?} ({:?}): {e}", e.kind()),
+    }
+    assert!(
+        held >= Duration::from_secs(4),
+        "closed after only {held:?} ({read:?})"
+    );
+    // Everyone else is served as before.
+    assert_eq!(app.get("/healthz").status, 200);
+}
+
 #[test]
 fn an_idle_keep_alive_connection_is_closed_after_5_seconds() {
     let app = TestApp::spawn("");
