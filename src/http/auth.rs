@@ -252,17 +252,19 @@ impl Auth {
     pub fn refused(&self, log: &Logger, reason: &'static str, req: &HttpRequest) {
         self.failures.with_label_values(&[reason]).inc();
         warn!(log, "request refused";
-            "reason" => reason, "method" => req.method().as_str(),
+            "reason" => reason, "method" => path_for_logs(req.method().as_str()).as_ref(),
             "path" => path_for_logs(req.path()).as_ref());
     }
 }
 
-/// The most of a refused request's path a log line keeps. Refusals need no key, and the
-/// log queue counts lines, not bytes: a flood of requests with 100 KB paths would
-/// otherwise fill memory with them while stdout drains.
+/// The most of a refused request's path (or method) a log line keeps. Refusals need no
+/// key, and the log queue counts lines, not bytes: a flood of requests with 100 KB paths
+/// or methods (actix-http takes any token as a method) would otherwise fill memory with
+/// them while stdout drains.
 const LOGGED_PATH_BYTES: usize = 256;
 
-/// `path`, cut to `LOGGED_PATH_BYTES` (on a character boundary) with its length said.
+/// `path` (or a method), cut to `LOGGED_PATH_BYTES` (on a character boundary) with its
+/// length said.
 fn path_for_logs(path: &str) -> std::borrow::Cow<'_, str> {
     if path.len() <= LOGGED_PATH_BYTES {
         return path.into();
@@ -334,7 +336,7 @@ pub async fn authenticate(
             auth.failures.with_label_values(&[refusal.reason]).inc();
             warn!(state.log, "request refused";
                 "reason" => refusal.reason, "key" => refusal.key.as_deref().unwrap_or(""),
-                "method" => req.method().as_str(), "path" => path_for_logs(req.path()).as_ref());
+                "method" => path_for_logs(req.method().as_str()).as_ref(), "path" => path_for_logs(req.path()).as_ref());
             let response = refusal.error.error_response();
             Ok(req.into_response(response).map_into_right_body())
         }
@@ -353,6 +355,11 @@ mod tests {
         assert!(logged.ends_with("... (405 bytes)"), "{logged}");
         assert!(logged.len() <= LOGGED_PATH_BYTES + 20, "{logged}");
         assert!(long.starts_with(logged.trim_end_matches("... (405 bytes)")));
+        let method = "X".repeat(10_000);
+        assert_eq!(
+            path_for_logs(&method).len(),
+            256 + " ... (10000 bytes)".len() - 1
+        );
     }
 
     #[test]
