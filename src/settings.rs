@@ -51,7 +51,7 @@ pub struct ServerSettings {
     pub bind: String,
     pub max_body_bytes: usize,
     /// The service's public base URL (`https://host`), which Twilio signs its webhooks
-    /// against; required once a Twilio provider is configured.
+    /// against; unset, each webhook's signature is checked against the URL it names.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
 }

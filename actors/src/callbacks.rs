@@ -162,6 +162,10 @@ impl CallbackWorker {
         ctx.spawn(claim.into_actor(self).map(move |claimed, worker, ctx| {
             worker.claiming = false;
             match claimed {
+                // A stop came while this claim ran: nothing starts, and what it took waits
+                // for its lease to lapse (a try begun now could outlast the stop's drain and
+                // be sent again after the restart).
+                Ok(_) if worker.stopping => {}
                 Ok(due) => {
                     worker.backlog = due.len() >= room;
                     let me = ctx.address();

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::Extensions;
 use actix_web::web::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 /// No request under way for this long (after the last response, or from the accept): the
 /// connection ends. actix-http closes an idle keep-alive connection after 5 s and gives a
@@ -45,6 +45,13 @@ struct WatchState {
     under_way: Cell<u32>,
     /// When `under_way` last went to or from 0 (or the accept).
     since: Cell<Instant>,
+    /// The watch sleeps to the busy limit: the end of the last request under way must
+    /// wake it, or the connection could idle for the rest of that limit, not 10 s. (A
+    /// request that starts while it sleeps to the idle limit needs nothing: the watch
+    /// looks again before it acts.) So a busy connection wakes its watch about once per
+    /// idle limit, not twice per request.
+    sleeping_busy: Cell<bool>,
+    changed: Rc<Notify>,
     /// Dropped with the connection's data: the watch task then ends at once, closing its
     /// handle so the socket closes when actix-http closes its own.
     _alive: oneshot::Sender<()>,
@@ -66,13 +73,17 @@ impl ConnectionWatch {
             return;
         };
         let (alive, gone) = oneshot::channel();
+        let changed = Rc::new(Notify::new());
         let state = Rc::new(WatchState {
             under_way: Cell::new(0),
             since: Cell::new(Instant::now()),
+            sleeping_busy: Cell::new(false),
+            changed: changed.clone(),
             _alive: alive,
         });
         actix_web::rt::spawn(watch(
             Rc::downgrade(&state),
+            changed,
             std::net::TcpStream::from(handle),
             gone,
         ));
@@ -99,6 +110,9 @@ impl Drop for UnderWay {
         state.under_way.set(left);
         if left == 0 {
             state.since.set(Instant::now());
+            if state.sleeping_busy.replace(false) {
+                state.changed.notify_one();
+            }
         }
     }
 }
@@ -116,6 +130,7 @@ fn time_left(under_way: u32, since: Instant, now: Instant) -> Duration {
 
 async fn watch(
     state: std::rc::Weak<WatchState>,
+    changed: Rc<Notify>,
     socket: std::net::TcpStream,
     mut gone: oneshot::Receiver<()>,
 ) {
@@ -123,7 +138,9 @@ async fn watch(
         let Some(current) = state.upgrade() else {
             return;
         };
-        let left = time_left(current.under_way.get(), current.since.get(), Instant::now());
+        let under_way = current.under_way.get();
+        let left = time_left(under_way, current.since.get(), Instant::now());
+        current.sleeping_busy.set(under_way > 0);
         drop(current);
         if left.is_zero() {
             // Both ways: actix-http reads the end of the stream and drops the connection.
@@ -132,6 +149,7 @@ async fn watch(
         }
         tokio::select! {
             _ = &mut gone => return,
+            () = changed.notified() => {}
             () = tokio::time::sleep(left) => {}
         }
     }

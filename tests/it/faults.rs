@@ -678,6 +678,58 @@ fn a_later_request_head_that_stalls_is_closed_too() {
     assert_eq!(app.get("/healthz").status, 200);
 }
 
+/// The same stall after a request that was still under way when the watch first looked
+/// (10 s after the connection's first request): the end of that request starts the 10 s,
+/// not the rest of the 300 s a busy connection has.
+#[test]
+fn a_stalled_head_after_a_long_request_is_closed_10_s_after_it() {
+    let app = TestApp::spawn("");
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut conn = TcpStream::connect(&addr).expect("connect");
+    let first = Instant::now();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("a first request");
+    assert!(read_response(&mut conn).starts_with("HTTP/1.1 200"));
+    // A slow client, within every deadline (keep-alive 5 s, a body 10 s): its second
+    // request starts at 4 s and its body ends at 12 s, so the request is under way when
+    // the watch first looks, 10 s after the first.
+    std::thread::sleep(Duration::from_secs(4));
+    let body = sms(1).to_string();
+    let (part, rest) = body.split_at(body.len() / 2);
+    conn.write_all(
+        format!(
+            "POST /api/messages/sms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{part}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .expect("a head and half a body");
+    std::thread::sleep(Duration::from_secs(8));
+    conn.write_all(rest.as_bytes())
+        .expect("the rest of the body");
+    let answer = read_response(&mut conn);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert!(
+        first.elapsed() >= Duration::from_secs(11),
+        "{:?}",
+        first.elapsed()
+    );
+    let stalled = Instant::now();
+    conn.write_all(b"GET /heal")
+        .expect("a third head, cut short");
+    conn.set_read_timeout(Some(Duration::from_secs(10 + 10)))
+        .expect("read timeout");
+    let mut left = Vec::new();
+    let read = conn.read_to_end(&mut left);
+    let held = stalled.elapsed();
+    match &read {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("still open after {held:?} ({:?}): {e}", e.kind()),
+    }
+}
+
 #[test]
 fn an_idle_keep_alive_connection_is_closed_after_5_seconds() {
     let app = TestApp::spawn("");

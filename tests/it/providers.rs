@@ -1238,6 +1238,8 @@ fn a_twilio_provider_without_a_public_url_sends_and_checks_the_url_it_was_called
         .replace(&format!("[server]\npublic_url = \"{PUBLIC_URL}\"\n"), "");
     assert!(!only_twilio.contains("public_url"), "{only_twilio}");
     let app = TestApp::spawn_with_env(&only_twilio, &secrets());
+    let warned = app.logs_with("twilio signatures checked against each request's own url");
+    assert_eq!(warned.len(), 1, "{warned:?}");
     let id = app.accept("/api/messages/sms", &sms_to(1));
     let sent = finished(&app, id);
     assert_eq!(sent["status"], "sent", "{sent}");
