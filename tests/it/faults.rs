@@ -645,6 +645,24 @@ fn read_response(stream: &mut TcpStream) -> String {
     }
 }
 
+/// Sends the start of a request head on `conn` and waits for the server to close it,
+/// 20 s at most (the watch's 10 s and slack); how long that took, and how the read ended.
+fn stall_a_head(conn: &mut TcpStream) -> (Duration, String) {
+    let stalled = Instant::now();
+    conn.write_all(b"GET /heal").expect("a head, cut short");
+    conn.set_read_timeout(Some(Duration::from_secs(10 + 10)))
+        .expect("read timeout");
+    let mut rest = Vec::new();
+    let read = conn.read_to_end(&mut rest);
+    let held = stalled.elapsed();
+    match &read {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("still open after {held:?} ({:?}): {e}", e.kind()),
+    }
+    (held, format!("{read:?}"))
+}
+
 /// actix-http times only a connection's first request head: a client that sent the first
 /// bytes of its second request and stopped held the connection for ever (a slowloris).
 /// The connection watch ends it once no request has been under way for 10 s.
@@ -657,22 +675,10 @@ fn a_later_request_head_that_stalls_is_closed_too() {
         .expect("send a request");
     let answer = read_response(&mut conn);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let stalled = Instant::now();
-    conn.write_all(b"GET /heal")
-        .expect("a second head, cut short");
-    conn.set_read_timeout(Some(Duration::from_secs(10 + 10)))
-        .expect("read timeout");
-    let mut rest = Vec::new();
-    let read = conn.read_to_end(&mut rest);
-    let held = stalled.elapsed();
-    match &read {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        Err(e) => panic!("still open after {held:?} ({:?}): {e}", e.kind()),
-    }
+    let (held, read) = stall_a_head(&mut conn);
     assert!(
         held >= Duration::from_secs(4),
-        "closed after only {held:?} ({read:?})"
+        "closed after only {held:?} ({read})"
     );
     // Everyone else is served as before.
     assert_eq!(app.get("/healthz").status, 200);
@@ -715,19 +721,7 @@ fn a_stalled_head_after_a_long_request_is_closed_10_s_after_it() {
         "{:?}",
         first.elapsed()
     );
-    let stalled = Instant::now();
-    conn.write_all(b"GET /heal")
-        .expect("a third head, cut short");
-    conn.set_read_timeout(Some(Duration::from_secs(10 + 10)))
-        .expect("read timeout");
-    let mut left = Vec::new();
-    let read = conn.read_to_end(&mut left);
-    let held = stalled.elapsed();
-    match &read {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        Err(e) => panic!("still open after {held:?} ({:?}): {e}", e.kind()),
-    }
+    stall_a_head(&mut conn);
 }
 
 #[test]

@@ -267,6 +267,29 @@ pub(crate) fn is_outbound() -> diesel::expression::SqlLiteral<diesel::sql_types:
     diesel::dsl::sql("direction = 'outbound'")
 }
 
+/// The outbound messages of `channels` with the provider's id `id`: what a delivery
+/// receipt sets. A macro, so that the writes and the test reading their plan build the
+/// same query (its type differs with the id's).
+macro_rules! receipt_targets {
+    ($channels:expr, $id:expr) => {
+        messages::table
+            .filter(is_outbound())
+            .filter(messages::channel.eq_any($channels))
+            .filter(messages::provider_message_id.eq($id))
+    };
+}
+
+/// The early receipts whose message carries their provider id now (a macro for the same
+/// reason as `receipt_targets`).
+macro_rules! early_receipts_matched {
+    () => {
+        early_receipts::table.filter(diesel::dsl::exists(receipt_targets!(
+            ReceiptSource::Twilio.channels(),
+            early_receipts::provider_message_id.nullable()
+        )))
+    };
+}
+
 /// A new message's row, outbound and queued until `fill_outbound` or the inbound path
 /// says otherwise.
 fn message_row(
@@ -754,10 +777,10 @@ for_each_backend! {
         receipt: &DeliveryReceipt,
     ) -> Result<Option<i64>, StoreError> {
         let now = Timestamp::now().to_storage();
-        let applied = diesel::update(messages::table)
-            .filter(is_outbound())
-            .filter(messages::channel.eq_any(receipt.source.channels()))
-            .filter(messages::provider_message_id.eq(&receipt.provider_message_id))
+        let applied = diesel::update(receipt_targets!(
+            receipt.source.channels(),
+            &receipt.provider_message_id
+        ))
             .set((
                 messages::delivery_status.eq(receipt.status.as_str()),
                 messages::delivery_error_code.eq(&receipt.error_code),
@@ -818,16 +841,7 @@ for_each_backend! {
             )
             .execute(conn)?;
         }
-        let matched: Vec<(String, String, Option<String>)> = early_receipts::table
-            .filter(diesel::dsl::exists(
-                messages::table
-                    .filter(is_outbound())
-                    .filter(messages::channel.eq_any(ReceiptSource::Twilio.channels()))
-                    .filter(
-                        messages::provider_message_id
-                            .eq(early_receipts::provider_message_id.nullable()),
-                    ),
-            ))
+        let matched: Vec<(String, String, Option<String>)> = early_receipts_matched!()
             .select((
                 early_receipts::provider_message_id,
                 early_receipts::delivery_status,
@@ -838,11 +852,11 @@ for_each_backend! {
         let now = Timestamp::now().to_storage();
         let mut applied = 0;
         for (provider_message_id, status, error_code) in &matched {
-            applied += diesel::update(messages::table)
-                .filter(is_outbound())
-                .filter(messages::channel.eq_any(ReceiptSource::Twilio.channels()))
-                .filter(messages::provider_message_id.eq(provider_message_id))
-                .filter(messages::delivery_status.is_null())
+            applied += diesel::update(receipt_targets!(
+                ReceiptSource::Twilio.channels(),
+                provider_message_id
+            ))
+            .filter(messages::delivery_status.is_null())
                 .set((
                     messages::delivery_status.eq(status),
                     messages::delivery_error_code.eq(error_code),
@@ -1233,11 +1247,7 @@ pub(super) mod tests {
             }
             for source in [ReceiptSource::Twilio, ReceiptSource::SendGrid] {
                 // `record_delivery`'s and `apply_early_receipts`' update.
-                let receipt = messages::table
-                    .filter(is_outbound())
-                    .filter(messages::channel.eq_any(source.channels()))
-                    .filter(messages::provider_message_id.eq("SM1"))
-                    .select(messages::id);
+                let receipt = receipt_targets!(source.channels(), "SM1").select(messages::id);
                 let plan = explain(&mut conn, &receipt);
                 assert!(
                     reads_index(&plan, "messages_outbound_provider_id"),
@@ -1245,16 +1255,7 @@ pub(super) mod tests {
                 );
             }
             // `apply_early_receipts`' search for the receipts whose message is there now.
-            let matched = early_receipts::table
-                .filter(diesel::dsl::exists(
-                    messages::table
-                        .filter(is_outbound())
-                        .filter(messages::channel.eq_any(ReceiptSource::Twilio.channels()))
-                        .filter(
-                            messages::provider_message_id
-                                .eq(early_receipts::provider_message_id.nullable()),
-                        ),
-                ))
+            let matched = early_receipts_matched!()
                 .select(early_receipts::provider_message_id)
                 .limit(1_000);
             let plan = explain(&mut conn, &matched);
