@@ -87,18 +87,18 @@ impl LeaseKeeper {
         if held.is_empty() {
             return;
         }
-        match store.renew_leases(held).await {
-            // Among them are messages finished a moment ago (their records landed), which
-            // no provider holds any more: each provider drops only those it holds. On
-            // SQLite one instance owns the file, so a lease found gone means nothing (a
-            // message finished meanwhile), and none is dropped.
-            Ok(lost) if !lost.is_empty() && store.shares_work() => {
-                for provider in providers.values() {
-                    provider.do_send(LeasesLost(lost.clone()));
-                }
+        let renewed = store.renew_leases(held).await;
+        if let Some(e) = renewed.failed {
+            warn!(log, "could not renew leases"; "error" => e.to_string());
+        }
+        // Among them are messages finished a moment ago (their records landed), which no
+        // provider holds any more: each provider drops only those it holds. On SQLite one
+        // instance owns the file, so a lease found gone means nothing (a message finished
+        // meanwhile), and none is dropped.
+        if !renewed.lost.is_empty() && store.shares_work() {
+            for provider in providers.values() {
+                provider.do_send(LeasesLost(renewed.lost.clone()));
             }
-            Ok(_) => {}
-            Err(e) => warn!(log, "could not renew leases"; "error" => e.to_string()),
         }
     }
 }

@@ -1020,7 +1020,14 @@ impl ProviderActor {
             .get(&msg.message_id)
             .is_some_and(|on_its_way| msg.attempts_made < on_its_way.attempt);
         if stale || !self.held.insert(msg.message_id) {
-            // Already here: the slot the router took for this copy goes back.
+            // Already here: the slot the router took for this copy goes back. A claim of a
+            // message held here (not one stale as above) has just leased it to this
+            // instance: a takeover an earlier renewal found (by an instance that has
+            // since stopped and handed it back) no longer stands, or the message would be
+            // dropped at its turn, unsent until this lease lapsed too.
+            if !stale {
+                self.superseded.remove(&msg.message_id);
+            }
             self.backlog.release();
             return false;
         }
@@ -1647,6 +1654,40 @@ mod tests {
             .send(IsSuperseded(id))
             .await
             .expect("the actor answers"));
+    }
+
+    /// A renewal found the message taken over while it waited here; the other instance
+    /// then stopped and handed it back, and this one's sweep claimed it again. That claim
+    /// makes the lease this instance's: the message is no longer counted as taken over.
+    #[actix::test]
+    async fn a_message_claimed_back_is_no_longer_counted_as_taken_over() {
+        let (_dir, _, store) = sqlite_store();
+        let log = Logger::root(slog::Discard, o!());
+        let backlog = Arc::new(Backlog::new(10));
+        let addr = ProviderActor::new(
+            config(),
+            store.clone(),
+            sms_metrics(),
+            backlog.clone(),
+            &log,
+        )
+        .start();
+        let id = store_one(&store, 0).await;
+        let later = Dispatch {
+            due: Some(Timestamp::after(Duration::from_secs(60))),
+            ..first_dispatch(id)
+        };
+        backlog.add(1);
+        addr.send(later.clone()).await.expect("the actor answers");
+        addr.send(LeasesLost(vec![id]))
+            .await
+            .expect("the actor answers");
+        assert!(addr.send(IsSuperseded(id)).await.expect("answers"));
+
+        backlog.add(1);
+        addr.send(later).await.expect("the actor answers");
+        assert!(!addr.send(IsSuperseded(id)).await.expect("answers"));
+        assert_eq!(backlog.pending(), 1, "the second copy's slot went back");
     }
 
     /// A panic in a request's future, which no handler's guard runs, restarts the actor

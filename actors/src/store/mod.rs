@@ -256,6 +256,14 @@ pub enum ToSend {
     TakenOver,
 }
 
+/// What a lease renewal found: the leases lost, and why a lane could not tell, if one
+/// could not.
+#[derive(Debug, Default)]
+pub struct Renewed {
+    pub lost: Vec<i64>,
+    pub failed: Option<StoreError>,
+}
+
 /// The handle to storage: cheap to clone, safe to share between threads.
 #[derive(Clone)]
 pub struct Store {
@@ -646,9 +654,10 @@ impl Store {
     /// lane would lock the rows those records' trigger locks, from a transaction running
     /// at the same time, in an order of its own (a deadlock PostgreSQL breaks only after
     /// a second). Answers the ids whose lease this instance no longer holds (another
-    /// instance took the message over, or it is no longer queued); an error when a lane's
-    /// renewal failed, since then nothing is known of its leases.
-    pub async fn renew_leases(&self, ids: Vec<i64>) -> Result<Vec<i64>, StoreError> {
+    /// instance took the message over, or it is no longer queued), as the lanes that
+    /// answered found them, and the error of a lane whose renewal failed (nothing is known
+    /// of its leases): one failing lane must not hide what the others found.
+    pub async fn renew_leases(&self, ids: Vec<i64>) -> Renewed {
         let lease = self.lease();
         let mut by_lane: Vec<Vec<i64>> = vec![Vec::new(); self.lanes.len()];
         for id in ids {
@@ -684,11 +693,14 @@ impl Store {
                     )
                 }
             });
-        let mut lost = Vec::new();
+        let mut renewed = Renewed::default();
         for lane in futures_util::future::join_all(renewals).await {
-            lost.extend(lane?);
+            match lane {
+                Ok(lost) => renewed.lost.extend(lost),
+                Err(e) => renewed.failed = Some(e),
+            }
         }
-        Ok(lost)
+        renewed
     }
 
     /// Hands this instance's queued work back, for another instance to claim at once.
@@ -1142,8 +1154,22 @@ pub(crate) mod tests {
             let mut holder = PgConnection::establish(&url).expect("connect");
             hold(&mut holder, on_first[0]);
 
-            let renewed = store.renew_leases(vec![on_first[0], on_other[0]]).await;
-            assert!(renewed.is_err(), "the held lane answered: {renewed:?}");
+            // A message the other lane finds no lease of: it must still be reported.
+            let gone = (ids.iter().max().expect("ids") + 1..)
+                .find(|&id| store.lane_index(id) == store.lane_index(on_other[0]))
+                .expect("an id on the other lane");
+            let renewed = store
+                .renew_leases(vec![on_first[0], on_other[0], gone])
+                .await;
+            assert!(
+                renewed.failed.is_some(),
+                "the held lane answered: {renewed:?}"
+            );
+            assert_eq!(
+                renewed.lost,
+                vec![gone],
+                "the other lane's finding was lost"
+            );
             assert!(
                 lease_until(on_other[0]) > before,
                 "the other lane's lease was not renewed"
@@ -1209,11 +1235,9 @@ pub(crate) mod tests {
             held.await.expect("recorded");
             behind.await.expect("recorded");
             probe.await.expect("the probe commits after");
-            assert_eq!(
-                renewal.await.expect("renewed"),
-                Vec::<i64>::new(),
-                "none lost"
-            );
+            let renewal = renewal.await;
+            assert!(renewal.failed.is_none(), "{renewal:?}");
+            assert_eq!(renewal.lost, Vec::<i64>::new(), "none lost");
             assert_eq!(receipt.await.expect("applied"), Some(on_last[0]));
 
             // A record in the first lane waits; new messages do not. A receipt that lands
