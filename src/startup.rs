@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor as _, Addr};
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App};
 use anyhow::Context as _;
 use messaging_actors::admission::Backlog;
 use messaging_actors::breaker::BreakerConfig;
@@ -263,7 +263,12 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         read_budget: Default::default(),
         log: log.clone(),
     });
-    let server = HttpServer::new(move || {
+    let server_settings = http::ServerSettings {
+        addr: first_address(&settings.server.bind)?,
+        request_head_timeout: Duration::from_secs(5),
+        shutdown_timeout_secs: SHUTDOWN_TIMEOUT_SECS,
+    };
+    let (addr, server) = http::bind(&server_settings, move || {
         use actix::Actor as _;
         // The factory runs on each worker's thread: its twin of the router accepts that
         // worker's messages without a hop to the router's arbiter and back (context
@@ -276,20 +281,14 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
             .app_data(state.clone())
             .app_data(web::Data::new(accepting))
             .configure(http::routes)
-            .wrap(actix_web::middleware::from_fn(http::authenticate))
+            // The last wrapped runs first: the key is checked before anything else about
+            // the request, so a caller without one is refused (and counted) as such.
             .wrap(actix_web::middleware::from_fn(http::require_json_accept))
+            .wrap(actix_web::middleware::from_fn(http::authenticate))
             .wrap(actix_web::middleware::from_fn(http::observe))
     })
-    .on_connect(http::ConnectionWatch::on_connect)
-    .disable_signals()
-    .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
-    .client_request_timeout(Duration::from_secs(5))
-    .bind(first_address(&settings.server.bind)?)
     .with_context(|| format!("binding {}", settings.server.bind))?;
-    for addr in server.addrs() {
-        info!(log, "listening"; "addr" => addr.to_string());
-    }
-    let server = server.run();
+    info!(log, "listening"; "addr" => addr.to_string());
     let handle = server.handle();
     let signal_log = log.clone();
     let stop_began = Arc::new(std::sync::OnceLock::new());

@@ -9,11 +9,13 @@ mod budget;
 mod connections;
 mod conversations;
 mod error;
+mod head_errors;
 mod health;
 mod messages;
 mod openapi;
 mod provider_webhooks;
 mod providers;
+mod server;
 mod webhooks;
 mod wire;
 
@@ -34,9 +36,10 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use slog::{warn, Logger};
 
 pub use auth::{authenticate, Auth};
-pub use connections::ConnectionWatch;
+use connections::ConnectionWatch;
 pub use error::ApiError;
 pub use provider_webhooks::{sendgrid_public_key, WebhookKeys};
+pub use server::{bind, ServerSettings};
 
 /// What every handler shares.
 pub struct AppState {

@@ -68,6 +68,14 @@ fn every_refusal_of_section_9_comes_from_a_real_request_and_no_secret_is_logged(
     let missing = app.post("/api/messages/sms", &sample_sms());
     assert_eq!(missing.error_code(401), "unauthorized");
     assert_eq!(missing.header("WWW-Authenticate"), Some("Bearer"));
+    // The key comes first: an Accept that excludes JSON is no way around it.
+    let html = app.request(
+        "GET",
+        "/api/conversations",
+        &[("Accept", "text/html")],
+        None,
+    );
+    assert_eq!(html.error_code(401), "unauthorized");
     let unknown = with_key(&app, "GET", "/api/conversations", "msk_not-a-key", None);
     assert_eq!(unknown.error_code(401), "unauthorized");
     let malformed = app.request(
@@ -135,7 +143,7 @@ fn every_refusal_of_section_9_comes_from_a_real_request_and_no_secret_is_logged(
     );
 
     for (reason, at_least) in [
-        ("missing", 2.0),
+        ("missing", 3.0),
         ("unknown_key", 1.0),
         ("scope", 1.0),
         ("rate", 1.0),
@@ -393,6 +401,19 @@ fn signed_webhooks_are_taken_and_every_bad_signature_is_refused() {
         (
             "missing signature",
             post("msg_1", now.to_string(), None, &body),
+        ),
+        (
+            "empty signature",
+            post("msg_1", now.to_string(), Some("v1,".to_owned()), &body),
+        ),
+        (
+            "truncated signature",
+            post(
+                "msg_1",
+                now.to_string(),
+                signed("msg_1", now, WEBHOOK_SECRET, &body).map(|s| s[..s.len() - 8].to_owned()),
+                &body,
+            ),
         ),
         (
             "another id",

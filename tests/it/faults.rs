@@ -579,6 +579,82 @@ fn read_to_close(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// CONTRACT 12: the errors actix-http's parser answers before any handler (a head it
+/// cannot parse, one with too many headers, a first head that stalls) carry the error
+/// body of section 3.4 too; an answer written before one on the same connection is left
+/// as it was.
+#[test]
+fn the_http_parsers_own_refusals_carry_the_error_body() {
+    let app = TestApp::spawn("");
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let exchange = |head: &[u8]| {
+        let mut stream = TcpStream::connect(&addr).expect("connect");
+        stream.write_all(head).expect("write the head");
+        read_to_close(&mut stream)
+    };
+    let many_headers: String = (0..200).map(|n| format!("X-{n}: a\r\n")).collect();
+    let many = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n");
+    let del = b"POST /api/messages/sms HTTP/1.1\r\nHost: x\r\nIdempotency-Key: a\x7fb\r\nContent-Length: 0\r\n\r\n";
+    let fine = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases: [(&str, Vec<u8>, &str, &str); 4] = [
+        (
+            "too many headers",
+            many.into_bytes(),
+            "431",
+            "headers_too_large",
+        ),
+        (
+            "a DEL byte in a header",
+            del.to_vec(),
+            "400",
+            "malformed_request",
+        ),
+        (
+            "after a good request",
+            [fine.as_slice(), del].concat(),
+            "400",
+            "malformed_request",
+        ),
+        (
+            "a stalled first head",
+            b"GET /healthz HTTP/1.1\r\nHo".to_vec(),
+            "408",
+            "request_timeout",
+        ),
+    ];
+    for (case, head, status, code) in cases {
+        let answer = exchange(&head);
+        let start = answer.rfind("HTTP/1.1 4").expect("an error answer");
+        if case == "after a good request" {
+            let earlier = &answer[..start];
+            assert!(
+                earlier.starts_with("HTTP/1.1 200 OK\r\n"),
+                "{case}: {answer}"
+            );
+            assert!(earlier.ends_with(r#"{"status":"ok"}"#), "{case}: {answer}");
+        } else {
+            assert_eq!(start, 0, "{case}: {answer}");
+        }
+        let (top, body) = answer[start..].split_once("\r\n\r\n").expect("a head");
+        assert!(
+            top.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{case}: {top}"
+        );
+        assert!(
+            top.contains("\r\ncontent-type: application/json\r\n"),
+            "{case}: {top}"
+        );
+        assert!(
+            top.contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+            "{case}: {top}"
+        );
+        let error: Value = serde_json::from_str(body).expect("a JSON body");
+        assert_eq!(error["error"]["code"], code, "{case}: {body}");
+    }
+    // The connection still serves after all that.
+    assert_eq!(app.get("/healthz").status, 200);
+}
+
 #[test]
 fn stalled_and_idle_clients_do_not_stop_others_from_being_served() {
     let app = TestApp::spawn("");
@@ -602,7 +678,9 @@ fn stalled_and_idle_clients_do_not_stop_others_from_being_served() {
     // The stalled ones are answered and closed by the server's deadlines.
     let head_answer = read_to_close(&mut stalled_head);
     assert!(
-        head_answer.is_empty() || head_answer.starts_with("HTTP/1.1 408"),
+        head_answer.is_empty()
+            || head_answer.starts_with("HTTP/1.1 408")
+                && head_answer.contains(r#""code":"request_timeout""#),
         "{head_answer}"
     );
     let body_answer = read_to_close(&mut stalled_body);
