@@ -427,6 +427,19 @@ fn signed_webhooks_are_taken_and_every_bad_signature_is_refused() {
     ] {
         assert_eq!(response.error_code(401), "invalid_signature", "{why}");
     }
+    // A body that is not UTF-8, correctly signed: refused as the JSON it is not, not as
+    // a bad signature (the library signs text only).
+    let not_text = b"{\"from\":\"\xff\"}";
+    let signature = standard_webhooks_signature(WEBHOOK_SECRET, "msg_3", now, not_text);
+    let timestamp = now.to_string();
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("webhook-id", "msg_3"),
+        ("webhook-timestamp", timestamp.as_str()),
+        ("webhook-signature", signature.as_str()),
+    ];
+    let refused = app.request("POST", "/api/webhooks/sms", &headers, Some(not_text));
+    assert_eq!(refused.error_code(400), "invalid_json", "{}", refused.text);
     let unsigned = app.post("/api/webhooks/email", &sample_email_webhook());
     assert_eq!(unsigned.error_code(401), "invalid_signature");
     assert_eq!(
