@@ -31,6 +31,16 @@ fn alert_rules_and_prometheus_config_pass_promtool() {
     }
     let rules = format!("{ROOT}/monitoring/alerts.yml");
     assert!(run("promtool", &["check", "rules", &rules]).contains("SUCCESS: 3 rules found"));
+    // The rules' own unit tests: a breaker that keeps probing (open, half-open, open ...)
+    // pages; one that recovered does not.
+    run(
+        "promtool",
+        &[
+            "test",
+            "rules",
+            &format!("{ROOT}/monitoring/alerts.test.yml"),
+        ],
+    );
     run(
         "promtool",
         &[
