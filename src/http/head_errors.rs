@@ -9,8 +9,9 @@
 //! bytes it hands the socket always end where its buffer ends, and the parser's answer is
 //! always the last thing on the connection: it is found as the buffer's tail, with no
 //! parsing of the answers before it. Nothing else can end that way: every body this
-//! service writes is JSON (which escapes line breaks), Prometheus text or fixed TwiML, and
-//! every answer of its own carries a `Content-Type`, which the parser's never do.
+//! service writes is JSON (which escapes line breaks), Prometheus text or fixed TwiML,
+//! every 400, 408 and 431 of its own carries a JSON body and its `Content-Type`, and its
+//! empty answers are 200s and 500s.
 
 use std::io;
 use std::pin::Pin;
@@ -41,11 +42,17 @@ impl JsonHeadErrors {
     }
 }
 
-/// The parser's answers are a status line and these headers, nothing more.
-const PARSER_HEADERS: [&[u8]; 3] = [b"content-length: 0", b"connection: close", b"date: "];
+/// The parser's answers are a status line and these headers, nothing more (after an
+/// HTTP/1.0 request that asked to keep its connection, `connection: keep-alive`).
+const PARSER_HEADERS: [&[u8]; 4] = [
+    b"content-length: 0",
+    b"connection: close",
+    b"connection: keep-alive",
+    b"date: ",
+];
 
 /// How far back from the end of a write the parser's answer can start: a status line and
-/// the three headers above.
+/// the headers above.
 const LONGEST_PARSER_HEAD: usize = 192;
 
 /// If `written` ends with an answer of actix-http's parser: where that answer starts, and
@@ -62,8 +69,9 @@ pub fn replacement(written: &[u8]) -> Option<(usize, Vec<u8>)> {
     let (code, message) = match status_line.get(8..13)? {
         b" 400 " => (
             "malformed_request",
-            "the request head could not be parsed (a control character in a header \
-             value, a bad request line or framing headers)",
+            "the request could not be parsed as HTTP/1.1: a control character in a \
+             header value, a bad request line, conflicting framing headers or a \
+             malformed chunked body",
         ),
         b" 408 " => (
             "request_timeout",
@@ -213,6 +221,14 @@ mod tests {
                 .as_str()
                 .is_some_and(|m| !m.is_empty()));
         }
+    }
+
+    #[test]
+    fn an_http_1_0_keep_alive_answer_is_replaced_too() {
+        let head = "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: keep-alive\r\ndate: x\r\n\r\n";
+        let (_, text) = answer(head.as_bytes()).expect("replaced");
+        assert!(text.contains("\r\nconnection: keep-alive\r\n"), "{text}");
+        assert!(text.ends_with("\"}}"), "{text}");
     }
 
     #[test]

@@ -651,7 +651,7 @@ fn the_http_parsers_own_refusals_carry_the_error_body() {
         let error: Value = serde_json::from_str(body).expect("a JSON body");
         assert_eq!(error["error"]["code"], code, "{case}: {body}");
     }
-    // The connection still serves after all that.
+    // The service still serves after all that.
     assert_eq!(app.get("/healthz").status, 200);
 }
 
