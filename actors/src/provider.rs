@@ -979,10 +979,22 @@ impl Supervised for ProviderActor {
             .partition(|parked| parked.due.is_some_and(|due| due > now));
         warn!(self.log, "provider restarted";
             "requeued" => in_flight.len(), "still_waiting" => waiting.len());
+        let before = self.breaker.state();
         self.breaker = Breaker::new(self.config.breaker, Instant::now());
         // An operator's forced state outlives a restart; the breaker's own does not.
         if self.applied_override != Override::Closed {
             self.breaker.force(self.applied_override, Instant::now());
+        }
+        // A breaker the restart closed has made a transition like any other (CONTRACT
+        // 4.4: every one is counted and logged once); `started` sets the gauge.
+        let after = self.breaker.state();
+        if after != before {
+            let (from, to) = (before.as_str(), after.as_str());
+            self.metrics
+                .breaker_transitions
+                .with_label_values(&[self.config.name.as_str(), from, to])
+                .inc();
+            warn!(self.log, "breaker transition"; "from" => from, "to" => to);
         }
         self.breaker_timer = None;
         self.outcomes = OutcomeStream::new(self.config.seed, self.config.odds);
@@ -1008,6 +1020,28 @@ impl Supervised for ProviderActor {
 }
 
 impl ProviderActor {
+    /// A message held here, claimed back after another instance held it: that instance
+    /// may have made attempts meanwhile, and the claim's count of them is the one to go
+    /// on (a real provider would otherwise find its next attempt already made and drop
+    /// the message until its lease lapsed). The held copy keeps its place and its time.
+    fn catch_up(&mut self, claimed: &Dispatch) {
+        let waiting = self
+            .parked
+            .values_mut()
+            .filter(|parked| parked.due.is_some())
+            .map(|parked| &mut parked.job);
+        let queued = self
+            .ready
+            .iter_mut()
+            .chain(self.paced.values_mut().flatten());
+        for job in waiting.chain(queued) {
+            if job.message_id == claimed.message_id && job.attempts_made < claimed.attempts_made {
+                job.attempts_made = claimed.attempts_made;
+                job.retry_base = claimed.retry_base;
+            }
+        }
+    }
+
     /// Takes one message in: held for its due time, or ready for the next `pump`
     /// (answers whether it is ready).
     fn take_in(&mut self, msg: Dispatch, ctx: &mut Context<Self>) -> bool {
@@ -1025,8 +1059,8 @@ impl ProviderActor {
             // instance: a takeover an earlier renewal found (by an instance that has
             // since stopped and handed it back) no longer stands, or the message would be
             // dropped at its turn, unsent until this lease lapsed too.
-            if !stale {
-                self.superseded.remove(&msg.message_id);
+            if !stale && self.superseded.remove(&msg.message_id) {
+                self.catch_up(&msg);
             }
             self.backlog.release();
             return false;
@@ -1277,6 +1311,65 @@ mod tests {
                 async { panic!("injected fault in a request") },
                 ctx,
             );
+        }
+    }
+
+    /// The attempts made, as this provider counts them, of each copy of a message it
+    /// holds waiting or queued.
+    #[derive(Message)]
+    #[rtype(result = "Vec<u32>")]
+    struct HeldAttempts(i64);
+
+    impl Handler<HeldAttempts> for ProviderActor {
+        type Result = Vec<u32>;
+
+        fn handle(&mut self, HeldAttempts(id): HeldAttempts, _: &mut Self::Context) -> Vec<u32> {
+            let parked = self.parked.values().map(|parked| parked.job);
+            let queued = self
+                .ready
+                .iter()
+                .chain(self.paced.values().flatten())
+                .copied();
+            parked
+                .chain(queued)
+                .filter(|job| job.message_id == id)
+                .map(|job| job.attempts_made)
+                .collect()
+        }
+    }
+
+    /// Trips the breaker as failed calls would, through the same transition path.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct TripBreaker;
+
+    impl Handler<TripBreaker> for ProviderActor {
+        type Result = ();
+
+        fn handle(&mut self, _: TripBreaker, ctx: &mut Self::Context) {
+            while self.breaker.state() == BreakerState::Closed {
+                let (permit, _) = self.breaker.try_acquire(Instant::now());
+                let permit = permit.expect("a closed breaker admits");
+                if let Some(transition) =
+                    self.breaker
+                        .record(permit, CallResult::Failure, Instant::now())
+                {
+                    self.on_transition(transition, ctx);
+                }
+            }
+        }
+    }
+
+    /// Stops the actor as its panic guard does, so that its supervisor restarts it.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Crash;
+
+    impl Handler<Crash> for ProviderActor {
+        type Result = ();
+
+        fn handle(&mut self, _: Crash, ctx: &mut Self::Context) {
+            ctx.stop();
         }
     }
 
@@ -1656,6 +1749,32 @@ mod tests {
             .expect("the actor answers"));
     }
 
+    /// A restart gives the provider a fresh, closed breaker: from an open one, that is a
+    /// transition, counted as every other one is.
+    #[actix::test]
+    async fn a_restart_that_closes_an_open_breaker_counts_the_transition() {
+        let (_dir, _, store) = sqlite_store();
+        let metrics = sms_metrics();
+        let backlog = Arc::new(Backlog::new(10));
+        let addr = supervised(config(), &store, &metrics, &backlog);
+        let count = |from: &str, to: &str| {
+            metrics
+                .breaker_transitions
+                .with_label_values(&["sms-mms", from, to])
+                .get()
+        };
+        addr.send(TripBreaker).await.expect("the actor answers");
+        assert_eq!(count("closed", "open"), 1);
+        addr.send(Crash).await.expect("the actor answers");
+        poll_until("the restarted provider's breaker closed", async || {
+            addr.send(GetProviderStatus)
+                .await
+                .is_ok_and(|status| status.breaker_state == BreakerState::Closed)
+        })
+        .await;
+        assert_eq!(count("open", "closed"), 1, "the restart's transition");
+    }
+
     /// A renewal found the message taken over while it waited here; the other instance
     /// then stopped and handed it back, and this one's sweep claimed it again. That claim
     /// makes the lease this instance's: the message is no longer counted as taken over.
@@ -1684,10 +1803,21 @@ mod tests {
             .expect("the actor answers");
         assert!(addr.send(IsSuperseded(id)).await.expect("answers"));
 
+        // The other instance made two attempts meanwhile.
         backlog.add(1);
-        addr.send(later).await.expect("the actor answers");
+        addr.send(Dispatch {
+            attempts_made: 2,
+            ..later
+        })
+        .await
+        .expect("the actor answers");
         assert!(!addr.send(IsSuperseded(id)).await.expect("answers"));
         assert_eq!(backlog.pending(), 1, "the second copy's slot went back");
+        assert_eq!(
+            addr.send(HeldAttempts(id)).await.expect("answers"),
+            vec![2],
+            "the held copy goes on from the claim's count"
+        );
     }
 
     /// A panic in a request's future, which no handler's guard runs, restarts the actor
