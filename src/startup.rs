@@ -149,6 +149,7 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
     // which then stops at once, gracefully; uncaught, it killed the process (exit 143).
     let signals = StopSignals::listen();
     let _one_process = lock_sqlite_file(&settings.database.url)?;
+    raise_open_file_limit(&log);
     let timeout = Duration::from_millis(settings.database.timeout_ms);
     let pool = store::open(
         &settings.database.url,
@@ -375,6 +376,24 @@ fn first_address(bind: &str) -> anyhow::Result<std::net::SocketAddr> {
     match last_error {
         Some(e) => Err(e).with_context(|| format!("binding {bind}")),
         None => anyhow::bail!("{bind} resolves to no address"),
+    }
+}
+
+/// Raises the soft limit of open files to the hard one. The connection watch holds a
+/// second descriptor of each connection's socket (see `http::connections`), so the soft
+/// limit most systems start a process with (1,024) would run out at about 500 connections;
+/// the soft limit is the process's own to raise, up to the hard limit the operator set, as
+/// Go's runtime does for every program.
+fn raise_open_file_limit(log: &Logger) {
+    let soft = rlimit::Resource::NOFILE.get().map(|(soft, _)| soft);
+    match (soft, rlimit::increase_nofile_limit(u64::MAX)) {
+        (Ok(from), Ok(to)) if to > from => {
+            info!(log, "open file limit raised"; "from" => from, "to" => to);
+        }
+        (Ok(_), Ok(_)) => {}
+        (Err(e), _) | (_, Err(e)) => {
+            warn!(log, "could not raise the open file limit"; "error" => e.to_string());
+        }
     }
 }
 

@@ -437,3 +437,32 @@ fn a_second_process_on_one_sqlite_file_is_refused_and_the_first_goes_on() {
     let again = TestApp::spawn_with_url(dir, &url, "");
     assert_eq!(again.message(id)["status"], "sent");
 }
+
+/// The connection watch holds two descriptors per connection: a service started with a
+/// small soft limit of open files raises it to its hard limit, and says so once.
+#[test]
+fn a_small_open_file_limit_is_raised_to_the_hard_limit_at_start() {
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).expect("read the limit");
+    if hard <= 256 {
+        skipped(
+            "a_small_open_file_limit_is_raised...",
+            "the hard limit of open files is 256 or less",
+        );
+        return;
+    }
+    let app = TestApp::spawn_with_open_files("", 256);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", app.pid())).expect("limits");
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("the open files line")
+        .split_whitespace()
+        .collect();
+    // "Max open files  SOFT  HARD  files"
+    assert_eq!(open_files[3], open_files[4], "{limits}");
+    assert_eq!(open_files[4], hard.to_string(), "{limits}");
+    let raised = app.logs_with("open file limit raised");
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(raised[0]["from"], 256);
+    assert_eq!(raised[0]["to"], hard);
+}

@@ -96,12 +96,12 @@ impl TestApp {
 
     /// `spawn_on` with `env` in the server's environment (a real provider's secrets).
     pub fn spawn_on_with_env(db: &PgDatabase, settings: &str, env: &[(&str, &str)]) -> TestApp {
-        TestApp::launch(Arc::new(TestDir::new()), &db.url(), settings, env)
+        TestApp::launch(Arc::new(TestDir::new()), &db.url(), settings, env, None)
     }
 
     /// A server on the database `url`, its settings file in `dir`.
     pub fn spawn_with_url(dir: Arc<TestDir>, url: &str, settings: &str) -> TestApp {
-        TestApp::launch(dir, url, settings, &[])
+        TestApp::launch(dir, url, settings, &[], None)
     }
 
     /// A fresh server with `env` in its environment (the secrets real providers read).
@@ -112,13 +112,38 @@ impl TestApp {
     /// `spawn_with_env` on the database of `dir` (for restarts on the same data).
     pub fn spawn_in_with_env(dir: Arc<TestDir>, settings: &str, env: &[(&str, &str)]) -> TestApp {
         let url = dir.database_url();
-        TestApp::launch(dir, &url, settings, env)
+        TestApp::launch(dir, &url, settings, env, None)
     }
 
-    fn launch(dir: Arc<TestDir>, url: &str, settings: &str, env: &[(&str, &str)]) -> TestApp {
+    /// A fresh server started with a soft limit of `open_files` open files (its hard limit
+    /// the test's own).
+    pub fn spawn_with_open_files(settings: &str, open_files: u64) -> TestApp {
+        let dir = Arc::new(TestDir::new());
+        let url = dir.database_url();
+        TestApp::launch(dir, &url, settings, &[], Some(open_files))
+    }
+
+    fn launch(
+        dir: Arc<TestDir>,
+        url: &str,
+        settings: &str,
+        env: &[(&str, &str)],
+        open_files: Option<u64>,
+    ) -> TestApp {
         let config = dir.path().join("settings.toml");
         std::fs::write(&config, settings).expect("write settings");
-        let mut command = Command::new(BIN);
+        // `prlimit` (util-linux) sets the limit on itself and then runs the service in its
+        // place, so the child's pid is the service's.
+        let mut command = match open_files {
+            Some(soft) => {
+                let (_, hard) =
+                    rlimit::getrlimit(rlimit::Resource::NOFILE).expect("read the limit");
+                let mut command = Command::new("prlimit");
+                command.arg(format!("--nofile={soft}:{hard}")).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
         command.envs(env.iter().copied());
         if !settings.contains("lease_ms") {
             // Short leases, so that a restart after a kill takes the work over quickly on
