@@ -5,7 +5,7 @@
 //! `wire.rs` turns the object into a typed request. Twilio's webhooks read a form the
 //! same way.
 
-use actix_web::{web, HttpMessage as _, HttpRequest};
+use actix_web::{web, HttpRequest};
 use futures_util::StreamExt as _;
 use serde_json::{Map, Value};
 
@@ -14,14 +14,27 @@ use super::error::ApiError;
 /// How long a client may take to send its whole body.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The media type a request's `Content-Type` names, without its parameters, lowercased.
+/// RFC 9110 (8.3.1) allows whitespace and empty parameters around each `;`
+/// (`application/json ; charset=utf-8`, `application/json;;`), which the `mime` parser
+/// behind `HttpRequest::mime_type` refuses; the parameters change nothing here (JSON is
+/// UTF-8, a form is what Twilio sends).
+fn media_type(req: &HttpRequest) -> Option<String> {
+    let value = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)?
+        .to_str()
+        .ok()?;
+    let essence = value.split(';').next()?.trim_matches([' ', '\t']);
+    Some(essence.to_ascii_lowercase())
+}
+
 fn is_json_content_type(req: &HttpRequest) -> bool {
-    matches!(req.mime_type(), Ok(Some(mime))
-        if mime.type_() == "application" && mime.subtype() == "json" && mime.suffix().is_none())
+    media_type(req).is_some_and(|media| media == "application/json")
 }
 
 fn is_form_content_type(req: &HttpRequest) -> bool {
-    matches!(req.mime_type(), Ok(Some(mime))
-        if mime.type_() == "application" && mime.subtype() == "x-www-form-urlencoded")
+    media_type(req).is_some_and(|media| media == "application/x-www-form-urlencoded")
 }
 
 /// The body of a POST that needs none (a one-message retry): no body at all is fine, and
@@ -124,12 +137,47 @@ async fn read_limited(
 /// A JSON object, or `invalid_json`.
 pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
+        // CONTRACT 12: a NUL character in any field is refused, in a field the request
+        // does not read as in one it does (named as the typed parse names a field).
+        Ok(Value::Object(map)) => match nul_in(&map, "") {
+            Some(field) => Err(ApiError::validation(
+                &field,
+                "must not contain a NUL character",
+            )),
+            None => Ok(map),
+        },
         Ok(_) => Err(ApiError::InvalidJson(
             "the body must be a JSON object".into(),
         )),
         Err(e) => Err(ApiError::InvalidJson(format!(
             "the body is not valid JSON: {e}"
         ))),
+    }
+}
+
+/// The path of the first name or text in `object` that holds a NUL character.
+fn nul_in(object: &Map<String, Value>, path: &str) -> Option<String> {
+    object.iter().find_map(|(name, value)| {
+        let path = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}.{name}")
+        };
+        if name.contains('\0') {
+            return Some(path);
+        }
+        nul_in_value(value, path)
+    })
+}
+
+fn nul_in_value(value: &Value, path: String) -> Option<String> {
+    match value {
+        Value::String(text) => text.contains('\0').then_some(path),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_in_value(item, format!("{path}[{i}]"))),
+        Value::Object(object) => nul_in(object, &path),
+        _ => None,
     }
 }

@@ -364,6 +364,27 @@ fn every_invalid_field_gets_a_400_naming_it_and_nothing_is_stored() {
         let response = app.request("POST", "/api/messages/sms", &json, Some(raw.as_bytes()));
         assert_eq!(response.error_code(400), "invalid_json", "{raw:?}");
     }
+    // CONTRACT 12: a NUL in any field, those the API does not read included, named as
+    // the typed fields are.
+    for (extra, field) in [
+        (json!({"meta": "a\u{0}b"}), "meta"),
+        (json!({"meta": {"tags": ["x", "\u{0}"]}}), "meta.tags[1]"),
+        (json!({"me\u{0}ta": 1}), "me\u{0}ta"),
+    ] {
+        let mut body = sms.clone();
+        for (name, value) in extra.as_object().expect("an object") {
+            body[name] = value.clone();
+        }
+        let response = app.post("/api/messages/sms", &body);
+        assert_eq!(response.error_code(400), "validation_failed", "{extra}");
+        assert_eq!(response.json()["error"]["field"], field, "{extra}");
+    }
+    let in_body = app.post(
+        "/api/messages/sms",
+        &set(sms.clone(), "body", json!("a\u{0}")),
+    );
+    assert_eq!(in_body.error_code(400), "validation_failed");
+    assert_eq!(in_body.json()["error"]["field"], "body");
 
     let conversations = app.get("/api/conversations").json();
     assert_eq!(conversations["meta"]["total"], 0, "nothing may be stored");
@@ -619,6 +640,9 @@ fn content_negotiation_and_size_errors_use_the_contract_codes() {
         None,
         Some("text/plain"),
         Some("application/x-www-form-urlencoded"),
+        Some("application/jsonx"),
+        Some("application/problem+json"),
+        Some("application json"),
     ] {
         let headers: Vec<(&str, &str)> = content_type
             .map(|t| ("Content-Type", t))
@@ -631,20 +655,33 @@ fn content_negotiation_and_size_errors_use_the_contract_codes() {
             "{content_type:?}"
         );
     }
-    let charset = app.request(
-        "POST",
-        "/api/messages/sms",
-        &[("Content-Type", "application/json; charset=utf-8")],
-        Some(body.as_bytes()),
-    );
-    assert_eq!(charset.status, 202, "{}", charset.text);
+    // RFC 9110's media type: any case, parameters after `;` with whitespace around it
+    // (or none at all).
+    let json_types = [
+        "application/json; charset=utf-8",
+        "Application/JSON;charset=UTF-8",
+        "application/json ; charset=utf-8",
+        "application/json\t;\tcharset=utf-8",
+        "application/json;",
+        "application/json;;",
+    ];
+    for content_type in json_types {
+        let taken = app.request(
+            "POST",
+            "/api/messages/sms",
+            &[("Content-Type", content_type)],
+            Some(body.as_bytes()),
+        );
+        assert_eq!(taken.status, 202, "{content_type:?}: {}", taken.text);
+    }
 
     let large = set(sample_sms(), "body", json!("x".repeat(2000)));
     let too_large = app.post("/api/messages/sms", &large);
     assert_eq!(too_large.error_code(413), "payload_too_large");
     assert_eq!(
         app.get("/api/conversations/1/messages").json()["meta"]["total"],
-        1
+        json_types.len(),
+        "one message for each JSON media type, none for the rest"
     );
 }
 
