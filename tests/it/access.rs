@@ -570,10 +570,13 @@ fn a_forced_open_breaker_holds_messages_until_closed_and_disabled_records_nothin
     let app = TestApp::spawn(&keyed_settings(
         "[providers.email]\nseed = 7\nerror_pct = 100.0\n[providers.email.breaker]\nminimum_calls = 2\nwindow_size = 2\n",
     ));
-    assert_eq!(
-        force(&app, "nobody", "forced_open").error_code(404),
-        "not_found"
-    );
+    for state in ["forced_open", "sideways"] {
+        assert_eq!(
+            force(&app, "nobody", state).error_code(404),
+            "not_found",
+            "an unknown provider, asked for {state}"
+        );
+    }
     assert_eq!(
         force(&app, "sms-mms", "sideways").error_code(400),
         "validation_failed"
