@@ -71,9 +71,14 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     ));
     // A schema-valid request may rightly get 422: schemathesis reuses short
     // Idempotency-Keys with other bodies, which the contract answers idempotency_conflict.
+    // No NUL in what it generates: CONTRACT 12 refuses one in any field, those the API
+    // does not read included, and no JSON Schema can say that of fields it does not name
+    // (`additionalProperties` stays open: unknown fields are otherwise ignored).
     std::fs::write(
         app.dir.path().join("schemathesis.toml"),
-        "[checks.positive_data_acceptance]\n\
+        "[generation]\n\
+         allow-x00 = false\n\
+         [checks.positive_data_acceptance]\n\
          expected-statuses = [\"2xx\", \"401\", \"403\", \"404\", \"409\", \"422\", \"429\", \"5xx\"]\n",
     )
     .expect("write schemathesis.toml");
