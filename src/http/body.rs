@@ -1,7 +1,8 @@
 //! Reading a request body as the contract wants it: JSON content type (else 415), at
 //! most `server.max_body_bytes` (else 413, checked before and while reading), within
-//! 10 s (else 408 `request_timeout`), a JSON object (else 400 `invalid_json`); a POST
-//! that needs no body is held to the same when it carries one.
+//! 10 s (else 408 `request_timeout`), a JSON object (else 400 `invalid_json`) with no NUL
+//! in any name or text (else 400 `validation_failed`); a POST that needs no body is held
+//! to the same when it carries one.
 //! `wire.rs` turns the object into a typed request. Twilio's webhooks read a form the
 //! same way.
 
@@ -134,7 +135,7 @@ async fn read_limited(
     Ok(body)
 }
 
-/// A JSON object, or `invalid_json`.
+/// A JSON object, or `invalid_json`; `validation_failed` for a NUL anywhere in it.
 pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         // CONTRACT 12: a NUL character in any field is refused, in a field the request
