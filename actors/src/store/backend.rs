@@ -160,6 +160,16 @@ impl DbPool {
         self.writers
     }
 
+    /// Whether every connection the pool manages is back in it: none held, and none
+    /// being opened by r2d2's own threads (for a caller that stopped waiting for it).
+    pub fn is_settled(&self) -> bool {
+        let state = match &self.pools {
+            Pools::Sqlite(pool) => pool.state(),
+            Pools::Postgres(pool) => pool.state(),
+        };
+        state.connections == state.idle_connections
+    }
+
     pub fn get(&self) -> Result<DbConn, StoreError> {
         match &self.pools {
             Pools::Sqlite(pool) => pool.get().map(DbConn::Sqlite).map_err(unavailable),
