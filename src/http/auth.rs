@@ -133,24 +133,20 @@ impl Auth {
                     .map(|rate| RateLimiter::direct(Quota::per_minute(rate))),
             })
             .collect();
-        let webhook = settings
-            .webhooks
-            .secret
-            .as_ref()
-            .and_then(|secret| standardwebhooks::Webhook::new(secret.expose()).ok());
-        let webhook_key = settings
-            .webhooks
-            .secret
-            .as_ref()
-            .and_then(|secret| {
-                use base64::Engine as _;
-                let encoded = secret.expose();
-                let encoded = encoded.strip_prefix("whsec_").unwrap_or(encoded);
-                base64::engine::general_purpose::STANDARD
-                    .decode(encoded)
-                    .ok()
-            })
-            .unwrap_or_default();
+        // Decoded once, as `standardwebhooks::Webhook::new` decodes it: the library's
+        // check and `signs_bytes` use the same key.
+        let webhook_key = settings.webhooks.secret.as_ref().and_then(|secret| {
+            use base64::Engine as _;
+            let encoded = secret.expose();
+            let encoded = encoded.strip_prefix("whsec_").unwrap_or(encoded);
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()
+        });
+        let webhook = webhook_key
+            .clone()
+            .and_then(|key| standardwebhooks::Webhook::from_bytes(key).ok());
+        let webhook_key = webhook_key.unwrap_or_default();
         let failures = IntCounterVec::new(
             Opts::new(
                 "messaging_auth_failures_total",
