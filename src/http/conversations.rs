@@ -5,10 +5,16 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use messaging_actors::store::PageRequest;
 
-use super::budget::BudgetedBody;
+use futures_util::TryFutureExt;
+
+use super::budget::{read_within, BudgetedBody};
 use super::error::ApiError;
 use super::wire::{AuthErrors, ConversationPage, MessagePage, PageMeta, PageQuery, ReadErrors};
 use super::{parse_id, store_unavailable, AppState};
+
+/// Bytes of body and attachments a page's first room counts on per message; a page that
+/// holds more reads again with room for what it holds (see budget.rs).
+const PAGE_GUESS_PER_MESSAGE: i64 = 1024;
 
 fn page_request(req: &HttpRequest) -> Result<PageRequest, ApiError> {
     PageQuery::from_query(req.query_string()).map(Into::into)
@@ -75,23 +81,15 @@ pub async fn list_conversation_messages(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id, "conversation")?;
     let request = page_request(&req)?;
-    // Room for the page before it is read: see budget.rs.
-    let estimate = state
-        .store
-        .page_bytes(id, request)
-        .await
-        .map_err(|e| store_unavailable(&state.log, e))?;
-    let permit = state
-        .read_budget
-        .reserve(estimate)
-        .await
-        .map_err(|_| ApiError::ReadsBusy)?;
-    let page = state
-        .store
-        .list_conversation_messages(id, request)
-        .await
-        .map_err(|e| store_unavailable(&state.log, e))?
-        .ok_or_else(|| ApiError::NotFound(format!("conversation {id}")))?;
+    let guess = i64::from(request.page_size) * PAGE_GUESS_PER_MESSAGE;
+    let (page, room) = read_within(&state.read_budget, guess, |fits, room| {
+        state
+            .store
+            .list_conversation_messages(id, request, fits, room)
+            .map_err(|e| store_unavailable(&state.log, e))
+    })
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("conversation {id}")))?;
     let body = serde_json::to_vec(&MessagePage {
         meta: meta(request, page.total),
         items: page.items,
@@ -99,5 +97,5 @@ pub async fn list_conversation_messages(
     .map_err(|_| ApiError::NotReady)?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(BudgetedBody::new(body, permit)))
+        .body(BudgetedBody::new(body, room)))
 }

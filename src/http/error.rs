@@ -47,6 +47,12 @@ pub enum ApiError {
     NotRetryable { status: String },
 }
 
+impl From<super::budget::Busy> for ApiError {
+    fn from(_: super::budget::Busy) -> Self {
+        ApiError::ReadsBusy
+    }
+}
+
 impl ApiError {
     pub fn validation(field: &str, message: impl Into<String>) -> Self {
         ApiError::Validation {

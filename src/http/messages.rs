@@ -3,6 +3,7 @@
 //! storage) is the `RouterActor`'s.
 
 use super::body::{read_object, read_optional_object};
+use super::budget::{read_within, BudgetedBody, Room};
 use super::error::ApiError;
 use super::wire::{
     parse, AcceptedBody, AuthErrors, BodyErrors, DeliveryFields, EmailRequest, ErrorBody,
@@ -12,6 +13,7 @@ use super::wire::{
 use super::{actor_unavailable, parse_id, store_unavailable, AppState};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::TryFutureExt;
 use messaging_actors::domain::{Direction, IdempotencyKey, MessageContent};
 use messaging_actors::router::{AcceptOutbound, RequeueFailed, RouteError};
 use messaging_actors::store::{RequeueTarget, Requeued};
@@ -156,22 +158,43 @@ pub async fn get_message(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id, "message")?;
-    Ok(HttpResponse::Ok().json(message_detail(&state, id).await?))
+    detail_answer(HttpResponse::Ok(), &state, id).await
 }
 
-/// The message as `GET /api/messages/{id}` shows it.
-async fn message_detail(state: &AppState, id: i64) -> Result<MessageDetail, ApiError> {
-    let (message, attempts, callbacks) = state
-        .store
-        .get_message_detail(id)
-        .await
-        .map_err(|e| store_unavailable(&state.log, e))?
+/// Bytes of body and attachments a message's first room counts on; a larger one reads
+/// again with room for what it holds (see budget.rs).
+const DETAIL_GUESS: i64 = 16 * 1024;
+
+/// The message as `GET /api/messages/{id}` shows it, within room from the read budget.
+async fn message_detail(state: &AppState, id: i64) -> Result<(MessageDetail, Room), ApiError> {
+    let ((message, attempts, callbacks), room) =
+        read_within(&state.read_budget, DETAIL_GUESS, |fits, room| {
+            state
+                .store
+                .get_message_detail(id, fits, room)
+                .map_err(|e| store_unavailable(&state.log, e))
+        })
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("message {id}")))?;
-    Ok(MessageDetail {
+    let detail = MessageDetail {
         message,
         attempts,
         callbacks,
-    })
+    };
+    Ok((detail, room))
+}
+
+/// `message_detail` as an answer's body, which keeps its room until it is written out.
+async fn detail_answer(
+    mut answer: actix_web::HttpResponseBuilder,
+    state: &AppState,
+    id: i64,
+) -> Result<HttpResponse, ApiError> {
+    let (detail, room) = message_detail(state, id).await?;
+    let body = serde_json::to_vec(&detail).map_err(|_| ApiError::NotReady)?;
+    Ok(answer
+        .content_type("application/json")
+        .body(BudgetedBody::new(body, room)))
 }
 
 #[utoipa::path(
@@ -201,11 +224,11 @@ pub async fn retry_message(
     let id = parse_id(&id, "message")?;
     match requeue(&state, RequeueTarget::One(id)).await? {
         Requeued::Messages(_) | Requeued::Many(_) => {
-            Ok(HttpResponse::Accepted().json(message_detail(&state, id).await?))
+            detail_answer(HttpResponse::Accepted(), &state, id).await
         }
         Requeued::NotFound => Err(ApiError::NotFound(format!("message {id}"))),
         Requeued::NotRetryable => {
-            let status = message_detail(&state, id).await?.message.status;
+            let status = message_detail(&state, id).await?.0.message.status;
             Err(ApiError::NotRetryable { status })
         }
     }

@@ -251,10 +251,12 @@ pub async fn observe(
     Ok(response.map_body(|_, body| connections::WatchedBody::new(body, under_way)))
 }
 
-/// Ids are positive integers; anything else names nothing, so it is a 404.
+/// Ids are positive integers written in digits; anything else names nothing, so it is a
+/// 404 (Rust's parser alone would also take `+1`).
 fn parse_id(raw: &str, what: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
+    Some(raw)
+        .filter(|raw| raw.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|raw| raw.parse::<i64>().ok())
         .filter(|id| *id >= 1)
         .ok_or_else(|| ApiError::NotFound(format!("{what} {raw}")))
 }

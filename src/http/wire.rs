@@ -107,9 +107,10 @@ impl PageQuery {
         let number = |name: &str, default: u32, max: u32| -> Result<u32, ApiError> {
             match pairs.iter().rev().find(|(k, _)| k == name) {
                 None => Ok(default),
-                Some((_, raw)) => raw
-                    .parse::<u32>()
-                    .ok()
+                // Digits only: Rust's parser alone would also take `+2`.
+                Some((_, raw)) => Some(raw)
+                    .filter(|raw| raw.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|raw| raw.parse::<u32>().ok())
                     .filter(|n| (1..=max).contains(n))
                     .ok_or_else(|| {
                         ApiError::validation(name, format!("must be an integer from 1 to {max}"))

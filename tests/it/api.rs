@@ -566,6 +566,7 @@ fn listings_page_with_items_and_meta() {
         ("page=0", "page"),
         ("page=abc", "page"),
         ("page=-1", "page"),
+        ("page=%2B2", "page"),
     ] {
         let response = app.get(&format!("/api/conversations?{query}"));
         assert_eq!(response.error_code(400), "validation_failed", "{query}");
@@ -576,10 +577,17 @@ fn listings_page_with_items_and_meta() {
 #[test]
 fn unknown_ids_and_routes_are_json_404s_and_wrong_methods_json_405s() {
     let app = TestApp::spawn("");
+    app.accept("/api/messages/sms", &sample_sms());
+    assert_eq!(app.get("/api/messages/1").status, 200);
+    assert_eq!(app.get("/api/conversations/1/messages").status, 200);
     for path in [
         "/api/messages/999",
         "/api/messages/abc",
         "/api/messages/0",
+        // Message 1 and conversation 1 exist: an id is written in digits only.
+        "/api/messages/+1",
+        "/api/messages/%2B1",
+        "/api/conversations/+1/messages",
         "/api/conversations/999/messages",
         "/api/conversations/x/messages",
         "/api/nothing-here",
@@ -692,6 +700,10 @@ fn a_channel_without_a_provider_answers_500_logs_once_and_stores_the_message_fai
     assert_eq!(warnings.len(), 1, "one warning at start");
     assert_eq!(warnings[0]["channel"], "email");
     assert_eq!(warnings[0]["provider"], "postmark");
+    // And the provider `email` is left serving nothing: likely a slip, so said too.
+    let idle = app.logs_with("provider serves no channel");
+    assert_eq!(idle.len(), 1, "{idle:?}");
+    assert_eq!(idle[0]["provider"], "email");
 
     let response = app.post("/api/messages/email", &sample_email());
     assert_eq!(response.error_code(500), "no_provider");

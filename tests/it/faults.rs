@@ -302,6 +302,54 @@ fn forty_readers_of_pages_of_large_messages_stay_within_the_read_budget() {
 }
 
 #[test]
+fn small_reads_do_not_wait_behind_a_large_page_waiting_for_room() {
+    // A 25 MB page, four times over, is more than the large answers' whole room.
+    let app = TestApp::spawn("[providers.sms-mms]\nseed = 42\n");
+    let large = "x".repeat(250_000);
+    for n in 0..100 {
+        let mut body = sms(0);
+        body["body"] = json!(format!("{n:03}{large}"));
+        app.accept("/api/messages/sms", &body);
+    }
+    let small = app.accept("/api/messages/sms", &sms(1));
+    let small_conversation = app.get(&format!("/api/messages/{small}")).json()["conversation_id"]
+        .as_i64()
+        .expect("a conversation");
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let page = b"GET /api/conversations/1/messages?page_size=100 HTTP/1.1\r\nHost: x\r\n\r\n";
+    // One reader that stops reading keeps a copy's worth of the room until its connection
+    // ends; the next reader of the page waits for the rest of it, for up to 60 s.
+    let mut stalled = TcpStream::connect(&addr).expect("connect");
+    stalled.write_all(page).expect("request");
+    let mut head = [0u8; 12];
+    stalled.read_exact(&mut head).expect("its answer begins");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let mut waiting = TcpStream::connect(&addr).expect("connect");
+    waiting.write_all(page).expect("request");
+    // Readers of small answers, and of one that does not exist, after it: each answered
+    // at once, not after the large page's wait.
+    for round in 0..10 {
+        for (path, status) in [
+            (
+                format!("/api/conversations/{small_conversation}/messages"),
+                200,
+            ),
+            (format!("/api/messages/{small}"), 200),
+            ("/api/conversations/999/messages".to_owned(), 404),
+        ] {
+            let asked = Instant::now();
+            assert_eq!(app.get(&path).status, status, "{path}");
+            let took = asked.elapsed();
+            assert!(
+                took < Duration::from_secs(3),
+                "round {round}: {path} took {took:?}"
+            );
+        }
+    }
+    drop((stalled, waiting));
+}
+
+#[test]
 fn a_flood_past_the_backlog_gets_503s_in_bounded_memory_and_recovers_by_itself() {
     let app = TestApp::spawn("[dispatch]\nbacklog_limit = 1000\n[outcomes]\nlatency_ms = 3000\n");
     let watcher = PeakRss::watch(app.pid());

@@ -60,10 +60,15 @@ impl Backend {
     }
 }
 
-/// The file path inside `sqlite://PATH` (relative) or `sqlite:///abs/path`.
+/// The file path inside `sqlite://PATH` (relative) or `sqlite:///abs/path`. Not one
+/// SQLite would read as a URI (`file:...`, which may name an in-memory database or
+/// another spelling of a file the one-process lock would not see) nor `:memory:`: a 202
+/// promises a file on disk.
 pub fn sqlite_path(url: &str) -> Result<&str, StoreError> {
     match url.strip_prefix("sqlite://") {
-        Some(path) if !path.is_empty() && path != ":memory:" => Ok(path),
+        Some(path) if !path.is_empty() && path != ":memory:" && !path.starts_with("file:") => {
+            Ok(path)
+        }
         _ => Err(StoreError::UnsupportedUrl(url.to_owned())),
     }
 }
@@ -378,6 +383,25 @@ pub(crate) fn in_write_transaction<T>(
     match conn {
         DbConn::Sqlite(c) => c.immediate_transaction(|c| f(&mut Tx::Sqlite(c))),
         DbConn::Postgres(c) => c.transaction(|c| f(&mut Tx::Postgres(c))),
+    }
+}
+
+/// Runs a read of several statements in one snapshot, so that none of them sees a batch
+/// the one before it did not (a status without the attempt that set it, a page longer
+/// than its count or than the sizes read for it). SQLite's deferred `BEGIN` takes its
+/// snapshot at the first read; PostgreSQL keeps one across statements only from
+/// `REPEATABLE READ` up, which a read-only transaction gets without serialization failures.
+pub(crate) fn in_read_snapshot<T>(
+    conn: &mut DbConn,
+    f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    match conn {
+        DbConn::Sqlite(c) => c.transaction(|c| f(&mut Tx::Sqlite(c))),
+        DbConn::Postgres(c) => c
+            .build_transaction()
+            .repeatable_read()
+            .read_only()
+            .run(|c| f(&mut Tx::Postgres(c))),
     }
 }
 

@@ -25,6 +25,9 @@ const EARLY_RECEIPT_KEPT_MICROS: i64 = 60 * 60 * 1_000_000;
 /// (another system's on the same Twilio account, given this callback URL) can hold.
 const EARLY_RECEIPTS_KEPT: i64 = 100_000;
 
+/// A message and its dispatch attempts, oldest first.
+pub type MessageWithAttempts = (MessageView, Vec<AttemptView>);
+
 /// A message, its attempts, and the instance holding its lease, if any.
 pub(crate) type LeasedMessage = (MessageView, Vec<AttemptView>, Option<String>);
 
@@ -135,6 +138,24 @@ impl PageRequest {
 pub struct Page<T> {
     pub items: Vec<T>,
     pub total: i64,
+}
+
+/// What a read bounded by the room its caller made for the answer found. The bound counts
+/// bodies and attachments in UTF-8 bytes (a body of emoji is four bytes a character in
+/// every copy of the answer): the rest of a message is small next to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bounded<T> {
+    Loaded(T),
+    /// The answer holds this many bytes, more than the room; nothing past its sizes (or,
+    /// for one message, its own row) was read.
+    Larger(i64),
+}
+
+impl MessageRow {
+    fn content_bytes(&self) -> i64 {
+        let bytes = self.body.len() + self.attachments.as_ref().map_or(0, String::len);
+        i64::try_from(bytes).unwrap_or(i64::MAX)
+    }
 }
 
 /// A message as the API shows it (the response body itself, so nothing copies it).
@@ -969,7 +990,35 @@ for_each_backend! {
         else {
             return Ok(None);
         };
-        let attempts = dispatch_attempts::table
+        let attempts = attempts_of(conn, id)?;
+        Ok(Some((row.into(), attempts, owner)))
+    }
+
+    /// A message and its attempts if its body and attachments fit in `room` bytes (none:
+    /// any size); one row of the reader's is all a larger one costs.
+    pub(crate) fn get_message_within(
+        conn: &mut Conn,
+        id: i64,
+        room: Option<i64>,
+    ) -> Result<Option<Bounded<MessageWithAttempts>>, StoreError> {
+        let Some(row) = messages::table
+            .find(id)
+            .select(MessageRow::as_select())
+            .first::<MessageRow>(conn)
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let bytes = row.content_bytes();
+        if room.is_some_and(|room| bytes > room) {
+            return Ok(Some(Bounded::Larger(bytes)));
+        }
+        let attempts = attempts_of(conn, id)?;
+        Ok(Some(Bounded::Loaded((row.into(), attempts))))
+    }
+
+    fn attempts_of(conn: &mut Conn, id: i64) -> Result<Vec<AttemptView>, StoreError> {
+        Ok(dispatch_attempts::table
             .filter(dispatch_attempts::message_id.eq(id))
             .order(dispatch_attempts::attempt.asc())
             .select(AttemptRow::as_select())
@@ -983,8 +1032,7 @@ for_each_backend! {
                 error_code: a.error_code,
                 at: display_time(&a.created_at),
             })
-            .collect();
-        Ok(Some((row.into(), attempts, owner)))
+            .collect())
     }
 
     pub(crate) fn list_conversations(
@@ -1021,11 +1069,9 @@ for_each_backend! {
         Ok(Page { items, total })
     }
 
-    /// About how many bytes a page of a conversation's messages holds (the bodies and
-    /// attachments in UTF-8 bytes, not characters: a body of emoji is four bytes a
-    /// character in every copy of the page), read before the page itself so that its
-    /// answer can wait for room (see the binary's `http/budget.rs`).
-    pub(crate) fn page_bytes(
+    /// How many bytes of bodies and attachments a page of a conversation's messages holds,
+    /// read before the page itself (see `Bounded`).
+    fn page_bytes(
         conn: &mut Conn,
         conversation_id: i64,
         page: PageRequest,
@@ -1042,11 +1088,14 @@ for_each_backend! {
         Ok(sizes.into_iter().flatten().sum())
     }
 
+    /// `None` when the conversation does not exist; a page too large for `room` bytes
+    /// (none: any size) is not loaded, only its size read.
     pub(crate) fn list_conversation_messages(
         conn: &mut Conn,
         conversation_id: i64,
         page: PageRequest,
-    ) -> Result<Option<Page<MessageView>>, StoreError> {
+        room: Option<i64>,
+    ) -> Result<Option<Bounded<Page<MessageView>>>, StoreError> {
         let Some(counted) = conversations::table
             .find(conversation_id)
             .select(conversations::message_count)
@@ -1055,6 +1104,12 @@ for_each_backend! {
         else {
             return Ok(None);
         };
+        if let Some(room) = room {
+            let bytes = page_bytes(conn, conversation_id, page)?;
+            if bytes > room {
+                return Ok(Some(Bounded::Larger(bytes)));
+            }
+        }
         let total = counted
             + conn
                 .added_counts(&[conversation_id])?
@@ -1071,7 +1126,7 @@ for_each_backend! {
             .into_iter()
             .map(MessageView::from)
             .collect();
-        Ok(Some(Page { items, total }))
+        Ok(Some(Bounded::Loaded(Page { items, total })))
     }
 }
 
@@ -1230,6 +1285,42 @@ pub(super) mod tests {
     /// The duplicate check of every inbound webhook, and the lookups of delivery receipts
     /// (each receipt, and the lease keeper's pass over early ones), run inside the
     /// writer's transaction: each must find its row through its index on both backends.
+    /// A read of several statements sees one state of the database: a batch committed
+    /// between two of its statements shows in neither (else a page could hold more than
+    /// its total, or a message show an attempt its status has not caught up with).
+    #[test]
+    fn a_read_in_a_snapshot_does_not_see_a_commit_made_during_it() {
+        use crate::store::backend::in_read_snapshot;
+        for db in databases() {
+            let mut reader = db.pool.get().expect("connection");
+            let mut writer = db.pool.get().expect("a second connection");
+            let (before, after) = in_read_snapshot(&mut reader, |tx| {
+                let count = |tx: &mut Tx<'_>| match tx {
+                    Tx::Sqlite(c) => conversations::table.count().get_result::<i64>(*c),
+                    Tx::Postgres(c) => conversations::table.count().get_result::<i64>(*c),
+                };
+                let before = count(tx)?;
+                in_write_transaction(&mut writer, |w| {
+                    let message =
+                        outbound(content("+12015550002", "+12015550001", "hi"), Some("p"));
+                    match w {
+                        Tx::Sqlite(c) => sqlite::insert_outbound_many(c, &[&message]),
+                        Tx::Postgres(c) => postgres::insert_outbound_many(c, &[&message]),
+                    }
+                })?;
+                Ok((before, count(tx)?))
+            })
+            .expect("read");
+            assert_eq!((before, after), (0, 0), "the commit showed mid-read");
+            drop(writer);
+            let now = match &mut reader {
+                DbConn::Sqlite(c) => conversations::table.count().get_result::<i64>(&mut **c),
+                DbConn::Postgres(c) => conversations::table.count().get_result::<i64>(&mut **c),
+            };
+            assert_eq!(now.expect("count"), 1, "and shows to the next read");
+        }
+    }
+
     #[test]
     fn webhooks_and_receipts_find_their_message_through_an_index() {
         for db in databases() {
@@ -2166,11 +2257,14 @@ pub(super) mod tests {
                         page: 1,
                         page_size: 1,
                     },
+                    None,
                 ),
                 DbConn::Sqlite(_) => unreachable!("a PostgreSQL connection"),
             }
-            .expect("read")
-            .expect("the conversation");
+            .expect("read");
+            let Some(Bounded::Loaded(counted)) = counted else {
+                panic!("the conversation: {counted:?}");
+            };
             assert_eq!(counted.total, 1 + 3 + 5);
         }
     }

@@ -36,11 +36,11 @@ pub use backend::{open, sqlite_path, Backend, DbPool, BUSY_TIMEOUT_MS};
 pub use callbacks::{CallbackFate, CallbackView, DueCallback, RequeueTarget, Requeued};
 pub use dispatch::{AttemptRecord, Lease, QueuedMessage};
 pub use messages::{
-    AttemptView, ConversationView, DeliveryReceipt, DeliveryStatus, InboundStored, MessageView,
-    NewInbound, NewOutbound, OutboundStored, Page, PageRequest, ReceiptSource,
+    AttemptView, Bounded, ConversationView, DeliveryReceipt, DeliveryStatus, InboundStored,
+    MessageView, NewInbound, NewOutbound, OutboundStored, Page, PageRequest, ReceiptSource,
 };
 
-use backend::{bulk_runner, runner, BulkRunner, DbConn, Runner};
+use backend::{bulk_runner, in_read_snapshot, runner, BulkRunner, DbConn, Runner, Tx};
 use callbacks::{CallbackClaim, CallbackResult, Requeue, RequeueRange};
 use dispatch::{Claim, Renewal};
 use persistence::{PersistenceActor, Read, WriteJob, WriteQueue};
@@ -213,6 +213,19 @@ impl From<diesel::result::Error> for StoreError {
             other => StoreError::from_message(&other.to_string()),
         }
     }
+}
+
+/// A message as `GET /api/messages/{id}` shows it: the row, its attempts, its callbacks.
+pub type MessageDetailParts = (MessageView, Vec<AttemptView>, Vec<CallbackView>);
+
+/// `on_backend!` for a connection inside a transaction.
+macro_rules! on_tx {
+    ($tx:expr, $module:ident :: $query:ident ( $($arg:expr),* )) => {
+        match $tx {
+            Tx::Sqlite(c) => $module::sqlite::$query(c, $($arg),*),
+            Tx::Postgres(c) => $module::postgres::$query(c, $($arg),*),
+        }
+    };
 }
 
 /// Runs a read on whichever backend the connection is, where the query was compiled for
@@ -536,17 +549,28 @@ impl Store {
         self.write(done, runner!(callbacks::finish_callback)).await
     }
 
-    /// A message with its attempts and its callbacks, read on one connection in one go.
-    pub async fn get_message_detail(
+    /// A message with its attempts and its callbacks, read in one snapshot, if its body
+    /// and attachments fit in `room` bytes (see `Bounded`). `hold` (the room itself) is
+    /// kept until the read is over and handed back with it: a caller that gives up
+    /// waiting does not free the room while the reader still loads the answer.
+    pub async fn get_message_detail<H: Send + 'static>(
         &self,
         id: i64,
-    ) -> Result<Option<(MessageView, Vec<AttemptView>, Vec<CallbackView>)>, StoreError> {
-        self.read(move |conn| {
-            let Some((message, attempts)) = on_backend!(conn, messages::get_message(id))? else {
-                return Ok(None);
-            };
-            let callbacks = on_backend!(conn, callbacks::callbacks_of(id))?;
-            Ok(Some((message, attempts, callbacks)))
+        room: Option<i64>,
+        hold: H,
+    ) -> Result<(Option<Bounded<MessageDetailParts>>, H), StoreError> {
+        self.read_holding(hold, move |conn| {
+            in_read_snapshot(conn, |tx| {
+                let found = on_tx!(tx, messages::get_message_within(id, room))?;
+                Ok(match found {
+                    Some(Bounded::Loaded((message, attempts))) => {
+                        let callbacks = on_tx!(tx, callbacks::callbacks_of(id))?;
+                        Some(Bounded::Loaded((message, attempts, callbacks)))
+                    }
+                    Some(Bounded::Larger(bytes)) => Some(Bounded::Larger(bytes)),
+                    None => None,
+                })
+            })
         })
         .await
     }
@@ -778,37 +802,36 @@ impl Store {
         .await
     }
 
+    /// A page of conversations and their total, read in one snapshot.
     pub async fn list_conversations(
         &self,
         page: PageRequest,
     ) -> Result<Page<ConversationView>, StoreError> {
-        self.read(move |conn| on_backend!(conn, messages::list_conversations(page)))
-            .await
-    }
-
-    /// `None` when the conversation does not exist.
-    pub async fn list_conversation_messages(
-        &self,
-        conversation_id: i64,
-        page: PageRequest,
-    ) -> Result<Option<Page<MessageView>>, StoreError> {
         self.read(move |conn| {
-            on_backend!(
-                conn,
-                messages::list_conversation_messages(conversation_id, page)
-            )
+            in_read_snapshot(conn, |tx| on_tx!(tx, messages::list_conversations(page)))
         })
         .await
     }
 
-    /// About how many bytes a page of a conversation's messages holds.
-    pub async fn page_bytes(
+    /// A page of a conversation's messages and its total, read in one snapshot, if its
+    /// bodies and attachments fit in `room` bytes; `None` when the conversation does not
+    /// exist. `hold` as for `get_message_detail`.
+    pub async fn list_conversation_messages<H: Send + 'static>(
         &self,
         conversation_id: i64,
         page: PageRequest,
-    ) -> Result<i64, StoreError> {
-        self.read(move |conn| on_backend!(conn, messages::page_bytes(conversation_id, page)))
-            .await
+        room: Option<i64>,
+        hold: H,
+    ) -> Result<(Option<Bounded<Page<MessageView>>>, H), StoreError> {
+        self.read_holding(hold, move |conn| {
+            in_read_snapshot(conn, |tx| {
+                on_tx!(
+                    tx,
+                    messages::list_conversation_messages(conversation_id, page, room)
+                )
+            })
+        })
+        .await
     }
 
     /// Answers when the database takes writes: one small write through group commit, so
@@ -928,6 +951,27 @@ impl Store {
 
     fn timed_out(&self) -> StoreError {
         StoreError::TimedOut(format!("no answer within {} ms", self.timeout.as_millis()))
+    }
+
+    /// `read`, with `hold` kept until the query is over (dropped with it if the caller
+    /// gave up) and handed back with its answer.
+    async fn read_holding<F, O, H>(&self, hold: H, query: F) -> Result<(O, H), StoreError>
+    where
+        F: Fn(&mut DbConn) -> Result<O, StoreError> + Send + 'static,
+        O: Send + 'static,
+        H: Send + 'static,
+    {
+        let held = std::sync::Mutex::new(Some(hold));
+        self.read(move |conn| {
+            let answer = query(conn)?;
+            let hold = held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+                .ok_or(StoreError::Closed)?;
+            Ok((answer, hold))
+        })
+        .await
     }
 
     async fn read<F, O>(&self, query: F) -> Result<O, StoreError>
@@ -1086,14 +1130,20 @@ pub(crate) mod tests {
                 Duration::from_secs(20),
             );
             let mut conversation = None;
+            let mut ids = Vec::new();
             for body in ["\u{1F600}".repeat(1000), "\u{e9}".repeat(500)] {
                 let mut message = new_message(7);
                 message.content.body = body;
                 message.content.attachments = Some(vec!["https://x.example/\u{e9}".into()]);
                 match store.insert_outbound(message).await {
                     Ok(OutboundStored::Created {
-                        conversation_id, ..
-                    }) => conversation = Some(conversation_id),
+                        id,
+                        conversation_id,
+                        ..
+                    }) => {
+                        conversation = Some(conversation_id);
+                        ids.push(id);
+                    }
                     other => panic!("not stored: {other:?}"),
                 }
             }
@@ -1102,14 +1152,70 @@ pub(crate) mod tests {
                 page: 1,
                 page_size: 100,
             };
-            let bytes = store.page_bytes(conversation, page).await.expect("read");
+            let read = store.list_conversation_messages(conversation, page, Some(5_000), ());
+            let bytes = match read.await.expect("read").0 {
+                Some(super::Bounded::Larger(bytes)) => bytes,
+                other => panic!("loaded past its room: {other:?}"),
+            };
             // 4,000 and 1,000 bytes of bodies, and two attachment lists of at least
             // their URL's 20 bytes.
             assert!((5_040..5_200).contains(&bytes), "{bytes}");
+            // Room for exactly that is enough.
+            let read = store.list_conversation_messages(conversation, page, Some(bytes), ());
+            match read.await.expect("read").0 {
+                Some(super::Bounded::Loaded(page)) => assert_eq!(page.items.len(), 2),
+                other => panic!("not loaded: {other:?}"),
+            }
+            // A message's own row is measured the same way.
+            let read = store.get_message_detail(ids[0], Some(3_999), ());
+            assert!(matches!(
+                read.await.expect("read").0,
+                Some(super::Bounded::Larger(4_000..=4_100))
+            ));
             // Its connections closed now, not by threads torn down as the test process
             // exits: libpq's TLS teardown racing `exit` is a SIGSEGV (see `Close`).
             store.close().await;
         }
+    }
+
+    /// What a read holds (the answer's room in the read budget) stays held while the
+    /// reader still loads the answer, also after its caller gave up waiting for it, and
+    /// is let go when the read is over.
+    #[actix::test]
+    async fn a_read_given_up_on_keeps_what_it_holds_until_it_is_over() {
+        let db = databases().swap_remove(0);
+        let store = Store::start(
+            db.pool.clone(),
+            1,
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+        );
+        let held = std::sync::Arc::new(());
+        let (finish, finished) = std::sync::mpsc::channel::<()>();
+        let finished = std::sync::Mutex::new(finished);
+        let slow = store.read_holding(held.clone(), move |_| {
+            // The reader is busy until the test lets it go.
+            let _ = finished
+                .lock()
+                .map(|f| f.recv_timeout(Duration::from_secs(30)));
+            Ok(())
+        });
+        assert!(matches!(slow.await, Err(StoreError::TimedOut(_))));
+        assert_eq!(
+            std::sync::Arc::strong_count(&held),
+            2,
+            "let go while loading"
+        );
+        finish.send(()).expect("the reader waits");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::sync::Arc::strong_count(&held) != 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still held after the read"
+            );
+            actix::clock::sleep(Duration::from_millis(5)).await;
+        }
+        store.close().await;
     }
 
     /// Stores new outbound messages `0..count`; their ids.
