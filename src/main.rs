@@ -43,7 +43,10 @@ fn main() -> ExitCode {
     if let Some(Command::Keygen { name }) = cli.command {
         return keygen::run(&name);
     }
-    let env_path = std::env::var_os("MESSAGING_CONFIG").map(PathBuf::from);
+    // Set but empty (a compose file's `${UNSET}`) is taken as not set.
+    let env_path = std::env::var_os("MESSAGING_CONFIG")
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from);
     let file = settings::config_path(cli.config, env_path);
     let settings = match settings::load(file.as_deref()) {
         Ok(settings) => settings,

@@ -14,6 +14,7 @@ use base64::Engine as _;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Value};
 use figment::Figment;
+use messaging_actors::domain::Subject;
 use messaging_actors::senders::Secret;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -325,24 +326,38 @@ pub struct RoutingSettings {
 }
 
 /// A string key whose value may look like a number: the environment layer reads
-/// `MESSAGING__ROUTING__EMAIL=42` as the number 42, and a provider may be named "42".
+/// `MESSAGING__ROUTING__EMAIL=42` as the number 42, and a provider may be named "42" (or
+/// an email's default subject be "2024").
 fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Text {
-        Str(String),
-        Unsigned(u64),
-        Signed(i64),
-        Float(f64),
-        Bool(bool),
+    Text::deserialize(d).map(String::from)
+}
+
+/// `text` for a key that may be left out.
+fn optional_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<Text>::deserialize(d).map(|text| text.map(String::from))
+}
+
+/// What a string key may be given, read back as its text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Text {
+    Str(String),
+    Unsigned(u64),
+    Signed(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl From<Text> for String {
+    fn from(text: Text) -> String {
+        match text {
+            Text::Str(s) => s,
+            Text::Unsigned(n) => n.to_string(),
+            Text::Signed(n) => n.to_string(),
+            Text::Float(n) => n.to_string(),
+            Text::Bool(b) => b.to_string(),
+        }
     }
-    Ok(match Text::deserialize(d)? {
-        Text::Str(s) => s,
-        Text::Unsigned(n) => n.to_string(),
-        Text::Signed(n) => n.to_string(),
-        Text::Float(n) => n.to_string(),
-        Text::Bool(b) => b.to_string(),
-    })
 }
 
 /// What an API key may do (CONTRACT section 9).
@@ -379,7 +394,10 @@ pub struct ApiKeySettings {
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookSettings {
     /// The environment variable holding the secret (`whsec_` + base64).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_text"
+    )]
     pub secret_env: Option<String>,
     /// Read from `secret_env` by `load`.
     #[serde(skip)]
@@ -394,7 +412,10 @@ pub struct CallbackSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// The variable holding the Standard Webhooks secret callbacks are signed with.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_text"
+    )]
     pub secret_env: Option<String>,
     pub max_age_ms: u64,
     /// One try's limit (the contract's 10 s).
@@ -500,13 +521,17 @@ impl ProviderKind {
 pub struct RealProviderSettings {
     /// The API's base URL; defaults per kind. Tests point it at a local fake.
     pub base_url: Option<String>,
+    #[serde(deserialize_with = "optional_text")]
     pub account_sid: Option<String>,
+    #[serde(deserialize_with = "optional_text")]
     pub auth_token_env: Option<String>,
+    #[serde(deserialize_with = "optional_text")]
     pub api_key_env: Option<String>,
     pub request_timeout_ms: u64,
     pub max_in_flight: u32,
     pub status_callback_url: Option<String>,
     pub sender_interval_ms: u64,
+    #[serde(deserialize_with = "text")]
     pub default_subject: String,
     /// SendGrid's signed event webhook public key (base64 DER, as SendGrid shows it).
     pub event_webhook_public_key: Option<String>,
@@ -682,6 +707,18 @@ impl SettingsError {
             figment::error::Kind::Message(m) if path.is_empty() => {
                 return SettingsError::new(source, m.clone())
             }
+            figment::error::Kind::InvalidType(found, expected) => {
+                format!(
+                    "invalid type: found {}, expected {expected}",
+                    shown(found, expected)
+                )
+            }
+            figment::error::Kind::InvalidValue(found, expected) => {
+                format!(
+                    "invalid value: found {}, expected {expected}",
+                    shown(found, expected)
+                )
+            }
             kind => kind.to_string(),
         };
         let key = if path.is_empty() {
@@ -690,6 +727,25 @@ impl SettingsError {
             path.join(".")
         };
         SettingsError::new(key, problem)
+    }
+}
+
+/// A wrong value as an error may show it: text only where the key holds a number or a
+/// boolean, so the text cannot be the secret the key holds (a database URL given for
+/// `MESSAGING__DATABASE` instead of `MESSAGING__DATABASE__URL` would be one).
+fn shown(found: &figment::error::Actual, expected: &str) -> String {
+    use figment::error::Actual;
+    let numeric = expected == "a boolean"
+        || ["u", "i", "f"].iter().any(|prefix| {
+            expected
+                .strip_prefix(prefix)
+                .is_some_and(|bits| !bits.is_empty() && bits.bytes().all(|b| b.is_ascii_digit()))
+        });
+    match found {
+        Actual::Str(_) | Actual::Char(_) | Actual::Bytes(_) | Actual::Other(_) if !numeric => {
+            "a string (not shown: it may be a secret)".to_owned()
+        }
+        found => found.to_string(),
     }
 }
 
@@ -731,7 +787,7 @@ pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
 pub fn from_toml(text: &str, source: &str) -> Result<Settings, SettingsError> {
     // Parsed here first so that a syntax error names the file, not a key.
     text.parse::<toml::Table>()
-        .map_err(|e| SettingsError::new(source, format!("not valid TOML: {e}")))?;
+        .map_err(|e| SettingsError::new(source, not_valid_toml(text, &e)))?;
     let figment = Figment::from(Serialized::defaults(Settings::default()))
         .merge(Toml::string(text))
         .merge(Env::prefixed(ENV_PREFIX).split("__"));
@@ -753,16 +809,52 @@ pub fn from_toml(text: &str, source: &str) -> Result<Settings, SettingsError> {
     Ok(settings)
 }
 
-/// A secret from the variable a `*_env` key names; missing or empty stops start-up.
+/// Where the file's syntax fails and why, without the parser's excerpt of the line: the
+/// line may hold a secret written where it does not belong.
+fn not_valid_toml(text: &str, e: &toml::de::Error) -> String {
+    let at = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" at line {line}, column {column}")
+        }
+        None => String::new(),
+    };
+    format!("not valid TOML{at}: {}", e.message())
+}
+
+/// A secret from the variable a `*_env` key names; missing or empty stops start-up. The
+/// error does not repeat the name: a secret pasted where its variable's name belongs
+/// would be printed.
 fn secret_from_env(key: &str, variable: &str) -> Result<Secret, SettingsError> {
+    let named = !variable.is_empty()
+        && !variable.starts_with(|c: char| c.is_ascii_digit())
+        && variable
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !named {
+        return Err(SettingsError::new(
+            key,
+            "must name an environment variable (letters, digits and '_', not starting with \
+             a digit), not hold the secret itself",
+        ));
+    }
     match std::env::var(variable) {
         Ok(value) if !value.is_empty() => Ok(Secret::new(value)),
-        _ => Err(SettingsError::new(
+        Ok(_) => Err(SettingsError::new(
             key,
-            format!("the environment variable {variable} is not set"),
+            "names an environment variable that is empty",
+        )),
+        Err(_) => Err(SettingsError::new(
+            key,
+            "names an environment variable that is not set",
         )),
     }
 }
+
+/// The most outcomes a breaker's window holds: each provider keeps room for all of them.
+const MAX_WINDOW_SIZE: u32 = 100_000;
 
 /// Provider and key names: 1 to 64 letters, digits, '-', '_' or '.'.
 pub fn valid_name(name: &str) -> bool {
@@ -811,9 +903,9 @@ impl BreakerSettings {
     fn validate(&self, prefix: &str) -> Result<(), SettingsError> {
         let key = |k: &str| format!("{prefix}.{k}");
         check(
-            self.window_size >= 1,
+            (1..=MAX_WINDOW_SIZE).contains(&self.window_size),
             &key("window_size"),
-            "must be at least 1",
+            "must be from 1 to 100000",
         )?;
         check(
             (1..=self.window_size).contains(&self.minimum_calls),
@@ -991,7 +1083,12 @@ impl Settings {
             "dispatch.backlog_limit",
             "must be at least 1",
         )?;
-        check(d.lease_ms >= 3, "dispatch.lease_ms", "must be at least 3")?;
+        // Renewed every third of it, a lease must outlast a round trip to the database.
+        check(
+            d.lease_ms >= 300,
+            "dispatch.lease_ms",
+            "must be at least 300",
+        )?;
         self.outcomes.validate("outcomes")?;
         self.breaker.validate("breaker")?;
         for (name, provider) in &self.providers {
@@ -1138,9 +1235,10 @@ impl Settings {
             "must be from 1 to 8192",
         )?;
         check(
-            (1..=998).contains(&real.default_subject.chars().count()),
+            Subject::try_from(real.default_subject.clone()).is_ok(),
             &key("default_subject"),
-            "must be 1 to 998 characters",
+            "must be 1 to 998 characters, not only whitespace, and no control character \
+             but a tab (it is one header line)",
         )
     }
 
@@ -1534,6 +1632,107 @@ mod tests {
         assert_eq!(s.outcomes.error_pct, 12.5);
         assert_eq!(s.routing.email, "42");
         assert_eq!(s.providers["email"].seed, Some(99));
+    }
+
+    /// A start-up error names the key and what is wrong, never a value that may be a
+    /// secret: a URL given to the table instead of its key, a line of TOML that does not
+    /// parse, a secret pasted where its variable's name belongs.
+    #[test]
+    fn a_settings_error_does_not_print_what_may_be_a_secret() {
+        let secret = "s3cretPassw0rd";
+        let url = format!("postgres://app:{secret}@db/x");
+        type Case<'a> = (Vec<(&'a str, &'a str)>, String, &'a str);
+        let cases: Vec<Case> = vec![
+            (
+                vec![("MESSAGING__DATABASE", &url)],
+                String::new(),
+                "database",
+            ),
+            (
+                vec![],
+                format!("[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = {url}\n"),
+                "test.toml",
+            ),
+            (
+                vec![],
+                format!(
+                    "[providers.mail]\nkind = \"sendgrid\"\napi_key_env = \"SG.{secret}-x\"\n\
+                     [routing]\nemail = \"mail\"\n"
+                ),
+                "providers.mail.api_key_env",
+            ),
+            (
+                vec![],
+                format!("[webhooks]\nsecret_env = \"whsec_{secret}\"\n"),
+                "webhooks.secret_env",
+            ),
+            (
+                vec![],
+                format!("[callbacks]\nsecret_env = \"{secret}\"\n"),
+                "callbacks.secret_env",
+            ),
+        ];
+        for (env, text, key) in cases {
+            let err = with_env(&env, || parse(&text)).expect_err("refused");
+            assert_eq!(err.key, key, "{err}");
+            assert!(!err.to_string().contains(secret), "{err}");
+        }
+        // Where the key holds a number the wrong text is shown: it cannot be a secret.
+        let err = with_env(&[("MESSAGING__DISPATCH__MAX_ATTEMPTS", "lots")], || {
+            parse("")
+        });
+        let err = err.expect_err("refused").to_string();
+        assert!(err.contains("\"lots\""), "{err}");
+        // And a syntax error still says where.
+        let err = with_env(&[], || parse("[database]\nurl = oops\n")).expect_err("refused");
+        assert!(err.problem.contains("line 2, column 7"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_variable_that_is_empty_or_unnamed_is_refused_as_such() {
+        let text = "[webhooks]\nsecret_env = \"TEST_HOOK_SECRET\"\n";
+        let err = with_env(&[("TEST_HOOK_SECRET", "")], || parse(text)).expect_err("refused");
+        assert!(err.problem.contains("is empty"), "{err}");
+        let err = with_env(&[], || parse(text)).expect_err("refused");
+        assert!(err.problem.contains("is not set"), "{err}");
+        let err = with_env(&[], || parse("[webhooks]\nsecret_env = \"\"\n"));
+        assert!(err.expect_err("refused").problem.contains("must name"));
+    }
+
+    #[test]
+    fn values_that_would_misbehave_at_run_time_are_refused_at_start() {
+        for (text, key) in [
+            ("[dispatch]\nlease_ms = 299\n", "dispatch.lease_ms"),
+            ("[breaker]\nwindow_size = 100001\n", "breaker.window_size"),
+            (
+                "[providers.email.breaker]\nwindow_size = 4294967295\n",
+                "providers.email.breaker.window_size",
+            ),
+            (
+                "[database]\nurl = \"sqlite://file::memory:?cache=shared\"\n",
+                "database.url",
+            ),
+            ("[database]\nurl = \"sqlite://file:m.db\"\n", "database.url"),
+        ] {
+            assert_eq!(with_env(&[], || error_key(text)), key, "{text}");
+        }
+        let sendgrid = "[routing]\nemail = \"mail\"\n\
+                        [providers.mail]\nkind = \"sendgrid\"\napi_key_env = \"TEST_SG_KEY\"\n";
+        for subject in ["\"   \"", "\"Hi\\r\\nBcc: x@example.com\""] {
+            let text = format!("{sendgrid}default_subject = {subject}\n");
+            let err = with_env(&[("TEST_SG_KEY", "k")], || error_key(&text));
+            assert_eq!(err, "providers.mail.default_subject", "{subject}");
+        }
+        let s = with_env(
+            &[
+                ("TEST_SG_KEY", "k"),
+                ("MESSAGING__PROVIDERS__MAIL__DEFAULT_SUBJECT", "2024"),
+            ],
+            || parse(sendgrid),
+        )
+        .expect("a subject that looks like a number is text");
+        assert_eq!(s.providers["mail"].real.default_subject, "2024");
+        assert!(with_env(&[], || parse("[dispatch]\nlease_ms = 300\n")).is_ok());
     }
 
     #[test]

@@ -164,6 +164,13 @@ pub async fn run(settings: Settings, log: Logger) -> anyhow::Result<()> {
         warn!(log, "channel has no provider";
             "channel" => channel.as_str(), "provider" => provider);
     }
+    for (provider, channels) in registry.providers() {
+        if channels.is_empty() {
+            // Most likely a misspelt table, or one the environment named in lower case.
+            warn!(log, "provider serves no channel"; "provider" => provider,
+                "why" => "no [routing] key names it; environment overrides name tables in lower case");
+        }
+    }
     if settings.any_real_provider() {
         // So that nobody believes a simulated provider has sent anything.
         for (provider, channels) in registry.providers() {

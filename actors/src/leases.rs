@@ -9,6 +9,7 @@
 //! settings, so that every instance obeys them within one renewal period.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,9 @@ pub struct LeaseKeeper {
     providers: Arc<BTreeMap<String, Addr<ProviderActor>>>,
     router: Addr<RouterActor>,
     log: Logger,
+    /// A renewal is under way: the next waits for it rather than piling up behind a slow
+    /// database, each with its reads and its write.
+    renewing: Arc<AtomicBool>,
 }
 
 impl LeaseKeeper {
@@ -39,6 +43,7 @@ impl LeaseKeeper {
             providers,
             router,
             log: log.new(slog::o!("actor" => "leases")),
+            renewing: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -109,12 +114,19 @@ impl Actor for LeaseKeeper {
     fn started(&mut self, ctx: &mut Self::Context) {
         let lease = self.store.lease_duration();
         ctx.run_interval(lease / 3, |keeper, _| {
-            let (store, providers, log) = (
+            if keeper.renewing.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let (store, providers, log, renewing) = (
                 keeper.store.clone(),
                 keeper.providers.clone(),
                 keeper.log.clone(),
+                keeper.renewing.clone(),
             );
-            actix::spawn(Self::renew(store, providers, log));
+            actix::spawn(async move {
+                Self::renew(store, providers, log).await;
+                renewing.store(false, Ordering::Release);
+            });
         });
         ctx.run_interval(lease / 2, |keeper, _| {
             keeper.router.do_send(ClaimQueued::Sweep);

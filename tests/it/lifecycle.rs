@@ -73,6 +73,22 @@ fn a_bad_configuration_exits_2_with_one_line_naming_the_key() {
         .expect("run");
     assert_eq!(output.status.code(), Some(2));
 
+    // An empty MESSAGING_CONFIG (a compose file's `${UNSET}`) is no file named: the
+    // defaults are read, and the first problem is the environment's own.
+    let empty = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(BIN)
+        .env("MESSAGING_CONFIG", "")
+        .env("MESSAGING__LOG__LEVEL", "loud")
+        .current_dir(empty.path())
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("messaging-service: configuration error: log.level:"),
+        "{stderr}"
+    );
+
     let output = Command::new(BIN)
         .env_remove("MESSAGING_CONFIG")
         .env("MESSAGING__LOG__LEVEL", "loud")
