@@ -1732,6 +1732,16 @@ mod tests {
         )
         .expect("a subject that looks like a number is text");
         assert_eq!(s.providers["mail"].real.default_subject, "2024");
+        // As README says: quoted, a value keeps the text it was written with.
+        let s = with_env(
+            &[
+                ("TEST_SG_KEY", "k"),
+                ("MESSAGING__PROVIDERS__MAIL__DEFAULT_SUBJECT", "\"007\""),
+            ],
+            || parse(sendgrid),
+        )
+        .expect("a quoted subject");
+        assert_eq!(s.providers["mail"].real.default_subject, "007");
         assert!(with_env(&[], || parse("[dispatch]\nlease_ms = 300\n")).is_ok());
     }
 

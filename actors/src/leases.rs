@@ -74,6 +74,9 @@ impl LeaseKeeper {
         providers: Arc<BTreeMap<String, Addr<ProviderActor>>>,
         log: Logger,
     ) {
+        // The leases first: the rest may each take up to the database's timeout, and a
+        // lease written after them could lapse meanwhile (the clock's last offset will do).
+        Self::renew_held(&store, &providers, &log).await;
         if let Err(e) = store.sync_clock().await {
             warn!(log, "could not read the database clock"; "error" => e.to_string());
         }
@@ -83,6 +86,13 @@ impl LeaseKeeper {
             Ok(applied) => info!(log, "early receipts applied"; "count" => applied),
             Err(e) => warn!(log, "could not apply early receipts"; "error" => e.to_string()),
         }
+    }
+
+    async fn renew_held(
+        store: &Store,
+        providers: &BTreeMap<String, Addr<ProviderActor>>,
+        log: &Logger,
+    ) {
         let mut held = Vec::new();
         for provider in providers.values() {
             if let Ok(ids) = provider.send(GetHeldIds).await {
@@ -108,6 +118,15 @@ impl LeaseKeeper {
     }
 }
 
+/// Clears the keeper's `renewing` flag when the renewal holding it ends.
+struct Done(Arc<AtomicBool>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 impl Actor for LeaseKeeper {
     type Context = Context<Self>;
 
@@ -124,8 +143,9 @@ impl Actor for LeaseKeeper {
                 keeper.renewing.clone(),
             );
             actix::spawn(async move {
+                // Let go however the renewal ends, a panic included: else none would run again.
+                let _done = Done(renewing);
                 Self::renew(store, providers, log).await;
-                renewing.store(false, Ordering::Release);
             });
         });
         ctx.run_interval(lease / 2, |keeper, _| {

@@ -22,6 +22,7 @@ use actix_web::body::{BodySize, MessageBody};
 use actix_web::web::Bytes;
 use messaging_actors::store::Bounded;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// Bytes of answers in flight at most, counted in KiB permits: both lanes together.
 pub const BUDGET_BYTES: usize = 96 * 1024 * 1024;
@@ -93,13 +94,20 @@ impl ReadBudget {
         }
     }
 
-    /// Waits for room for an answer of about `bytes` of bodies and attachments (an answer
+    /// Waits for room for an answer of `bytes` of bodies and attachments (an answer
     /// larger than the large lane waits for all of it, then goes alone), for `WAIT` at most.
-    pub async fn reserve(&self, bytes: i64) -> Result<Room, Busy> {
+    #[cfg(test)]
+    async fn reserve(&self, bytes: i64) -> Result<Room, Busy> {
+        self.reserve_by(bytes, Instant::now() + self.wait).await
+    }
+
+    /// `reserve`, waiting until `deadline` at most.
+    async fn reserve_by(&self, bytes: i64, deadline: Instant) -> Result<Room, Busy> {
+        // Rounded up, so that the room fits every byte it was taken for.
         let wanted = usize::try_from(bytes.max(0))
             .unwrap_or(usize::MAX)
             .saturating_mul(COPIES)
-            / 1024;
+            .div_ceil(1024);
         let wanted = u32::try_from(wanted).unwrap_or(u32::MAX).max(1);
         let lane = if wanted <= SMALL_MAX_KIB.min(self.small.total_kib) {
             &self.small
@@ -109,7 +117,7 @@ impl ReadBudget {
         let kib = wanted.min(lane.total_kib);
         let fits = (wanted <= lane.total_kib).then(|| i64::from(kib) * 1024 / COPIES as i64);
         let room = lane.permits.clone().acquire_many_owned(kib);
-        match tokio::time::timeout(self.wait, room).await {
+        match tokio::time::timeout_at(deadline, room).await {
             Ok(permit) => Ok(Room {
                 permit: permit.ok(),
                 fits,
@@ -122,7 +130,8 @@ impl ReadBudget {
 /// Reads an answer within room taken from `budget`: first `guess` bytes of bodies and
 /// attachments, then, if the database finds the answer larger, as many as it holds.
 /// `read` gets the bytes the room fits (`None`: any) and the room to keep until its read
-/// is over; `None` from it is an answer that does not exist.
+/// is over; `None` from it is an answer that does not exist. The rounds together wait
+/// for room for `WAIT` at most.
 pub async fn read_within<T, E, F, Fut>(
     budget: &ReadBudget,
     guess: i64,
@@ -133,7 +142,8 @@ where
     F: FnMut(Option<i64>, Room) -> Fut,
     Fut: std::future::Future<Output = Result<(Option<Bounded<T>>, Room), E>>,
 {
-    let mut room = budget.reserve(guess).await?;
+    let deadline = Instant::now() + budget.wait;
+    let mut room = budget.reserve_by(guess, deadline).await?;
     for round in 0.. {
         let fits = room.fits();
         let (found, room_back) = read(fits, room).await?;
@@ -144,8 +154,8 @@ where
                 drop(room_back);
                 // A page that keeps growing between reads (messages arriving with older
                 // timestamps) gets the whole lane after a few rounds: it fits any answer.
-                let bytes = if round < 3 { bytes } else { i64::MAX };
-                room = budget.reserve(bytes).await?;
+                let bytes = if round < 2 { bytes } else { i64::MAX };
+                room = budget.reserve_by(bytes, deadline).await?;
             }
         }
     }
@@ -243,6 +253,47 @@ mod tests {
         assert_eq!(small.fits(), Some(2048));
         drop(held);
         assert!(waiting.await.expect("task"), "the large reader's turn came");
+    }
+
+    /// Room taken for a number of bytes fits all of them, whatever the KiB rounding.
+    #[actix_web::test]
+    async fn room_taken_for_some_bytes_fits_them() {
+        let budget = ReadBudget::new(MIB, 4 * MIB, WAIT);
+        for bytes in [
+            0,
+            1,
+            255,
+            257,
+            20_000,
+            262_145,
+            999_999,
+            3 * MIB as i64 / 4 + 1,
+        ] {
+            let room = budget.reserve(bytes).await.expect("room");
+            let fits = room.fits().expect("within a lane");
+            assert!(fits >= bytes, "{bytes} bytes, room for {fits}");
+        }
+    }
+
+    /// An answer larger than the first guess is read twice: once to learn its size, once
+    /// within room for it.
+    #[actix_web::test]
+    async fn an_answer_larger_than_the_guess_is_read_again_once() {
+        let budget = ReadBudget::new(MIB, 4 * MIB, WAIT);
+        let size = 20_001;
+        let mut reads = Vec::new();
+        let answer = read_within::<_, Busy, _, _>(&budget, 16 * 1024, |fits, room| {
+            reads.push(fits);
+            let found = match fits {
+                Some(fits) if fits < size => Bounded::Larger(size),
+                _ => Bounded::Loaded("answer"),
+            };
+            std::future::ready(Ok((Some(found), room)))
+        })
+        .await
+        .expect("room");
+        assert_eq!(answer.map(|(a, _)| a), Some("answer"));
+        assert_eq!(reads.len(), 2, "{reads:?}");
     }
 
     /// Once its bytes are handed to the connection, an answer keeps only their size of

@@ -16,7 +16,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::TryFutureExt;
 use messaging_actors::domain::{Direction, IdempotencyKey, MessageContent};
 use messaging_actors::router::{AcceptOutbound, RequeueFailed, RouteError};
-use messaging_actors::store::{RequeueTarget, Requeued};
+use messaging_actors::store::{Bounded, RequeueTarget, Requeued};
 use serde_json::{Map, Value};
 
 /// What a client refused for a full backlog is told to wait: providers finish thousands
@@ -158,7 +158,12 @@ pub async fn get_message(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id, "message")?;
-    detail_answer(HttpResponse::Ok(), &state, id).await
+    let (detail, room) = message_detail(&state, id).await?;
+    let body = serde_json::to_vec(&detail).map_err(|_| ApiError::NotReady)?;
+    // The body keeps its room until it is written out.
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(BudgetedBody::new(body, room)))
 }
 
 /// Bytes of body and attachments a message's first room counts on; a larger one reads
@@ -184,17 +189,19 @@ async fn message_detail(state: &AppState, id: i64) -> Result<(MessageDetail, Roo
     Ok((detail, room))
 }
 
-/// `message_detail` as an answer's body, which keeps its room until it is written out.
-async fn detail_answer(
-    mut answer: actix_web::HttpResponseBuilder,
-    state: &AppState,
-    id: i64,
-) -> Result<HttpResponse, ApiError> {
-    let (detail, room) = message_detail(state, id).await?;
-    let body = serde_json::to_vec(&detail).map_err(|_| ApiError::NotReady)?;
-    Ok(answer
-        .content_type("application/json")
-        .body(BudgetedBody::new(body, room)))
+/// The message as a retry answers it, outside the read budget: the retry is already
+/// committed, and a `503 overloaded` after it would have the client try again and be
+/// told `409`. One message per request that writes, it is not a way to read in bulk.
+async fn retried_detail(state: &AppState, id: i64) -> Result<MessageDetail, ApiError> {
+    let read = state.store.get_message_detail(id, None, ()).await;
+    match read.map_err(|e| store_unavailable(&state.log, e))?.0 {
+        Some(Bounded::Loaded((message, attempts, callbacks))) => Ok(MessageDetail {
+            message,
+            attempts,
+            callbacks,
+        }),
+        _ => Err(ApiError::NotFound(format!("message {id}"))),
+    }
 }
 
 #[utoipa::path(
@@ -224,11 +231,11 @@ pub async fn retry_message(
     let id = parse_id(&id, "message")?;
     match requeue(&state, RequeueTarget::One(id)).await? {
         Requeued::Messages(_) | Requeued::Many(_) => {
-            detail_answer(HttpResponse::Accepted(), &state, id).await
+            Ok(HttpResponse::Accepted().json(retried_detail(&state, id).await?))
         }
         Requeued::NotFound => Err(ApiError::NotFound(format!("message {id}"))),
         Requeued::NotRetryable => {
-            let status = message_detail(&state, id).await?.0.message.status;
+            let status = retried_detail(&state, id).await?.message.status;
             Err(ApiError::NotRetryable { status })
         }
     }

@@ -151,11 +151,11 @@ pub enum Bounded<T> {
     Larger(i64),
 }
 
-impl MessageRow {
-    fn content_bytes(&self) -> i64 {
-        let bytes = self.body.len() + self.attachments.as_ref().map_or(0, String::len);
-        i64::try_from(bytes).unwrap_or(i64::MAX)
-    }
+/// A message's body and attachments in UTF-8 bytes, as both backends count them without
+/// reading the text itself.
+fn content_bytes(
+) -> diesel::expression::SqlLiteral<diesel::sql_types::Nullable<diesel::sql_types::BigInt>> {
+    diesel::dsl::sql("CAST(octet_length(body) + coalesce(octet_length(attachments), 0) AS BIGINT)")
 }
 
 /// A message as the API shows it (the response body itself, so nothing copies it).
@@ -995,12 +995,26 @@ for_each_backend! {
     }
 
     /// A message and its attempts if its body and attachments fit in `room` bytes (none:
-    /// any size); one row of the reader's is all a larger one costs.
+    /// any size); of a larger one only the size is read.
     pub(crate) fn get_message_within(
         conn: &mut Conn,
         id: i64,
         room: Option<i64>,
     ) -> Result<Option<Bounded<MessageWithAttempts>>, StoreError> {
+        if let Some(room) = room {
+            let Some(bytes) = messages::table
+                .find(id)
+                .select(content_bytes())
+                .first::<Option<i64>>(conn)
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let bytes = bytes.unwrap_or(0);
+            if bytes > room {
+                return Ok(Some(Bounded::Larger(bytes)));
+            }
+        }
         let Some(row) = messages::table
             .find(id)
             .select(MessageRow::as_select())
@@ -1009,10 +1023,6 @@ for_each_backend! {
         else {
             return Ok(None);
         };
-        let bytes = row.content_bytes();
-        if room.is_some_and(|room| bytes > room) {
-            return Ok(Some(Bounded::Larger(bytes)));
-        }
         let attempts = attempts_of(conn, id)?;
         Ok(Some(Bounded::Loaded((row.into(), attempts))))
     }
@@ -1081,9 +1091,7 @@ for_each_backend! {
             .order((messages::timestamp.asc(), messages::id.asc()))
             .limit(i64::from(page.page_size))
             .offset(page.offset())
-            .select(diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::BigInt>>(
-                "CAST(octet_length(body) + coalesce(octet_length(attachments), 0) AS BIGINT)",
-            ))
+            .select(content_bytes())
             .load(conn)?;
         Ok(sizes.into_iter().flatten().sum())
     }
