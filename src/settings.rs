@@ -719,6 +719,11 @@ impl SettingsError {
                     shown(found, expected)
                 )
             }
+            // The expected names say enough; what was found may be a secret gone astray.
+            figment::error::Kind::UnknownVariant(_, expected) => format!(
+                "unknown variant (not shown: it may be a secret), expected {}",
+                expected.join(", ")
+            ),
             kind => kind.to_string(),
         };
         let key = if path.is_empty() {
@@ -1670,6 +1675,16 @@ mod tests {
                 vec![],
                 format!("[callbacks]\nsecret_env = \"{secret}\"\n"),
                 "callbacks.secret_env",
+            ),
+            (
+                vec![("MESSAGING__LOG__LEVEL", &url)],
+                String::new(),
+                "log.level",
+            ),
+            (
+                vec![("MESSAGING__PROVIDERS__EMAIL__KIND", &url)],
+                String::new(),
+                "providers.email.kind",
             ),
         ];
         for (env, text, key) in cases {
