@@ -560,6 +560,9 @@ impl Store {
         hold: H,
     ) -> Result<(Option<Bounded<MessageDetailParts>>, H), StoreError> {
         self.read_holding(hold, move |conn| {
+            if let DbConn::Postgres(c) = conn {
+                return messages::message_detail_on_postgres(c, id, room);
+            }
             in_read_snapshot(conn, |tx| {
                 let found = on_tx!(tx, messages::get_message_within(id, room))?;
                 Ok(match found {

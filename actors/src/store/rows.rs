@@ -60,7 +60,7 @@ pub(super) struct NewConversationRow<'a> {
     pub last_message_at: &'a str,
 }
 
-#[derive(Queryable, Selectable)]
+#[derive(Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = messages)]
 #[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub(super) struct MessageRow {
