@@ -3,8 +3,9 @@
 //! at once once took the process from 25 MB to 1.6 GB. Before a page or a message is
 //! loaded, room is taken from a fixed budget for its bodies and attachments, times the
 //! copies an answer passes through: first a guess, and when the database finds the answer
-//! larger than the room (it reads the sizes first, in the same snapshot as the answer) it
-//! loads nothing and says how large, and the reader takes that much room and reads again.
+//! larger than the room (it reads the sizes with or before the rows, in the same snapshot
+//! as the answer) it loads no more (of a page nothing, of a message its own row) and says
+//! how large, and the reader takes that much room and reads again.
 //! Once the answer's bytes are handed to its connection only that one copy is left, so it
 //! keeps only that much, until its last byte is written: a client that stops reading holds
 //! about a quarter of what its page took, not all of it. Readers beyond the budget wait
