@@ -129,6 +129,23 @@ pub(crate) fn is_pending() -> diesel::expression::SqlLiteral<diesel::sql_types::
     diesel::dsl::sql("state = 'pending'")
 }
 
+/// A callback as `callbacks_of` reads it (and PostgreSQL's message detail, as a JSON
+/// array): webhook id, event, state, attempts, last result, created at.
+pub(super) type CallbackRow = (String, String, String, i32, Option<String>, String);
+
+pub(super) fn callback_view(
+    (id, event, state, attempts, last_result, created_at): CallbackRow,
+) -> CallbackView {
+    CallbackView {
+        id,
+        event,
+        state,
+        attempts,
+        last_result,
+        created_at: Timestamp::from_storage(&created_at).map_or(created_at, Timestamp::to_rfc3339),
+    }
+}
+
 for_each_backend! {
     pub(crate) fn lease_callbacks(
         conn: &mut Conn,
@@ -202,19 +219,8 @@ for_each_backend! {
                 callbacks::last_result,
                 callbacks::created_at,
             ))
-            .load::<(String, String, String, i32, Option<String>, String)>(conn)?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, event, state, attempts, last_result, created_at)| CallbackView {
-                id,
-                event,
-                state,
-                attempts,
-                last_result,
-                created_at: Timestamp::from_storage(&created_at)
-                    .map_or(created_at, Timestamp::to_rfc3339),
-            })
-            .collect())
+            .load::<CallbackRow>(conn)?;
+        Ok(rows.into_iter().map(callback_view).collect())
     }
 
     pub(crate) fn pending_callbacks(conn: &mut Conn) -> Result<i64, StoreError> {

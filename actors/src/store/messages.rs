@@ -230,6 +230,19 @@ fn attachments_json(attachments: &Option<Vec<String>>) -> Option<String> {
         .map(|list| serde_json::Value::from(list.clone()).to_string())
 }
 
+impl From<AttemptRow> for AttemptView {
+    fn from(a: AttemptRow) -> Self {
+        AttemptView {
+            attempt: a.attempt,
+            provider: a.provider_name,
+            outcome: a.outcome,
+            latency_ms: a.latency_ms,
+            error_code: a.error_code,
+            at: display_time(&a.created_at),
+        }
+    }
+}
+
 impl From<MessageRow> for MessageView {
     fn from(row: MessageRow) -> Self {
         MessageView {
@@ -1026,14 +1039,7 @@ for_each_backend! {
             .select(AttemptRow::as_select())
             .load(conn)?
             .into_iter()
-            .map(|a| AttemptView {
-                attempt: a.attempt,
-                provider: a.provider_name,
-                outcome: a.outcome,
-                latency_ms: a.latency_ms,
-                error_code: a.error_code,
-                at: display_time(&a.created_at),
-            })
+            .map(AttemptView::from)
             .collect())
     }
 
@@ -1163,8 +1169,6 @@ pub(crate) fn message_detail_on_postgres(
         #[diesel(sql_type = diesel::sql_types::Text)]
         callbacks: String,
     }
-    type AttemptJson = (i32, String, String, i64, Option<String>, String);
-    type CallbackJson = (String, String, String, i32, Option<String>, String);
     let Some(DetailRow {
         message: row,
         bytes,
@@ -1181,33 +1185,15 @@ pub(crate) fn message_detail_on_postgres(
         return Ok(Some(Bounded::Larger(bytes)));
     }
     let unreadable = |e: serde_json::Error| StoreError::from_message(&e.to_string());
-    let attempts = serde_json::from_str::<Vec<AttemptJson>>(&attempts)
+    let attempts = serde_json::from_str::<Vec<AttemptRow>>(&attempts)
         .map_err(unreadable)?
         .into_iter()
-        .map(
-            |(attempt, provider, outcome, latency_ms, error_code, at)| AttemptView {
-                attempt,
-                provider,
-                outcome,
-                latency_ms,
-                error_code,
-                at: display_time(&at),
-            },
-        )
+        .map(AttemptView::from)
         .collect();
-    let callbacks = serde_json::from_str::<Vec<CallbackJson>>(&callbacks)
+    let callbacks = serde_json::from_str::<Vec<super::callbacks::CallbackRow>>(&callbacks)
         .map_err(unreadable)?
         .into_iter()
-        .map(
-            |(id, event, state, attempts, last_result, created_at)| super::CallbackView {
-                id,
-                event,
-                state,
-                attempts,
-                last_result,
-                created_at: display_time(&created_at),
-            },
-        )
+        .map(super::callbacks::callback_view)
         .collect();
     Ok(Some(Bounded::Loaded((row.into(), attempts, callbacks))))
 }

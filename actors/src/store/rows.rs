@@ -94,7 +94,8 @@ pub(super) struct ConversationRow {
     pub last_message_at: String,
 }
 
-#[derive(Queryable, Selectable)]
+/// Also read from PostgreSQL's `json_build_array` of the same columns, in this order.
+#[derive(Queryable, Selectable, serde::Deserialize)]
 #[diesel(table_name = dispatch_attempts)]
 #[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub(super) struct AttemptRow {
